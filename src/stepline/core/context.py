@@ -1,0 +1,36 @@
+"""What a runner receives: the step context of the runner contract (see SPEC)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class DoNotRetry(Exception):
+    """Raise from a runner to fail the step now, whatever its retry policy says.
+
+    Use it for errors another attempt cannot fix: bad input, a rejected credential.
+    """
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """The single argument of every runner."""
+
+    batch: str
+    instance_id: int
+    step: str
+    attempt: int
+    params: Mapping[str, Any]
+    results: Mapping[str, Any]
+    """Each upstream step's stored result by key (a list of item results if mapped)."""
+    args: Mapping[str, Any]
+    """The step's ``with`` arguments, templates resolved."""
+    log: Any
+    """A structlog logger bound to batch, instance, step and attempt."""
+    item: Any = None
+    """The map item, for a mapped step."""
+    map_index: int = -1
+    connections: Any = None
+    """Named business database connections from settings, when configured."""

@@ -1,0 +1,82 @@
+"""The DAG of a batch: successors, predecessors, roots, cycles. Pure functions only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Adjacency of a validated batch, in definition order."""
+
+    keys: tuple[str, ...]
+    successors: Mapping[str, tuple[str, ...]]
+    predecessors: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def from_edges(cls, edges: Sequence[tuple[str, Iterable[str]]]) -> Graph:
+        keys = tuple(k for k, _ in edges)
+        successors = {k: tuple(dict.fromkeys(nexts)) for k, nexts in edges}
+        predecessors: dict[str, list[str]] = {k: [] for k in keys}
+        for key, nexts in successors.items():
+            for nxt in nexts:
+                predecessors.setdefault(nxt, []).append(key)
+        return cls(keys, successors, {k: tuple(v) for k, v in predecessors.items()})
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(k for k in self.keys if not self.predecessors.get(k))
+
+    def ancestors(self, key: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(self.predecessors.get(key, ()))
+        while stack:
+            k = stack.pop()
+            if k not in seen:
+                seen.add(k)
+                stack.extend(self.predecessors.get(k, ()))
+        return seen
+
+
+def find_cycle(successors: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """Return one cycle as ``[a, b, c, a]``, or None. Unknown successor keys are ignored."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(successors, white)
+    for start in successors:
+        if colour[start] != white:
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == 0:
+                colour[node] = grey
+                path.append(node)
+            nexts = [n for n in successors[node] if n in colour]
+            if index < len(nexts):
+                stack.append((node, index + 1))
+                nxt = nexts[index]
+                if colour[nxt] == grey:
+                    return [*path[path.index(nxt) :], nxt]
+                if colour[nxt] == white:
+                    stack.append((nxt, 0))
+            else:
+                colour[node] = black
+                path.pop()
+    return None
+
+
+def topological_order(graph: Graph) -> list[str]:
+    """Kahn's algorithm, stable with respect to definition order."""
+    remaining = {k: len(graph.predecessors.get(k, ())) for k in graph.keys}
+    ready = [k for k in graph.keys if remaining[k] == 0]
+    order: list[str] = []
+    while ready:
+        key = ready.pop(0)
+        order.append(key)
+        for nxt in graph.successors.get(key, ()):
+            remaining[nxt] -= 1
+            if remaining[nxt] == 0:
+                ready.append(nxt)
+    return order

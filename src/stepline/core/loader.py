@@ -1,0 +1,295 @@
+"""Parse and validate batch documents (YAML, JSON or dicts). Nothing is written here.
+
+Every problem is collected and reported together, each with the file and step it is in,
+so that one `stepline validate` run shows everything that needs fixing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from stepline.core.dag import find_cycle
+from stepline.core.definition import (
+    NAME_PATTERN,
+    STEP_KEY_PATTERN,
+    BatchDefinition,
+    MapSpec,
+    RetryPolicy,
+    StepDefinition,
+)
+from stepline.core.durations import parse_duration
+from stepline.core.runners import resolve_runner
+from stepline.core.states import TriggerRule
+from stepline.errors import DefinitionError, Problem
+
+DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
+_STEP_FIELDS = {
+    "key", "runner", "next_steps", "nextSteps", "with", "retry", "timeout",
+    "trigger_rule", "triggerRule", "condition", "map",
+}  # fmt: skip
+_BATCH_FIELDS = {
+    "name", "cron", "timezone", "max_active_instances", "params", "steps", "alerts",
+    "description",
+}  # fmt: skip
+# Options read by the scheduler and API layers; the core only carries them.
+_EXTRA_FIELDS = {"misfire", "misfire_grace", "misfire_cap", "on_busy"}
+
+
+class _Collector:
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, step: str | None = None) -> None:
+        self.problems.append(Problem(message, self.source, step))
+
+
+def parse_definition(
+    doc: object, source: str | None = None, *, check_runners: bool = True
+) -> BatchDefinition:
+    """Validate a document and return the definition, or raise DefinitionError with all problems."""
+    out = _Collector(source)
+    if not isinstance(doc, Mapping):
+        out.add(f"a batch definition must be a mapping, got {type(doc).__name__}")
+        raise DefinitionError(out.problems)
+    for unknown in sorted(set(doc) - _BATCH_FIELDS - _EXTRA_FIELDS):
+        out.add(f"unknown field {unknown!r} (known: {', '.join(sorted(_BATCH_FIELDS))})")
+
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        out.add(f"name {name!r} must be 1-200 characters of a-z, 0-9, '_' and '-'")
+    cron = doc.get("cron")
+    timezone = doc.get("timezone")
+    if timezone is not None:
+        try:
+            ZoneInfo(str(timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            out.add(f"unknown timezone {timezone!r}: use an IANA name such as Asia/Seoul")
+            timezone = None
+    if cron is not None:
+        from stepline.scheduling.cron import CronError, CronSchedule
+
+        try:
+            CronSchedule.parse(str(cron), str(timezone or "UTC"))
+        except CronError as exc:
+            out.add(str(exc))
+    max_active = doc.get("max_active_instances", 1)
+    if not isinstance(max_active, int) or isinstance(max_active, bool) or max_active < 1:
+        out.add(f"max_active_instances {max_active!r} must be a whole number >= 1")
+        max_active = 1
+    params = doc.get("params") or {}
+    if not isinstance(params, Mapping):
+        out.add(f"params must be a mapping, got {type(params).__name__}")
+        params = {}
+    alerts = doc.get("alerts") or []
+    if not isinstance(alerts, list) or not all(isinstance(a, Mapping) for a in alerts):
+        out.add("alerts must be a list of mappings such as {type: webhook, url: ...}")
+        alerts = []
+
+    raw_steps = doc.get("steps")
+    steps: list[StepDefinition] = []
+    if not isinstance(raw_steps, list) or not raw_steps:
+        out.add("steps must be a non-empty list")
+    else:
+        seen: set[str] = set()
+        for index, raw in enumerate(raw_steps):
+            parsed = _parse_step(raw, index, out, check_runners)
+            if parsed is None:
+                continue
+            if parsed.key in seen:
+                out.add(f"duplicate step key {parsed.key!r}", parsed.key)
+                continue
+            seen.add(parsed.key)
+            steps.append(parsed)
+        _check_graph(steps, params, out)
+
+    if out.problems:
+        raise DefinitionError(out.problems)
+    assert isinstance(name, str)
+    return BatchDefinition(
+        name=name,
+        steps=tuple(steps),
+        cron=str(cron) if cron is not None else None,
+        timezone=str(timezone) if timezone is not None else None,
+        max_active_instances=max_active,
+        params=dict(params),
+        alerts=tuple(dict(a) for a in alerts),
+        description=doc.get("description"),
+        extra={k: doc[k] for k in _EXTRA_FIELDS if k in doc},
+    )
+
+
+def _parse_step(
+    raw: object, index: int, out: _Collector, check_runners: bool
+) -> StepDefinition | None:
+    if not isinstance(raw, Mapping):
+        out.add(f"step #{index + 1} must be a mapping with at least 'key' and 'runner'")
+        return None
+    key = raw.get("key")
+    if not isinstance(key, str) or not STEP_KEY_PATTERN.match(key):
+        out.add(f"step #{index + 1} has an invalid key {key!r} (letters, digits, '_', '-', '.')")
+        return None
+    for unknown in sorted(set(raw) - _STEP_FIELDS):
+        out.add(f"unknown field {unknown!r} (known: {', '.join(sorted(_STEP_FIELDS))})", key)
+    runner = raw.get("runner")
+    if not isinstance(runner, str) or not runner:
+        out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
+        runner = ""
+    elif check_runners:
+        try:
+            resolve_runner(runner)
+        except ImportError as exc:
+            out.add(str(exc), key)
+    nexts = raw.get("next_steps", raw.get("nextSteps", []))
+    if isinstance(nexts, str):
+        nexts = [nexts]
+    if not isinstance(nexts, list) or not all(isinstance(n, str) for n in nexts):
+        out.add("next_steps must be a list of step keys", key)
+        nexts = []
+    args = raw.get("with") or {}
+    if not isinstance(args, Mapping):
+        out.add("'with' must be a mapping of argument names to values", key)
+        args = {}
+    retry = _parse_retry(raw.get("retry"), key, out)
+    timeout = None
+    if raw.get("timeout") is not None:
+        try:
+            timeout = parse_duration(raw["timeout"])
+        except ValueError as exc:
+            out.add(f"timeout: {exc}", key)
+    rule_text = raw.get("trigger_rule", raw.get("triggerRule", TriggerRule.ALL_SUCCESS.value))
+    try:
+        rule = TriggerRule(rule_text)
+    except ValueError:
+        known = ", ".join(r.value for r in TriggerRule)
+        out.add(f"unknown trigger_rule {rule_text!r} (known: {known})", key)
+        rule = TriggerRule.ALL_SUCCESS
+    condition = raw.get("condition")
+    if condition is not None and not isinstance(condition, str | bool):
+        out.add("condition must be an expression string", key)
+        condition = None
+    return StepDefinition(
+        key=key,
+        runner=runner,
+        next_steps=tuple(nexts),
+        args=dict(args),
+        retry=retry,
+        timeout=timeout,
+        trigger_rule=rule,
+        condition=None if condition is None else str(condition),
+        map=_parse_map(raw.get("map"), key, out),
+    )
+
+
+def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:
+    if raw is None:
+        return RetryPolicy()
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = {"attempts": raw}
+    if not isinstance(raw, Mapping):
+        out.add("retry must be a mapping like {attempts: 3, backoff: 2s, max_backoff: 1m}", key)
+        return RetryPolicy()
+    attempts = raw.get("attempts", 1)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        out.add(f"retry.attempts {attempts!r} must be a whole number >= 1", key)
+        attempts = 1
+    policy = RetryPolicy(attempts=attempts, jitter=bool(raw.get("jitter", True)))
+    for name in ("backoff", "max_backoff"):
+        if name in raw:
+            try:
+                policy = _replace(policy, name, parse_duration(raw[name]))
+            except ValueError as exc:
+                out.add(f"retry.{name}: {exc}", key)
+    return policy
+
+
+def _replace(policy: RetryPolicy, name: str, value: Any) -> RetryPolicy:
+    from dataclasses import replace
+
+    return replace(policy, **{name: value})
+
+
+def _parse_map(raw: object, key: str, out: _Collector) -> MapSpec | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"over": raw}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("over"), str):
+        out.add("map must be {over: <upstream step or params key>, concurrency: N}", key)
+        return None
+    concurrency = raw.get("concurrency", 16)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        out.add(f"map.concurrency {concurrency!r} must be a whole number >= 1", key)
+        concurrency = 16
+    return MapSpec(over=raw["over"], concurrency=concurrency)
+
+
+def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _Collector) -> None:
+    keys = {s.key for s in steps}
+    predecessors: dict[str, set[str]] = {k: set() for k in keys}
+    for s in steps:
+        for nxt in s.next_steps:
+            if nxt not in keys:
+                out.add(f"next_steps names unknown step {nxt!r}", s.key)
+            else:
+                predecessors[nxt].add(s.key)
+            if nxt == s.key:
+                out.add("a step cannot follow itself", s.key)
+    cycle = find_cycle({s.key: [n for n in s.next_steps if n != s.key] for s in steps})
+    if cycle:
+        out.add("cycle: " + " -> ".join(cycle))
+    for s in steps:
+        if s.map is not None and s.map.over not in predecessors[s.key] and s.map.over not in params:
+            out.add(
+                f"map.over {s.map.over!r} is neither an upstream step of this step "
+                "nor a key of params",
+                s.key,
+            )
+
+
+def read_document(path: Path) -> object:
+    """Read a YAML or JSON file; raise DefinitionError naming the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionError([Problem(f"cannot read file: {exc.strerror}", str(path))]) from exc
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        problem = Problem(f"not valid {path.suffix[1:].upper()}: {exc}", str(path))
+        raise DefinitionError([problem]) from None
+
+
+def definition_files(path: Path) -> list[Path]:
+    """A file, or every definition file directly inside a directory, sorted."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+    if not path.exists():
+        raise DefinitionError([Problem("no such file or directory", str(path))])
+    return [path]
+
+
+def load_definitions(
+    path: Path, *, check_runners: bool = True
+) -> Iterator[tuple[Path, BatchDefinition | DefinitionError]]:
+    """Each definition file under ``path`` with its definition or its problems."""
+    for file in definition_files(path):
+        try:
+            yield (
+                file,
+                parse_definition(read_document(file), str(file), check_runners=check_runners),
+            )
+        except DefinitionError as exc:
+            yield file, exc
+
+
+def load_definition(path: Path, *, check_runners: bool = True) -> BatchDefinition:
+    return parse_definition(read_document(path), str(path), check_runners=check_runners)

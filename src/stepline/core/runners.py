@@ -1,0 +1,63 @@
+"""Finding the Python callable a step names: ``module:function`` or a registered name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+Runner = Callable[..., Any]
+
+_registry: dict[str, Runner] = {}
+
+
+def register(name: str) -> Callable[[Runner], Runner]:
+    """Decorator: make ``fn`` callable from definitions as ``runner: <name>``."""
+
+    def decorate(fn: Runner) -> Runner:
+        _registry[name] = fn
+        return fn
+
+    return decorate
+
+
+def runner_reference(fn: Runner) -> str:
+    """The ``module:qualname`` a stored definition uses for a Python callable."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise ValueError(
+            f"runner {fn!r} is not importable by name; define it at module level "
+            "or register it with stepline.register(name)"
+        )
+    return f"{module}:{qualname}"
+
+
+def resolve_runner(reference: str) -> Runner:
+    """Import the runner; raise ImportError naming what is missing and how to fix it."""
+    if reference in _registry:
+        return _registry[reference]
+    module_name, sep, attr_path = reference.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ImportError(
+            f"runner {reference!r} is neither a registered name nor 'module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"runner {reference!r}: cannot import module {module_name!r} ({exc}); runner "
+            "modules are imported with the current directory on sys.path"
+        ) from exc
+    target: Any = module
+    for attr in attr_path.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise ImportError(
+                f"runner {reference!r}: module {module_name!r} has no attribute {attr_path!r}"
+            ) from None
+    if not callable(target):
+        raise ImportError(f"runner {reference!r} is not callable")
+    fn: Runner = target
+    return fn

@@ -1,0 +1,1 @@
+"""Dispatcher implementations; the contract is in :mod:`stepline.dispatchers.base`."""

@@ -1,0 +1,1 @@
+"""The engine: the orchestrator (what is ready, what happened) and step execution."""

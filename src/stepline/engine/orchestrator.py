@@ -1,0 +1,325 @@
+"""The orchestrator: drives instances from the stored state to a final state.
+
+One driver thread per process makes every decision; runners report outcomes to it through
+a queue, and it records a whole burst of outcomes of an instance in one short transaction
+(group commit). That keeps the per-step cost to roughly one transaction however many steps
+run at once, and no transaction is ever open while a runner executes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from stepline.core.definition import BatchDefinition, StepDefinition
+from stepline.core.states import InstanceStatus, StepStatus
+from stepline.dispatchers.base import Dispatcher, StepWork
+from stepline.engine.advance import Advance, advance
+from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
+from stepline.stores.sqlalchemy import process_owner_id
+
+log = structlog.get_logger("stepline.orchestrator")
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A change the orchestrator made, for progress displays and metrics."""
+
+    instance_id: int
+    step_key: str
+    map_index: int
+    status: StepStatus
+    attempt: int
+    at: datetime
+
+
+Listener = Callable[[StepEvent], None]
+
+
+@dataclass
+class _Inflight:
+    step: StepDefinition
+    attempt: int
+    deadline: float | None
+
+
+@dataclass
+class _Active:
+    instance: InstanceRecord
+    definition: BatchDefinition
+    results: dict[str, Any] = field(default_factory=dict)
+    inflight: dict[int, _Inflight] = field(default_factory=dict)
+    look_for_queued: bool = True
+    wake_at: float | None = None
+    final: InstanceRecord | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Orchestrator:
+    """Runs instances with a dispatcher; owns them through a lease in the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+        listener: Listener | None = None,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.owner = owner or process_owner_id()
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.listener = listener
+        self._outcomes: queue.SimpleQueue[StepOutcome | None] = queue.SimpleQueue()
+        self._active: dict[int, _Active] = {}
+        self._next_heartbeat = 0.0
+        self._next_poll = 0.0
+        dispatcher.start(self._outcomes.put)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start(
+        self,
+        stored: StoredDefinition,
+        params: Mapping[str, Any] | None = None,
+        trigger: str = "cli",
+    ) -> InstanceRecord:
+        """Create an instance owned by this orchestrator (run it with :meth:`run`)."""
+        self._heartbeat(force=True)
+        instance, _ = self.store.create_instance(stored, params or {}, trigger, owner=self.owner)
+        return instance
+
+    def run(self, instance_id: int, timeout: float | None = None) -> InstanceRecord:
+        """Drive ``instance_id`` (and anything else active) in this thread until it is final."""
+        self._heartbeat(force=True)
+        self.adopt(instance_id)
+        active = self._active.get(instance_id)
+        end = None if timeout is None else time.monotonic() + timeout
+        while active is not None and not active.done.is_set():
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"instance {instance_id} did not finish in {timeout} s")
+            self.step_once()
+        return self.store.instance(instance_id)
+
+    def adopt(self, instance_id: int) -> bool:
+        """Take ownership of an unfinished instance and resume it from the stored state.
+
+        Steps a previous owner left ``running`` are run again as a new attempt; steps it
+        left ``queued`` are claimed as usual. Returns False if the instance is final.
+        """
+        with self.store.instance_transaction(instance_id) as tx:
+            if tx.instance.status.is_final:
+                return False
+            definition = self._definition(tx.instance)
+            tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
+            requeued = tx.requeue_running(
+                exclude_owner=None if instance_id not in self._active else self.owner
+            )
+        if instance_id not in self._active:
+            self._active[instance_id] = _Active(tx.instance, definition)
+            if requeued:
+                log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
+        self._advance(self._active[instance_id], [])
+        return True
+
+    def step_once(self) -> None:
+        """Wait for outcomes (or the next deadline) and process them once."""
+        timeout = self._wait_seconds()
+        batch: list[StepOutcome] = []
+        try:
+            item = self._outcomes.get(timeout=timeout)
+            if item is not None:
+                batch.append(item)
+            while True:
+                item = self._outcomes.get_nowait()
+                if item is not None:
+                    batch.append(item)
+        except queue.Empty:
+            pass
+        by_instance: dict[int, list[StepOutcome]] = {}
+        for o in batch:
+            for instance_id, active in self._active.items():
+                if o.row_id in active.inflight:
+                    by_instance.setdefault(instance_id, []).append(o)
+                    break
+        now = time.monotonic()
+        for instance_id, active in list(self._active.items()):
+            outcomes = by_instance.get(instance_id, [])
+            outcomes.extend(self._expired(instance_id, active, now))
+            due = active.wake_at is not None and active.wake_at <= now
+            if outcomes or due:
+                self._advance(active, outcomes)
+        if now >= self._next_poll:
+            self._next_poll = now + self.poll_seconds
+            self._poll_cancellations()
+        self._heartbeat()
+
+    def wake(self) -> None:
+        """Make a blocked :meth:`step_once` return now (e.g. after :meth:`adopt` elsewhere)."""
+        self._outcomes.put(None)
+
+    def close(self) -> None:
+        self.dispatcher.shutdown(wait=False)
+        self.store.release(self.owner)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _definition(self, instance: InstanceRecord) -> BatchDefinition:
+        return self.store.definition(instance.batch, instance.definition_version).definition
+
+    def _advance(self, active: _Active, outcomes: list[StepOutcome]) -> None:
+        instance_id = active.instance.id
+        for o in outcomes:
+            active.inflight.pop(o.row_id, None)
+        slots = self.dispatcher.capacity - sum(len(a.inflight) for a in self._active.values())
+        now = datetime.now(UTC)
+        with self.store.instance_transaction(instance_id, active.instance) as tx:
+            if tx.instance.cancel_requested:
+                self._cancel(active, tx)
+                return
+            done = advance(
+                tx,
+                active.definition,
+                outcomes,
+                owner=self.owner,
+                now=now,
+                slots=slots,
+                look_for_queued=active.look_for_queued,
+                results=active.results,
+                idle=not active.inflight,
+                params=active.instance.params,
+            )
+        for o in outcomes:
+            if o.succeeded and done.finished.get(o.step_key) is StepStatus.SUCCEEDED:
+                active.results[o.step_key] = _decode(o.payload)
+        active.look_for_queued = len(done.claimed) >= slots > 0
+        active.wake_at = None
+        if done.retry_at is not None:
+            active.wake_at = time.monotonic() + max(0.0, (done.retry_at - now).total_seconds())
+        self._emit(active, done, outcomes, now)
+        if done.final is not None:
+            self._finish(active)
+            return
+        for claimed in done.claimed:
+            step = active.definition.step(claimed.step_key)
+            deadline = (
+                time.monotonic() + step.timeout.total_seconds()
+                if step.timeout is not None
+                else None
+            )
+            active.inflight[claimed.row_id] = _Inflight(step, claimed.attempt, deadline)
+            preds = active.definition.graph.predecessors.get(claimed.step_key, ())
+            known = {k: active.results[k] for k in preds if k in active.results}
+            self.dispatcher.submit(
+                StepWork(
+                    instance_id=instance_id,
+                    batch=active.instance.batch,
+                    claimed=claimed,
+                    step=step,
+                    params=active.instance.params,
+                    results=known,
+                    missing_results=tuple(k for k in preds if k not in known),
+                )
+            )
+
+    def _emit(
+        self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
+    ) -> None:
+        if self.listener is None:
+            return
+        attempts = {o.step_key: o.attempt for o in outcomes}
+        for key, status in done.finished.items():
+            self.listener(StepEvent(active.instance.id, key, -1, status, attempts.get(key, 0), now))
+        for o in outcomes:
+            if not o.succeeded and o.step_key not in done.finished:
+                self.listener(
+                    StepEvent(
+                        active.instance.id,
+                        o.step_key,
+                        o.map_index,
+                        StepStatus.QUEUED,
+                        o.attempt,
+                        now,
+                    )
+                )
+        for c in done.claimed:
+            self.listener(
+                StepEvent(
+                    active.instance.id, c.step_key, c.map_index, StepStatus.RUNNING, c.attempt, now
+                )
+            )
+
+    def _expired(self, instance_id: int, active: _Active, now: float) -> list[StepOutcome]:
+        expired: list[StepOutcome] = []
+        for row_id, inflight in list(active.inflight.items()):
+            if inflight.deadline is None or inflight.deadline > now:
+                continue
+            assert inflight.step.timeout is not None
+            self.dispatcher.abandon(instance_id, row_id, inflight.attempt)
+            finished = datetime.now(UTC)
+            expired.append(
+                StepOutcome(
+                    row_id=row_id,
+                    step_key=inflight.step.key,
+                    map_index=-1,
+                    attempt=inflight.attempt,
+                    succeeded=False,
+                    payload=None,
+                    error=f"TimeoutError: attempt {inflight.attempt} exceeded the step timeout "
+                    f"of {inflight.step.timeout.total_seconds():g} s",
+                    started_at=finished - inflight.step.timeout,
+                    finished_at=finished,
+                )
+            )
+        return expired
+
+    def _cancel(self, active: _Active, tx: Any) -> None:
+        for row_id, inflight in active.inflight.items():
+            self.dispatcher.abandon(active.instance.id, row_id, inflight.attempt)
+        active.inflight.clear()
+        tx.cancel_unfinished()
+        tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
+        self._finish(active)
+
+    def _finish(self, active: _Active) -> None:
+        del self._active[active.instance.id]
+        active.done.set()
+
+    def _poll_cancellations(self) -> None:
+        for instance_id, active in list(self._active.items()):
+            if active.inflight and self.store.instance(instance_id).cancel_requested:
+                self._advance(active, [])
+
+    def _wait_seconds(self) -> float:
+        now = time.monotonic()
+        wait = min(self.poll_seconds, max(0.0, self._next_heartbeat - now))
+        for active in self._active.values():
+            if active.wake_at is not None:
+                wait = min(wait, active.wake_at - now)
+            for inflight in active.inflight.values():
+                if inflight.deadline is not None:
+                    wait = min(wait, inflight.deadline - now)
+        return max(wait, 0.0)
+
+    def _heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_heartbeat:
+            self.store.heartbeat(self.owner, self.lease_seconds)
+            self._next_heartbeat = now + self.lease_seconds / 3
+
+
+def _decode(payload: str | None) -> Any:
+    import json
+
+    return None if payload is None else json.loads(payload)

@@ -1,0 +1,45 @@
+"""Errors a user can act on. Every message names the thing that is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SteplineError(Exception):
+    """Base of every error Stepline raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a definition, located as precisely as we can."""
+
+    message: str
+    source: str | None = None
+    step: str | None = None
+
+    def __str__(self) -> str:
+        where = ": ".join(
+            p for p in (self.source, f"step {self.step!r}" if self.step else None) if p
+        )
+        return f"{where}: {self.message}" if where else self.message
+
+
+class DefinitionError(SteplineError):
+    """A batch definition is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class NotFound(SteplineError):
+    """A batch, instance or step that the caller named does not exist."""
+
+
+class Conflict(SteplineError):
+    """The request is valid but the stored state does not allow it (e.g. retry of a success)."""
+
+
+class StoreUnavailable(SteplineError):
+    """The database cannot be reached; nothing was written by the failed call."""

@@ -1,0 +1,1 @@
+"""Cron schedules: when batches fire."""

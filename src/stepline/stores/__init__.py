@@ -1,0 +1,1 @@
+"""Store implementations; the contract is in :mod:`stepline.stores.base`."""

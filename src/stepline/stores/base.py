@@ -1,0 +1,273 @@
+"""The store port: where definitions, instances and step results live.
+
+The store is the source of truth. Every method is one short transaction; none is ever held
+open while a runner executes. Implementations: :class:`stepline.stores.sqlalchemy.SqlAlchemyStore`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stepline.core.definition import BatchDefinition
+from stepline.core.states import InstanceStatus, StepStatus
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    id: int
+    name: str
+    version: int
+    definition: BatchDefinition
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: int
+    batch: str
+    definition_id: int
+    definition_version: int
+    status: InstanceStatus
+    params: Mapping[str, Any]
+    trigger: str
+    scheduled_for: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    owner_id: str | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class StepResultRecord:
+    id: int
+    instance_id: int
+    step_key: str
+    map_index: int
+    status: StepStatus
+    attempt: int
+    result_payload: Any
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    step_key: str
+    map_index: int
+    attempt: int
+    status: StepStatus
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """A step result row this process now owns as ``running`` for ``attempt``."""
+
+    row_id: int
+    step_key: str
+    map_index: int
+    attempt: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one attempt of a step produced, reported back by whoever ran it."""
+
+    row_id: int
+    step_key: str
+    map_index: int
+    attempt: int
+    succeeded: bool
+    payload: str | None  # JSON text, already encoded
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    retryable: bool = True
+
+
+class InstanceTransaction(ABC):
+    """One transaction on one instance, with the instance row locked against other writers.
+
+    Obtained from :meth:`Store.instance_transaction`; commits when the ``with`` block ends
+    normally and rolls back on an exception. Every method acts on that instance only.
+    """
+
+    instance: InstanceRecord
+
+    @abstractmethod
+    def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
+        """Store the outcome of ``outcome.attempt`` if that attempt still owns the row.
+
+        The update is fenced on (row, attempt, status running): a late or duplicate report
+        of an attempt that was abandoned (timed out, recovered, cancelled) changes nothing
+        and returns False. With ``retry_at`` a failure sends the row back to ``queued``,
+        available from that time, and keeps the failed attempt in the attempt history.
+        """
+
+    @abstractmethod
+    def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
+        """Subtract ``counts[key]`` from each pending step's count of unfinished upstream
+        steps; return the keys whose count reached zero and that are still ``pending``."""
+
+    @abstractmethod
+    def start(
+        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
+    ) -> list[ClaimedStep]:
+        """Move pending steps that became ready: the first ``limit`` straight to ``running``
+        (claimed by ``owner``), the rest to ``queued``. Saves a claim query per step."""
+
+    @abstractmethod
+    def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
+        """The status of each named step (its unmapped row)."""
+
+    @abstractmethod
+    def results(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Stored payloads of the named succeeded steps (item lists for mapped steps)."""
+
+    @abstractmethod
+    def mark(self, keys: Sequence[str], status: StepStatus, *, error: str | None = None) -> None:
+        """Move pending steps to ``status`` (queued, skipped, upstream_failed, cancelled)."""
+
+    @abstractmethod
+    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+        """Take up to ``limit`` queued steps available at ``now``: running, attempt + 1."""
+
+    @abstractmethod
+    def next_available_at(self) -> datetime | None:
+        """When the earliest queued step waiting for a retry delay becomes available."""
+
+    @abstractmethod
+    def step_statuses(self) -> dict[str, StepStatus]:
+        """Status of every row of the instance, as ``"key"`` or ``"key[index]"``."""
+
+    @abstractmethod
+    def requeue_running(self, *, exclude_owner: str | None) -> list[str]:
+        """Send ``running`` rows not owned by ``exclude_owner`` back to ``queued``.
+
+        Used when a new owner adopts an instance whose owner died: each such attempt is
+        kept in the history as lost, and the step runs again as the next attempt. A lost
+        attempt is rerun whatever the retry policy says: the runner never reported.
+        """
+
+    @abstractmethod
+    def cancel_unfinished(self) -> list[str]:
+        """Move every row that is not final to ``cancelled``; return their keys."""
+
+    @abstractmethod
+    def has_unfinished(self) -> bool:
+        """Whether any step of the instance is not final."""
+
+    @abstractmethod
+    def set_instance(
+        self, status: InstanceStatus, *, owner: str | None = None, error: str | None = None
+    ) -> None:
+        """Move the instance to ``status`` (timestamps follow); ``owner`` takes ownership."""
+
+
+class Store(ABC):
+    """Definitions, instances and step results in a relational database."""
+
+    @abstractmethod
+    def initialize(self) -> None:
+        """Bring the schema up to date (migrations); idempotent and safe to race."""
+
+    @abstractmethod
+    def apply(self, definition: BatchDefinition) -> StoredDefinition:
+        """Store ``definition`` as the batch's current version.
+
+        A document identical to the current version is not a new version. Instances keep
+        the version they started with.
+        """
+
+    @abstractmethod
+    def definition(self, name: str, version: int | None = None) -> StoredDefinition:
+        """The named batch at ``version`` (default: current); NotFound if absent."""
+
+    @abstractmethod
+    def definitions(self) -> list[StoredDefinition]:
+        """Every batch at its current version, by name."""
+
+    @abstractmethod
+    def create_instance(
+        self,
+        stored: StoredDefinition,
+        params: Mapping[str, Any],
+        trigger: str,
+        *,
+        scheduled_for: datetime | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[InstanceRecord, bool]:
+        """Insert a queued instance and a ``pending`` row per step; roots are ``queued``.
+
+        Returns (instance, created). With ``scheduled_for`` or ``idempotency_key``, an
+        instance that already exists for it is returned with created False: the unique
+        constraint, not a lock, makes concurrent schedulers create at most one. With
+        ``owner`` the new instance is owned from the start, so recovery leaves it alone.
+        """
+
+    @abstractmethod
+    def instance_transaction(
+        self, instance_id: int, known: InstanceRecord | None = None
+    ) -> AbstractContextManager[InstanceTransaction]:
+        """Open a write transaction on one instance (see :class:`InstanceTransaction`).
+
+        With ``known`` (a record of this instance read earlier) only the fields that other
+        processes change are read again. Raises NotFound if there is no such instance.
+        """
+
+    @abstractmethod
+    def instance(self, instance_id: int) -> InstanceRecord:
+        """One instance; NotFound if absent."""
+
+    @abstractmethod
+    def instances(
+        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+    ) -> list[InstanceRecord]:
+        """Newest first."""
+
+    @abstractmethod
+    def step_results(self, instance_id: int) -> list[StepResultRecord]:
+        """Every step result row of an instance, in row order."""
+
+    @abstractmethod
+    def attempts(self, instance_id: int) -> list[AttemptRecord]:
+        """The history of failed attempts of the instance's steps."""
+
+    @abstractmethod
+    def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
+        """Stored payloads of succeeded steps, by key; a mapped step gives its item list."""
+
+    @abstractmethod
+    def heartbeat(self, owner: str, ttl_seconds: float) -> None:
+        """Register or extend ``owner``'s lease, timed by the database clock."""
+
+    @abstractmethod
+    def release(self, owner: str) -> None:
+        """End ``owner``'s lease now (clean shutdown)."""
+
+    @abstractmethod
+    def orphaned_instances(self) -> list[int]:
+        """Running or queued instances whose owner's lease expired or that have no owner."""
+
+    @abstractmethod
+    def dispose(self) -> None:
+        """Close connections."""
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,789 @@
+"""SqlAlchemyStore: the store on SQLite, PostgreSQL, MariaDB/MySQL or Oracle."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, Row
+
+from stepline.core.definition import BatchDefinition
+from stepline.core.loader import parse_definition
+from stepline.core.states import InstanceStatus, StepStatus
+from stepline.errors import NotFound, StoreUnavailable
+from stepline.stores.base import (
+    AttemptRecord,
+    ClaimedStep,
+    InstanceRecord,
+    InstanceTransaction,
+    StepOutcome,
+    StepResultRecord,
+    Store,
+    StoredDefinition,
+    iter_chunks,
+)
+from stepline.stores.hotpath import HotStatement
+from stepline.stores.schema import (
+    Encoded,
+    batch_definition,
+    batch_definition_version,
+    batch_instance,
+    batch_step_attempt,
+    batch_step_result,
+    json_serializer,
+    stepline_worker,
+)
+
+R = batch_step_result
+BI = batch_instance
+_CHUNK = 500  # bound for IN lists: Oracle allows 1000, SQLite 32766 parameters
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_engine(url: str) -> Engine:
+    """An engine tuned per database: WAL and IMMEDIATE transactions on SQLite,
+    READ COMMITTED on MariaDB/MySQL, psycopg 3 for a bare ``postgresql://`` URL."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    elif url.startswith("mysql://") or url.startswith("mariadb://"):
+        url = "mysql+pymysql://" + url.split("://", 1)[1]
+    elif url.startswith("oracle://"):
+        url = "oracle+oracledb://" + url.split("://", 1)[1]
+    sa_url = sa.make_url(url)
+    kwargs: dict[str, Any] = {"json_serializer": json_serializer}
+    backend = sa_url.get_backend_name()
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif backend in ("mysql", "mariadb"):
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["pool_pre_ping"] = True
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = sa.create_engine(sa_url, **kwargs)
+    if backend == "sqlite":
+        _tune_sqlite(engine)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves, so write transactions take the lock up front
+        # instead of failing with SQLITE_BUSY when a read is upgraded to a write.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process; only an OS crash can lose the
+        # last commits, which the guarantee (kill -9 of our process) does not cover.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
+        conn.exec_driver_sql(mode)
+
+
+def process_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class SqlAlchemyStore(Store):
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or create_engine(url)
+        self.dialect = self.engine.dialect.name
+        # SQLite has one writer; queueing our own threads here is cheaper than its
+        # busy-wait handler, which sleeps in steps of up to 100 ms.
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._names: dict[int, str] = {}
+        self._definitions: dict[tuple[int, int], BatchDefinition] = {}
+        quote = self.engine.dialect.identifier_preparer.quote
+        self._lock_instance = sa.text(
+            f"SELECT {', '.join(quote(c.name) for c in BI.c)} FROM batch_instance WHERE id = :id"
+            + ("" if self.dialect == "sqlite" else " FOR UPDATE")
+        ).columns(*BI.c)
+        self._lock_status = HotStatement(
+            "SELECT status, cancel_requested FROM batch_instance WHERE id = :id"
+            + ("" if self.dialect == "sqlite" else " FOR UPDATE")
+        )
+
+    def __repr__(self) -> str:
+        return f"SqlAlchemyStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock or nullcontext():
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except sa.exc.OperationalError as exc:
+                raise _unavailable(self, exc) from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(stepline_read=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(self, exc) from exc
+
+    def _db_now(self, conn: Connection) -> datetime:
+        sql = {
+            "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
+            "mysql": "SELECT UTC_TIMESTAMP(6)",
+            "mariadb": "SELECT UTC_TIMESTAMP(6)",
+            "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
+        }.get(self.dialect, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+        value = conn.exec_driver_sql(sql).scalar_one()
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def initialize(self) -> None:
+        from stepline.stores.migrations import upgrade
+
+        try:
+            upgrade(self.engine)
+        except sa.exc.OperationalError as exc:
+            raise _unavailable(self, exc) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def apply(self, definition: BatchDefinition) -> StoredDefinition:
+        document = definition.to_document()
+        now = utcnow()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(batch_definition)
+                .where(batch_definition.c.name == definition.name)
+                .with_for_update()
+            ).first()
+            if row is None:
+                definition_id = conn.execute(
+                    sa.insert(batch_definition).values(
+                        name=definition.name,
+                        cron=definition.cron,
+                        timezone=definition.timezone,
+                        steps=document["steps"],
+                        version=1,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+                version = 1
+                created = now
+            else:
+                current = conn.execute(
+                    sa.select(batch_definition_version.c.document).where(
+                        batch_definition_version.c.definition_id == row.id,
+                        batch_definition_version.c.version == row.version,
+                    )
+                ).scalar_one()
+                if current == document:
+                    return self._stored(row.id, row.name, row.version, document, row)
+                definition_id, version, created = row.id, row.version + 1, row.created_at
+                conn.execute(
+                    sa.update(batch_definition)
+                    .where(batch_definition.c.id == row.id)
+                    .values(
+                        cron=definition.cron,
+                        timezone=definition.timezone,
+                        steps=document["steps"],
+                        version=version,
+                        updated_at=now,
+                    )
+                )
+            conn.execute(
+                sa.insert(batch_definition_version).values(
+                    definition_id=definition_id,
+                    version=version,
+                    document=document,
+                    created_at=now,
+                )
+            )
+        self._definitions[(definition_id, version)] = definition
+        return StoredDefinition(definition_id, definition.name, version, definition, created, now)
+
+    def _stored(
+        self, definition_id: int, name: str, version: int, document: Any, row: Row[Any]
+    ) -> StoredDefinition:
+        definition = self._definitions.get((definition_id, version))
+        if definition is None:
+            # Stored documents were validated when applied; runners are resolved when run.
+            definition = parse_definition(document, f"batch {name} v{version}", check_runners=False)
+            self._definitions[(definition_id, version)] = definition
+        return StoredDefinition(
+            definition_id, name, version, definition, row.created_at, row.updated_at
+        )
+
+    def definition(self, name: str, version: int | None = None) -> StoredDefinition:
+        d, v = batch_definition, batch_definition_version
+        query = (
+            sa.select(d, v.c.document, v.c.version.label("doc_version"))
+            .join(v, v.c.definition_id == d.c.id)
+            .where(d.c.name == name)
+        )
+        query = query.where(v.c.version == (version if version is not None else d.c.version))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            what = f"batch {name!r}" + (f" version {version}" if version is not None else "")
+            raise NotFound(f"{what} does not exist; `stepline apply FILE` stores a definition")
+        return self._stored(row.id, row.name, row.doc_version, row.document, row)
+
+    def definitions(self) -> list[StoredDefinition]:
+        d, v = batch_definition, batch_definition_version
+        query = (
+            sa.select(d, v.c.document)
+            .join(v, (v.c.definition_id == d.c.id) & (v.c.version == d.c.version))
+            .order_by(d.c.name)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [self._stored(r.id, r.name, r.version, r.document, r) for r in rows]
+
+    def definition_for(self, instance: InstanceRecord) -> BatchDefinition:
+        """The definition version an instance started with (cached: versions never change)."""
+        key = (instance.definition_id, instance.definition_version)
+        if key not in self._definitions:
+            self.definition(instance.batch, instance.definition_version)
+        return self._definitions[key]
+
+    def _name(self, conn: Connection, definition_id: int) -> str:
+        if definition_id not in self._names:
+            self._names[definition_id] = conn.execute(
+                sa.select(batch_definition.c.name).where(batch_definition.c.id == definition_id)
+            ).scalar_one()
+        return self._names[definition_id]
+
+    # -- instances ------------------------------------------------------------------------
+
+    def create_instance(
+        self,
+        stored: StoredDefinition,
+        params: Mapping[str, Any],
+        trigger: str,
+        *,
+        scheduled_for: datetime | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> tuple[InstanceRecord, bool]:
+        graph = stored.definition.graph
+        now = utcnow()
+        merged = {**stored.definition.params, **params}
+        try:
+            with self._write() as conn:
+                instance_id = conn.execute(
+                    sa.insert(BI).values(
+                        definition_id=stored.id,
+                        definition_version=stored.version,
+                        status=InstanceStatus.QUEUED.value,
+                        params=merged,
+                        trigger=trigger,
+                        scheduled_for=scheduled_for,
+                        idempotency_key=idempotency_key,
+                        owner_id=owner,
+                        cancel_requested=False,
+                        created_at=now,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+                rows = [
+                    {
+                        "batch_instance_id": instance_id,
+                        "step_key": key,
+                        "map_index": -1,
+                        "status": (
+                            StepStatus.PENDING if graph.predecessors.get(key) else StepStatus.QUEUED
+                        ).value,
+                        "attempt": 0,
+                        "created_at": now,
+                        "upstream_pending": len(graph.predecessors.get(key, ())),
+                    }
+                    for key in graph.keys
+                ]
+                conn.execute(sa.insert(R), rows)
+        except sa.exc.IntegrityError:
+            if scheduled_for is None and idempotency_key is None:
+                raise
+            column, value = (
+                (BI.c.scheduled_for, scheduled_for)
+                if scheduled_for is not None
+                else (BI.c.idempotency_key, idempotency_key)
+            )
+            with self._read() as conn:
+                existing = conn.execute(
+                    sa.select(BI).where(BI.c.definition_id == stored.id, column == value)
+                ).one()
+                return self._instance(conn, existing), False
+        self._names[stored.id] = stored.name
+        return (
+            InstanceRecord(
+                instance_id,
+                stored.name,
+                stored.id,
+                stored.version,
+                InstanceStatus.QUEUED,
+                merged,
+                trigger,
+                scheduled_for,
+                now,
+                None,
+                None,
+                None,
+                owner,
+                False,
+            ),
+            True,
+        )
+
+    def _instance(self, conn: Connection, row: Row[Any]) -> InstanceRecord:
+        return InstanceRecord(
+            id=row.id,
+            batch=self._name(conn, row.definition_id),
+            definition_id=row.definition_id,
+            definition_version=row.definition_version,
+            status=InstanceStatus(row.status),
+            params=row.params,
+            trigger=row.trigger,
+            scheduled_for=row.scheduled_for,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            error=row.error,
+            owner_id=row.owner_id,
+            cancel_requested=bool(row.cancel_requested),
+        )
+
+    @contextmanager
+    def instance_transaction(
+        self, instance_id: int, known: InstanceRecord | None = None
+    ) -> Iterator[InstanceTransaction]:
+        with self._write() as conn:
+            if known is not None:
+                # Only status and the cancel flag change under another owner; the driver
+                # already holds the rest, so the per-step lock reads two columns.
+                found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
+                if found is None:
+                    raise NotFound(f"instance {instance_id} does not exist")
+                instance = replace(
+                    known, status=InstanceStatus(found[0]), cancel_requested=bool(found[1])
+                )
+            else:
+                row = conn.execute(self._lock_instance, {"id": instance_id}).first()
+                if row is None:
+                    raise NotFound(f"instance {instance_id} does not exist")
+                instance = self._instance(conn, row)
+            yield _SqlInstanceTransaction(conn, instance)
+
+    def instance(self, instance_id: int) -> InstanceRecord:
+        with self._read() as conn:
+            row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
+            if row is None:
+                raise NotFound(
+                    f"instance {instance_id} does not exist; `stepline instances` lists them"
+                )
+            return self._instance(conn, row)
+
+    def instances(
+        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+    ) -> list[InstanceRecord]:
+        query = sa.select(BI).order_by(BI.c.id.desc()).limit(limit)
+        if batch is not None:
+            query = query.join(batch_definition, batch_definition.c.id == BI.c.definition_id).where(
+                batch_definition.c.name == batch
+            )
+        if status is not None:
+            query = query.where(BI.c.status == status.value)
+        with self._read() as conn:
+            return [self._instance(conn, r) for r in conn.execute(query).all()]
+
+    def step_results(self, instance_id: int) -> list[StepResultRecord]:
+        query = sa.select(R).where(R.c.batch_instance_id == instance_id).order_by(R.c.id)
+        with self._read() as conn:
+            return [
+                StepResultRecord(
+                    r.id,
+                    r.batch_instance_id,
+                    r.step_key,
+                    r.map_index,
+                    StepStatus(r.status),
+                    r.attempt,
+                    r.result_payload,
+                    r.error,
+                    r.started_at,
+                    r.finished_at,
+                    r.created_at,
+                )
+                for r in conn.execute(query).all()
+            ]
+
+    def attempts(self, instance_id: int) -> list[AttemptRecord]:
+        a = batch_step_attempt
+        query = (
+            sa.select(R.c.step_key, R.c.map_index, a)
+            .join(R, R.c.id == a.c.step_result_id)
+            .where(R.c.batch_instance_id == instance_id)
+            .order_by(R.c.id, a.c.attempt)
+        )
+        with self._read() as conn:
+            return [
+                AttemptRecord(
+                    r.step_key,
+                    r.map_index,
+                    r.attempt,
+                    StepStatus(r.status),
+                    r.error,
+                    r.started_at,
+                    r.finished_at,
+                )
+                for r in conn.execute(query).all()
+            ]
+
+    def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
+        with self._read() as conn:
+            return _load_results(conn, instance_id, keys)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def heartbeat(self, owner: str, ttl_seconds: float) -> None:
+        w = stepline_worker
+        with self._write() as conn:
+            expires = self._db_now(conn) + timedelta(seconds=ttl_seconds)
+            updated = conn.execute(
+                sa.update(w).where(w.c.id == owner).values(expires_at=expires)
+            ).rowcount
+            if not updated:
+                host, pid = owner.split(":")[0], os.getpid()
+                conn.execute(
+                    sa.insert(w).values(
+                        id=owner,
+                        hostname=host[:255],
+                        pid=pid,
+                        started_at=utcnow(),
+                        expires_at=expires,
+                    )
+                )
+
+    def release(self, owner: str) -> None:
+        with self._write() as conn:
+            conn.execute(sa.delete(stepline_worker).where(stepline_worker.c.id == owner))
+
+    def orphaned_instances(self) -> list[int]:
+        w = stepline_worker
+        live = sa.select(w.c.id).where(w.c.expires_at > sa.bindparam("now"))
+        query = (
+            sa.select(BI.c.id)
+            .where(
+                BI.c.status.in_([InstanceStatus.QUEUED.value, InstanceStatus.RUNNING.value]),
+                sa.or_(BI.c.owner_id.is_(None), BI.c.owner_id.not_in(live)),
+            )
+            .order_by(BI.c.id)
+        )
+        with self._read() as conn:
+            now = self._db_now(conn)
+            return list(conn.execute(query, {"now": now}).scalars())
+
+
+# The per-step path: see stepline.stores.hotpath for why these bypass SQLAlchemy Core.
+_RECORD = HotStatement(
+    "UPDATE batch_step_result SET status = :status, result_payload = :payload, error = :error,"
+    " available_at = :available_at, started_at = :started_at, finished_at = :finished_at"
+    " WHERE id = :id AND attempt = :attempt AND status = 'running'",
+    json=["payload"],
+    times=["available_at", "started_at", "finished_at"],
+)
+_UPSTREAM_DONE = HotStatement(
+    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount"
+    " WHERE batch_instance_id = :iid AND status = 'pending' AND step_key IN :keys"
+)
+_READY = HotStatement(
+    "SELECT id, step_key, attempt FROM batch_step_result WHERE batch_instance_id = :iid"
+    " AND step_key IN :keys AND map_index = -1 AND status = 'pending' AND upstream_pending <= 0"
+)
+_START = HotStatement(
+    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
+    " started_at = :now, finished_at = NULL, available_at = NULL"
+    " WHERE id IN :ids AND status = 'pending'",
+    times=["now"],
+)
+_QUEUE = HotStatement(
+    "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
+)
+
+
+def _load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for chunk in iter_chunks(list(keys), _CHUNK):
+        query = (
+            sa.select(R.c.step_key, R.c.map_index, R.c.result_payload)
+            .where(
+                R.c.batch_instance_id == instance_id,
+                R.c.step_key.in_(chunk),
+                R.c.status == StepStatus.SUCCEEDED.value,
+            )
+            .order_by(R.c.step_key, R.c.map_index)
+        )
+        for key, index, payload in conn.execute(query):
+            if index < 0:
+                out[key] = payload
+            else:
+                out.setdefault(key, []).append(payload)
+    return out
+
+
+def _unavailable(store: SqlAlchemyStore, exc: sa.exc.OperationalError) -> StoreUnavailable:
+    return StoreUnavailable(f"database {store!r} is unavailable: {exc.orig}")
+
+
+class _SqlInstanceTransaction(InstanceTransaction):
+    def __init__(self, conn: Connection, instance: InstanceRecord) -> None:
+        self.conn = conn
+        self.instance = instance
+        self.id = instance.id
+        self._ready: dict[str, tuple[int, int]] = {}
+
+    def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
+        if outcome.succeeded:
+            status, payload = StepStatus.SUCCEEDED, Encoded(outcome.payload or "null")
+        else:
+            status = StepStatus.QUEUED if retry_at is not None else StepStatus.FAILED
+            payload = None
+        updated = _RECORD.run(
+            self.conn,
+            {
+                "status": status.value,
+                "payload": payload,
+                "error": outcome.error,
+                "available_at": retry_at,
+                "started_at": outcome.started_at,
+                "finished_at": outcome.finished_at,
+                "id": outcome.row_id,
+                "attempt": outcome.attempt,
+            },
+        ).rowcount
+        if not updated:
+            return False
+        if not outcome.succeeded:
+            self.conn.execute(
+                sa.insert(batch_step_attempt).values(
+                    step_result_id=outcome.row_id,
+                    attempt=outcome.attempt,
+                    status=StepStatus.FAILED.value,
+                    error=outcome.error,
+                    owner_id=owner,
+                    started_at=outcome.started_at,
+                    finished_at=outcome.finished_at,
+                )
+            )
+        return True
+
+    def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
+        by_amount: dict[int, list[str]] = {}
+        for key, amount in counts.items():
+            by_amount.setdefault(amount, []).append(key)
+        for amount, keys in by_amount.items():
+            for chunk in iter_chunks(keys, _CHUNK):
+                _UPSTREAM_DONE.run(
+                    self.conn, {"amount": amount, "iid": self.id, "keys": list(chunk)}
+                )
+        ready: list[str] = []
+        for chunk in iter_chunks(list(counts), _CHUNK):
+            for row_id, key, attempt in _READY.run(
+                self.conn, {"iid": self.id, "keys": list(chunk)}
+            ).fetchall():
+                self._ready[key] = (row_id, attempt)
+                ready.append(key)
+        return ready
+
+    def start(
+        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
+    ) -> list[ClaimedStep]:
+        rows = [(key, *self._ready.pop(key)) for key in keys]
+        run, wait = rows[:limit], rows[limit:]
+        for chunk in iter_chunks(run, _CHUNK):
+            _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
+        for chunk in iter_chunks(wait, _CHUNK):
+            _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
+        return [ClaimedStep(row_id, key, -1, attempt + 1, now) for key, row_id, attempt in run]
+
+    def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
+        out: dict[str, StepStatus] = {}
+        for chunk in iter_chunks(list(keys), _CHUNK):
+            for key, status in self.conn.execute(
+                sa.select(R.c.step_key, R.c.status).where(
+                    R.c.batch_instance_id == self.id, R.c.step_key.in_(chunk), R.c.map_index == -1
+                )
+            ):
+                out[key] = StepStatus(status)
+        return out
+
+    def results(self, keys: Iterable[str]) -> dict[str, Any]:
+        return _load_results(self.conn, self.id, keys)
+
+    def mark(self, keys: Sequence[str], status: StepStatus, *, error: str | None = None) -> None:
+        values: dict[str, Any] = {"status": status.value}
+        if status.is_final:
+            values.update(finished_at=utcnow(), error=error)
+        for chunk in iter_chunks(list(keys), _CHUNK):
+            self.conn.execute(
+                sa.update(R)
+                .where(
+                    R.c.batch_instance_id == self.id,
+                    R.c.step_key.in_(chunk),
+                    R.c.status == StepStatus.PENDING.value,
+                )
+                .values(**values)
+            )
+
+    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+        if limit <= 0:
+            return []
+        rows = self.conn.execute(
+            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt)
+            .where(
+                R.c.batch_instance_id == self.id,
+                R.c.status == StepStatus.QUEUED.value,
+                sa.or_(R.c.available_at.is_(None), R.c.available_at <= now),
+            )
+            .order_by(R.c.id)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return []
+        claimed = [ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now) for r in rows]
+        # Rows of one claim may be on different attempts (retries); group by attempt.
+        by_attempt: dict[int, list[int]] = {}
+        for c in claimed:
+            by_attempt.setdefault(c.attempt, []).append(c.row_id)
+        for attempt, ids in by_attempt.items():
+            self.conn.execute(
+                sa.update(R)
+                .where(R.c.id.in_(ids), R.c.status == StepStatus.QUEUED.value)
+                .values(
+                    status=StepStatus.RUNNING.value,
+                    attempt=attempt,
+                    owner_id=owner,
+                    started_at=now,
+                    finished_at=None,
+                    available_at=None,
+                )
+            )
+        return claimed
+
+    def next_available_at(self) -> datetime | None:
+        value: datetime | None = self.conn.execute(
+            sa.select(sa.func.min(R.c.available_at)).where(
+                R.c.batch_instance_id == self.id, R.c.status == StepStatus.QUEUED.value
+            )
+        ).scalar()
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def step_statuses(self) -> dict[str, StepStatus]:
+        return {
+            (key if index < 0 else f"{key}[{index}]"): StepStatus(status)
+            for key, index, status in self.conn.execute(
+                sa.select(R.c.step_key, R.c.map_index, R.c.status).where(
+                    R.c.batch_instance_id == self.id
+                )
+            )
+        }
+
+    def requeue_running(self, *, exclude_owner: str | None) -> list[str]:
+        query = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
+            R.c.batch_instance_id == self.id, R.c.status == StepStatus.RUNNING.value
+        )
+        if exclude_owner is not None:
+            query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
+        rows = self.conn.execute(query).all()
+        now = utcnow()
+        for r in rows:
+            updated = self.conn.execute(
+                sa.update(R)
+                .where(
+                    R.c.id == r.id, R.c.attempt == r.attempt, R.c.status == StepStatus.RUNNING.value
+                )
+                .values(status=StepStatus.QUEUED.value, available_at=None, owner_id=None)
+            ).rowcount
+            if updated:
+                self.conn.execute(
+                    sa.insert(batch_step_attempt).values(
+                        step_result_id=r.id,
+                        attempt=r.attempt,
+                        status=StepStatus.FAILED.value,
+                        error=f"lost: its owner {r.owner_id} stopped before the attempt ended",
+                        owner_id=r.owner_id,
+                        started_at=r.started_at,
+                        finished_at=now,
+                    )
+                )
+        return [r.step_key for r in rows]
+
+    def cancel_unfinished(self) -> list[str]:
+        final = [s.value for s in StepStatus if s.is_final]
+        keys = list(
+            self.conn.execute(
+                sa.select(R.c.step_key).where(
+                    R.c.batch_instance_id == self.id, R.c.status.not_in(final)
+                )
+            ).scalars()
+        )
+        self.conn.execute(
+            sa.update(R)
+            .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
+            .values(
+                status=StepStatus.CANCELLED.value,
+                finished_at=utcnow(),
+                error="cancelled on request",
+            )
+        )
+        return keys
+
+    def has_unfinished(self) -> bool:
+        final = [s.value for s in StepStatus if s.is_final]
+        return (
+            self.conn.execute(
+                sa.select(R.c.id)
+                .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
+                .limit(1)
+            ).first()
+            is not None
+        )
+
+    def set_instance(
+        self, status: InstanceStatus, *, owner: str | None = None, error: str | None = None
+    ) -> None:
+        values: dict[str, Any] = {"status": status.value}
+        now = utcnow()
+        if status is InstanceStatus.RUNNING:
+            values.update(finished_at=None, error=None)
+            if self.instance.started_at is None:
+                values["started_at"] = now
+        if status.is_final:
+            values.update(finished_at=now, error=error)
+        if owner is not None:
+            values["owner_id"] = owner
+        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(**values))
