@@ -24,6 +24,8 @@ from stepline.core.definition import (
     StepDefinition,
 )
 from stepline.core.durations import parse_duration
+from stepline.core.expressions import ExpressionError, check_expression
+from stepline.core.templates import check_templates
 from stepline.core.runners import resolve_runner
 from stepline.core.states import TriggerRule
 from stepline.errors import DefinitionError, Problem
@@ -174,6 +176,14 @@ def _parse_step(
     if condition is not None and not isinstance(condition, str | bool):
         out.add("condition must be an expression string", key)
         condition = None
+    elif isinstance(condition, str):
+        try:
+            check_expression(condition, names=("params", "results"))
+        except ExpressionError as exc:
+            out.add(f"condition: {exc}", key)
+    names = ("params", "results", "item") if raw.get("map") is not None else ("params", "results")
+    for message in check_templates(args, names=names):
+        out.add(f"with: {message}", key)
     return StepDefinition(
         key=key,
         runner=runner,

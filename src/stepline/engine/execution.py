@@ -102,6 +102,7 @@ def outcome(
         started_at=started,
         finished_at=datetime.now(UTC),
         retryable=retryable,
+        first_attempt=claimed.first_attempt,
     )
 
 

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
 from stepline.engine.advance import Advance, advance
+from stepline.errors import Conflict
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
 from stepline.stores.sqlalchemy import process_owner_id
 
@@ -112,25 +113,40 @@ class Orchestrator:
             self.step_once()
         return self.store.instance(instance_id)
 
-    def adopt(self, instance_id: int) -> bool:
+    def adopt(self, instance_id: int, *, takeover: bool = False) -> bool:
         """Take ownership of an unfinished instance and resume it from the stored state.
 
         Steps a previous owner left ``running`` are run again as a new attempt; steps it
         left ``queued`` are claimed as usual. Returns False if the instance is final.
+        Raises Conflict if another owner still holds a valid lease, unless ``takeover``
+        (recovery, which has established that the owner is dead).
         """
+        active = self._active.get(instance_id)
+        if active is not None:
+            self._advance(active, [])
+            return True
+        record = self.store.instance(instance_id)
+        if record.status.is_final:
+            return False
+        definition = self._definition(record)
         with self.store.instance_transaction(instance_id) as tx:
-            if tx.instance.status.is_final:
+            current = tx.instance
+            if current.status.is_final:
                 return False
-            definition = self._definition(tx.instance)
+            if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
+                raise Conflict(
+                    f"instance {instance_id} is being run by {current.owner_id}; "
+                    f"`stepline cancel {instance_id}` stops it"
+                )
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
-            requeued = tx.requeue_running(
-                exclude_owner=None if instance_id not in self._active else self.owner
-            )
-        if instance_id not in self._active:
-            self._active[instance_id] = _Active(tx.instance, definition)
-            if requeued:
-                log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
-        self._advance(self._active[instance_id], [])
+            requeued = tx.requeue_running(exclude_owner=self.owner)
+        if requeued:
+            log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
+        active = _Active(
+            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
+        )
+        self._active[instance_id] = active
+        self._advance(active, [])
         return True
 
     def step_once(self) -> None:

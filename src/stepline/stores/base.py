@@ -80,6 +80,8 @@ class ClaimedStep:
     map_index: int
     attempt: int
     started_at: datetime
+    first_attempt: int = 1
+    """Where this run of the step began counting attempts (see ``stepline retry``)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class StepOutcome:
     started_at: datetime
     finished_at: datetime
     retryable: bool = True
+    first_attempt: int = 1
+
+    @property
+    def tries(self) -> int:
+        """Attempts used in this run of the step, the number the retry policy limits."""
+        return self.attempt - self.first_attempt + 1
 
 
 class InstanceTransaction(ABC):
@@ -163,8 +171,27 @@ class InstanceTransaction(ABC):
         """
 
     @abstractmethod
+    def reset_unsuccessful(self, predecessors: Mapping[str, Sequence[str]]) -> list[str]:
+        """Send every step that did not succeed back to ``pending`` (``queued`` if all its
+        upstream steps succeeded) for a retry of the instance; succeeded rows and their
+        results stay. Each reset step's retry budget starts again. Returns the reset keys.
+        """
+
+    @abstractmethod
     def cancel_unfinished(self) -> list[str]:
         """Move every row that is not final to ``cancelled``; return their keys."""
+
+    @abstractmethod
+    def request_cancel(self) -> None:
+        """Flag the instance for cancellation; its owner stops it at its next transaction."""
+
+    @abstractmethod
+    def clear_cancel(self) -> None:
+        """Forget an earlier cancel request (the instance is being retried)."""
+
+    @abstractmethod
+    def owner_alive(self) -> bool:
+        """Whether the instance's owner holds an unexpired lease (database clock)."""
 
     @abstractmethod
     def has_unfinished(self) -> bool:
@@ -260,8 +287,13 @@ class Store(ABC):
         """End ``owner``'s lease now (clean shutdown)."""
 
     @abstractmethod
-    def orphaned_instances(self) -> list[int]:
-        """Running or queued instances whose owner's lease expired or that have no owner."""
+    def workers(self) -> list[tuple[str, str, int, bool]]:
+        """Registered owners as (owner, hostname, pid, lease still valid)."""
+
+    @abstractmethod
+    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[int]:
+        """Unfinished instances with no owner, an unregistered or expired owner, or an owner
+        in ``dead`` (known dead by other means, e.g. its pid on this host is gone)."""
 
     @abstractmethod
     def dispose(self) -> None:

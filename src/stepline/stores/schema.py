@@ -141,6 +141,9 @@ batch_step_result = sa.Table(
     sa.Column("map_index", sa.Integer, nullable=False, default=-1),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    # The attempt a retry of the instance began at: the step's retry budget counts from it,
+    # while attempt numbers keep rising so that a stale report never matches.
+    sa.Column("first_attempt", sa.Integer, nullable=False, default=1),
     sa.Column("result_payload", JsonDocument),
     sa.Column("error", sa.Text),
     sa.Column("started_at", UtcDateTime),

@@ -33,6 +33,7 @@ from stepline.stores.base import (
 from stepline.stores.hotpath import HotStatement
 from stepline.stores.schema import (
     Encoded,
+    UtcDateTime,
     batch_definition,
     batch_definition_version,
     batch_instance,
@@ -144,19 +145,6 @@ class SqlAlchemyStore(Store):
                     yield conn
         except sa.exc.OperationalError as exc:
             raise _unavailable(self, exc) from exc
-
-    def _db_now(self, conn: Connection) -> datetime:
-        sql = {
-            "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
-            "mysql": "SELECT UTC_TIMESTAMP(6)",
-            "mariadb": "SELECT UTC_TIMESTAMP(6)",
-            "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
-        }.get(self.dialect, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
-        value = conn.exec_driver_sql(sql).scalar_one()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     def initialize(self) -> None:
         from stepline.stores.migrations import upgrade
@@ -318,6 +306,7 @@ class SqlAlchemyStore(Store):
                             StepStatus.PENDING if graph.predecessors.get(key) else StepStatus.QUEUED
                         ).value,
                         "attempt": 0,
+                        "first_attempt": 1,
                         "created_at": now,
                         "upstream_pending": len(graph.predecessors.get(key, ())),
                     }
@@ -470,7 +459,7 @@ class SqlAlchemyStore(Store):
     def heartbeat(self, owner: str, ttl_seconds: float) -> None:
         w = stepline_worker
         with self._write() as conn:
-            expires = self._db_now(conn) + timedelta(seconds=ttl_seconds)
+            expires = _db_now(conn) + timedelta(seconds=ttl_seconds)
             updated = conn.execute(
                 sa.update(w).where(w.c.id == owner).values(expires_at=expires)
             ).rowcount
@@ -490,9 +479,21 @@ class SqlAlchemyStore(Store):
         with self._write() as conn:
             conn.execute(sa.delete(stepline_worker).where(stepline_worker.c.id == owner))
 
-    def orphaned_instances(self) -> list[int]:
+    def workers(self) -> list[tuple[str, str, int, bool]]:
         w = stepline_worker
-        live = sa.select(w.c.id).where(w.c.expires_at > sa.bindparam("now"))
+        with self._read() as conn:
+            now = _db_now(conn)
+            return [
+                (r.id, r.hostname, r.pid, r.expires_at > now)
+                for r in conn.execute(sa.select(w).order_by(w.c.id))
+            ]
+
+    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[int]:
+        w = stepline_worker
+        live = sa.select(w.c.id).where(w.c.expires_at > sa.bindparam("now", type_=UtcDateTime()))
+        dead = list(dead)
+        if dead:
+            live = live.where(w.c.id.not_in(dead))
         query = (
             sa.select(BI.c.id)
             .where(
@@ -502,8 +503,7 @@ class SqlAlchemyStore(Store):
             .order_by(BI.c.id)
         )
         with self._read() as conn:
-            now = self._db_now(conn)
-            return list(conn.execute(query, {"now": now}).scalars())
+            return list(conn.execute(query, {"now": _db_now(conn)}).scalars())
 
 
 # The per-step path: see stepline.stores.hotpath for why these bypass SQLAlchemy Core.
@@ -519,7 +519,8 @@ _UPSTREAM_DONE = HotStatement(
     " WHERE batch_instance_id = :iid AND status = 'pending' AND step_key IN :keys"
 )
 _READY = HotStatement(
-    "SELECT id, step_key, attempt FROM batch_step_result WHERE batch_instance_id = :iid"
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid"
     " AND step_key IN :keys AND map_index = -1 AND status = 'pending' AND upstream_pending <= 0"
 )
 _START = HotStatement(
@@ -531,6 +532,21 @@ _START = HotStatement(
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
+
+
+def _db_now(conn: Connection) -> datetime:
+    """The database's clock: leases must not depend on the clocks of the machines."""
+    sql = {
+        "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
+        "mysql": "SELECT UTC_TIMESTAMP(6)",
+        "mariadb": "SELECT UTC_TIMESTAMP(6)",
+        "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
+    }.get(conn.dialect.name, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+    value = conn.exec_driver_sql(sql).scalar_one()
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
@@ -562,7 +578,7 @@ class _SqlInstanceTransaction(InstanceTransaction):
         self.conn = conn
         self.instance = instance
         self.id = instance.id
-        self._ready: dict[str, tuple[int, int]] = {}
+        self._ready: dict[str, tuple[int, int, int]] = {}
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
         if outcome.succeeded:
@@ -610,10 +626,10 @@ class _SqlInstanceTransaction(InstanceTransaction):
                 )
         ready: list[str] = []
         for chunk in iter_chunks(list(counts), _CHUNK):
-            for row_id, key, attempt in _READY.run(
+            for row_id, key, attempt, first in _READY.run(
                 self.conn, {"iid": self.id, "keys": list(chunk)}
             ).fetchall():
-                self._ready[key] = (row_id, attempt)
+                self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
         return ready
 
@@ -626,7 +642,10 @@ class _SqlInstanceTransaction(InstanceTransaction):
             _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
         for chunk in iter_chunks(wait, _CHUNK):
             _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
-        return [ClaimedStep(row_id, key, -1, attempt + 1, now) for key, row_id, attempt in run]
+        return [
+            ClaimedStep(row_id, key, -1, attempt + 1, now, first)
+            for key, row_id, attempt, first in run
+        ]
 
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
@@ -661,7 +680,7 @@ class _SqlInstanceTransaction(InstanceTransaction):
         if limit <= 0:
             return []
         rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt)
+            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt, R.c.first_attempt)
             .where(
                 R.c.batch_instance_id == self.id,
                 R.c.status == StepStatus.QUEUED.value,
@@ -672,7 +691,10 @@ class _SqlInstanceTransaction(InstanceTransaction):
         ).all()
         if not rows:
             return []
-        claimed = [ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now) for r in rows]
+        claimed = [
+            ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now, r.first_attempt)
+            for r in rows
+        ]
         # Rows of one claim may be on different attempts (retries); group by attempt.
         by_attempt: dict[int, list[int]] = {}
         for c in claimed:
@@ -742,6 +764,33 @@ class _SqlInstanceTransaction(InstanceTransaction):
                 )
         return [r.step_key for r in rows]
 
+    def reset_unsuccessful(self, predecessors: Mapping[str, Sequence[str]]) -> list[str]:
+        rows = self.conn.execute(
+            sa.select(R.c.id, R.c.step_key, R.c.status, R.c.attempt).where(
+                R.c.batch_instance_id == self.id
+            )
+        ).all()
+        succeeded = {r.step_key for r in rows if r.status == StepStatus.SUCCEEDED.value}
+        reset = [r for r in rows if r.step_key not in succeeded]
+        for r in reset:
+            waiting = sum(1 for p in predecessors.get(r.step_key, ()) if p not in succeeded)
+            self.conn.execute(
+                sa.update(R)
+                .where(R.c.id == r.id)
+                .values(
+                    status=(StepStatus.PENDING if waiting else StepStatus.QUEUED).value,
+                    upstream_pending=waiting,
+                    first_attempt=r.attempt + 1,
+                    error=None,
+                    result_payload=None,
+                    owner_id=None,
+                    available_at=None,
+                    started_at=None,
+                    finished_at=None,
+                )
+            )
+        return [r.step_key for r in reset]
+
     def cancel_unfinished(self) -> list[str]:
         final = [s.value for s in StepStatus if s.is_final]
         keys = list(
@@ -761,6 +810,21 @@ class _SqlInstanceTransaction(InstanceTransaction):
             )
         )
         return keys
+
+    def request_cancel(self) -> None:
+        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(cancel_requested=True))
+
+    def clear_cancel(self) -> None:
+        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(cancel_requested=False))
+
+    def owner_alive(self) -> bool:
+        owner = self.instance.owner_id
+        if owner is None:
+            return False
+        expires = self.conn.execute(
+            sa.select(stepline_worker.c.expires_at).where(stepline_worker.c.id == owner)
+        ).scalar()
+        return expires is not None and expires > _db_now(self.conn)
 
     def has_unfinished(self) -> bool:
         final = [s.value for s in StepStatus if s.is_final]

@@ -131,6 +131,7 @@ def upgrade() -> None:
         sa.Column("map_index", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("first_attempt", sa.Integer(), nullable=False),
         sa.Column("result_payload", JsonDocument, nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("started_at", UtcDateTime(), nullable=True),

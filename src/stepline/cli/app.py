@@ -1,0 +1,350 @@
+"""``stepline``: run, inspect and operate batches from the shell.
+
+Exit codes: 0 success; 1 the instance failed or was cancelled; 2 invalid input (definition,
+unknown batch or instance, refused operation); 3 the database is unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from stepline.cli.progress import Progress
+from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
+from stepline.core.states import InstanceStatus
+from stepline.engine.orchestrator import StepEvent
+from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
+from stepline.logs import configure_logging
+from stepline.service import Stepline
+from stepline.settings import Settings
+
+app = typer.Typer(
+    name="stepline",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Durable DAG batches: every step's result in your own database.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Stepline's own tables.")
+app.add_typer(db_app, name="db")
+
+# Off a terminal (pipes, CI, tests) lines are not folded at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+Db = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: STEPLINE_DB or sqlite:///stepline.db)"),
+]
+Params = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="k=v, repeatable; v is read as YAML (5, true, [a, b])"),
+]
+
+
+def main() -> None:
+    # Runner modules are found the way uvicorn and celery find apps: from the current dir.
+    sys.path.insert(0, os.getcwd())
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.secrets)
+    app()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/]: {problem}")
+        raise typer.Exit(2) from None
+    except (NotFound, Conflict) as exc:
+        _fail(str(exc), 2)
+    except StoreUnavailable as exc:
+        _fail(str(exc), 3)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error[/]: {message}")
+    raise typer.Exit(code)
+
+
+def _open(db: str | None, **kwargs: Any) -> Stepline:
+    return Stepline(db=db, **kwargs)
+
+
+def _is_file(target: str) -> bool:
+    return target.endswith(DEFINITION_SUFFIXES) or os.sep in target or Path(target).is_file()
+
+
+def _add_import_path(path: Path) -> None:
+    """A definition's own directory is importable too, so an example folder is self-contained."""
+    folder = str((path if path.is_dir() else path.parent).resolve())
+    if folder not in sys.path:
+        sys.path.insert(1, folder)
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--param {item!r} must be key=value", 2)
+        try:
+            params[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            params[key] = value
+    return params
+
+
+def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
+    try:
+        final = service.run_instance(instance_id)
+    except KeyboardInterrupt:
+        progress.close()
+        err.print(
+            f"interrupted: instance {instance_id} is left for recovery; "
+            "`stepline recover` resumes it"
+        )
+        raise typer.Exit(130) from None
+    progress.close()
+    colour = "green" if final.status is InstanceStatus.SUCCEEDED else "red"
+    out.print(
+        f"instance {final.id} of {final.batch} [{colour}]{final.status.value}[/] "
+        f"in {progress.elapsed():.2f}s ({progress.summary()})"
+    )
+    if final.status is not InstanceStatus.SUCCEEDED:
+        out.print(f"inspect it with `stepline show {final.id}`")
+        raise typer.Exit(1)
+
+
+class _Forward:
+    """Lets the orchestrator exist before the progress display that it reports to."""
+
+    target: Progress | None = None
+
+    def __call__(self, event: StepEvent) -> None:
+        if self.target is not None:
+            self.target(event)
+
+
+@app.command()
+def run(
+    batch: Annotated[str, typer.Argument(help="A stored batch name, or a definition file")],
+    param: Params = None,
+    db: Db = None,
+) -> None:
+    """Run one instance to the end in this process, with live progress."""
+    params = _parse_params(param)
+    forward = _Forward()
+    with _errors(), _open(db, listener=forward) as service:
+        if _is_file(batch):
+            path = Path(batch)
+            if path.is_dir():
+                _fail(f"{batch} is a directory; `stepline run` takes one definition file", 2)
+            _add_import_path(path)
+            (stored,) = service.apply_path(path)
+            name = stored.name
+        else:
+            name = batch
+        instance, _ = service.trigger(name, params, "cli", owned=True)
+        definition = service.store.definition_for(instance)
+        out.print(
+            f"instance {instance.id} of {name} started (version {instance.definition_version})"
+        )
+        forward.target = Progress(out, [s.key for s in definition.steps])
+        _drive(service, instance.id, forward.target)
+
+
+@app.command()
+def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+    """Re-run what did not succeed in a failed or cancelled instance, reusing stored results."""
+    forward = _Forward()
+    with _errors(), _open(db, listener=forward) as service:
+        instance = service.retry(instance_id)
+        results = service.store.step_results(instance_id)
+        out.print(f"instance {instance_id} of {instance.batch} retrying")
+        progress = Progress(out, [r.step_key for r in results if r.map_index < 0])
+        for r in results:
+            if r.map_index < 0:
+                progress.status[r.step_key] = r.status
+        forward.target = progress
+        _drive(service, instance_id, progress)
+
+
+@app.command()
+def cancel(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+    """Stop an instance: no new steps start, pending steps end cancelled."""
+    with _errors(), _open(db) as service:
+        instance = service.cancel(instance_id)
+        state = (
+            "cancelled"
+            if instance.status is InstanceStatus.CANCELLED
+            else "cancellation requested; its owner stops it within a second"
+        )
+        out.print(f"instance {instance_id}: {state}")
+
+
+@app.command()
+def recover(db: Db = None) -> None:
+    """Resume every instance whose owner process died, and run them to the end."""
+    with _errors(), _open(db) as service:
+        recovered = service.recover()
+        if not recovered:
+            out.print("nothing to recover")
+        for instance in recovered:
+            out.print(f"instance {instance.id} of {instance.batch}: {instance.status.value}")
+
+
+@app.command()
+def apply(
+    path: Annotated[Path, typer.Argument(help="A definition file or directory")], db: Db = None
+) -> None:
+    """Validate and store definitions as the batches' current versions."""
+    _add_import_path(path)
+    with _errors(), _open(db) as service:
+        for stored in service.apply_path(path):
+            out.print(f"{stored.name}: version {stored.version}")
+
+
+@app.command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
+    """Check definitions without touching any database; print every problem."""
+    bad = 0
+    with _errors():
+        for path in paths:
+            _add_import_path(path)
+            for file, result in load_definitions(path):
+                if isinstance(result, DefinitionError):
+                    bad += 1
+                    for problem in result.problems:
+                        err.print(f"[red]error[/]: {problem}")
+                else:
+                    out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
+    if bad:
+        raise typer.Exit(2)
+
+
+@app.command()
+def batches(db: Db = None) -> None:
+    """List stored batches with their current version and next fire time."""
+    from stepline.scheduling.cron import CronSchedule
+
+    with _errors(), _open(db) as service:
+        table = Table("name", "version", "cron", "timezone", "steps", "next fire")
+        now = datetime.now(UTC)
+        for stored in service.store.definitions():
+            d = stored.definition
+            tz = d.timezone or service.settings.timezone
+            nxt = ""
+            if d.cron:
+                fire = CronSchedule.parse(d.cron, tz).next_fire_time(now)
+                nxt = fire.astimezone(_zone(tz)).isoformat()
+            table.add_row(d.name, str(stored.version), d.cron or "", tz, str(len(d.steps)), nxt)
+        out.print(table)
+
+
+@app.command("next")
+def next_fires(
+    batch: str,
+    n: Annotated[int, typer.Option("-n", help="How many fire times")] = 5,
+    db: Db = None,
+) -> None:
+    """Print the next fire times of a batch, in its timezone."""
+    from stepline.scheduling.cron import CronSchedule
+
+    with _errors(), _open(db) as service:
+        d = service.store.definition(batch).definition
+        if not d.cron:
+            _fail(f"batch {batch!r} has no cron schedule", 2)
+        tz = d.timezone or service.settings.timezone
+        for fire in CronSchedule.parse(d.cron, tz).fire_times(datetime.now(UTC), n):
+            out.print(fire.astimezone(_zone(tz)).isoformat())
+
+
+@app.command()
+def instances(
+    batch: Annotated[str | None, typer.Argument()] = None,
+    status: Annotated[InstanceStatus | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+    db: Db = None,
+) -> None:
+    """List instances, newest first."""
+    with _errors(), _open(db) as service:
+        table = Table("id", "batch", "version", "status", "trigger", "created", "duration")
+        for i in service.store.instances(batch, status, limit):
+            table.add_row(
+                str(i.id),
+                i.batch,
+                str(i.definition_version),
+                i.status.value,
+                i.trigger,
+                i.created_at.isoformat(timespec="seconds"),
+                _duration(i.started_at, i.finished_at),
+            )
+        out.print(table)
+
+
+@app.command()
+def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+    """Show an instance and each step: status, attempt, duration, result or error."""
+    with _errors(), _open(db) as service:
+        i = service.store.instance(instance_id)
+        out.print(
+            f"instance {i.id}  batch {i.batch} v{i.definition_version}  {i.status.value}  "
+            f"trigger {i.trigger}  params {i.params}"
+        )
+        if i.error:
+            out.print(f"error: {i.error}")
+        table = Table("step", "status", "attempt", "duration", "result / error")
+        for r in service.store.step_results(instance_id):
+            key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
+            detail = _short(r.error.splitlines()[0]) if r.error else _short(r.result_payload)
+            table.add_row(
+                key, r.status.value, str(r.attempt), _duration(r.started_at, r.finished_at), detail
+            )
+        out.print(table)
+        attempts = service.store.attempts(instance_id)
+        if attempts:
+            history = Table("step", "attempt", "status", "error", title="earlier attempts")
+            for a in attempts:
+                key = a.step_key if a.map_index < 0 else f"{a.step_key}[{a.map_index}]"
+                first = a.error.splitlines()[0] if a.error else ""
+                history.add_row(key, str(a.attempt), a.status.value, _short(first))
+            out.print(history)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: Db = None) -> None:
+    """Apply migrations to the latest schema."""
+    with _errors(), _open(db) as service:
+        out.print(f"schema is up to date on {service.store!r}")
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{(end - start).total_seconds():.3f}s"
+
+
+def _short(value: object, width: int = 60) -> str:
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,80 @@
+"""Live progress of one instance: a rich table on a terminal, one line per event otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from stepline.core.states import StepStatus
+from stepline.engine.orchestrator import StepEvent
+
+_STYLE = {
+    StepStatus.SUCCEEDED: "green",
+    StepStatus.FAILED: "red",
+    StepStatus.UPSTREAM_FAILED: "red",
+    StepStatus.RUNNING: "yellow",
+    StepStatus.QUEUED: "cyan",
+    StepStatus.SKIPPED: "dim",
+    StepStatus.CANCELLED: "magenta",
+}
+
+
+class Progress:
+    """A listener for the orchestrator; call :meth:`close` when the instance is final."""
+
+    def __init__(self, console: Console, steps: Sequence[str]) -> None:
+        self.console = console
+        self.status: dict[str, StepStatus] = dict.fromkeys(steps, StepStatus.PENDING)
+        self.attempt: dict[str, int] = {}
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        if console.is_terminal:
+            self._live = Live(self._table(), console=console, refresh_per_second=8)
+            self._live.start()
+
+    def __call__(self, event: StepEvent) -> None:
+        key = event.step_key if event.map_index < 0 else f"{event.step_key}[{event.map_index}]"
+        with self._lock:
+            self.status[key] = event.status
+            if event.attempt:
+                self.attempt[key] = event.attempt
+            if self._live is not None:
+                self._live.update(self._table())
+            elif event.status is not StepStatus.QUEUED or event.attempt:
+                retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+                self.console.print(
+                    f"  {self.elapsed():7.2f}s  {key:<30} {event.status.value}{retry}  "
+                    f"[{self.summary()}]",
+                    highlight=False,
+                )
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        values = list(self.status.values())
+        done = sum(1 for s in values if s.is_final)
+        running = sum(1 for s in values if s is StepStatus.RUNNING)
+        failed = sum(1 for s in values if s in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED))
+        return f"{done}/{len(values)} done, {running} running, {failed} failed"
+
+    def _table(self) -> Table:
+        table = Table(title=f"{self.summary()}  —  {self.elapsed():.1f}s", expand=False)
+        table.add_column("step")
+        table.add_column("status")
+        table.add_column("attempt", justify="right")
+        for key, status in self.status.items():
+            style = _STYLE.get(status, "")
+            table.add_row(key, f"[{style}]{status.value}[/]", str(self.attempt.get(key, "")))
+        return table
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.stop()

@@ -1,0 +1,195 @@
+"""The application facade: what the CLI and the HTTP API call.
+
+One store, one orchestrator with its dispatcher, and the operations users name:
+apply, trigger, run, retry, cancel, recover.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from stepline.core.definition import BatchDefinition
+from stepline.core.loader import load_definitions
+from stepline.core.states import InstanceStatus
+from stepline.dispatchers.base import Dispatcher
+from stepline.dispatchers.direct import DirectDispatcher
+from stepline.engine.orchestrator import Listener, Orchestrator
+from stepline.errors import Conflict, DefinitionError, NotFound, Problem
+from stepline.settings import Settings
+from stepline.stores.base import InstanceRecord, StoredDefinition
+from stepline.stores.sqlalchemy import SqlAlchemyStore
+
+log = structlog.get_logger("stepline")
+
+
+class Stepline:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        db: str | None = None,
+        dispatcher: Dispatcher | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.store = SqlAlchemyStore(db or self.settings.db)
+        self.store.initialize()
+        self._dispatcher = dispatcher
+        self._listener = listener
+        self._orchestrator: Orchestrator | None = None
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        if self._orchestrator is None:
+            dispatcher = self._dispatcher or DirectDispatcher(
+                self.settings.capacity, load=self.store.results_for
+            )
+            self._orchestrator = Orchestrator(
+                self.store,
+                dispatcher,
+                lease_seconds=self.settings.lease_seconds,
+                listener=self._listener,
+            )
+        return self._orchestrator
+
+    def close(self) -> None:
+        if self._orchestrator is not None:
+            self._orchestrator.close()
+        self.store.dispose()
+
+    def __enter__(self) -> Stepline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def apply(self, definition: BatchDefinition) -> StoredDefinition:
+        return self.store.apply(definition)
+
+    def apply_path(self, path: Path) -> list[StoredDefinition]:
+        """Validate every definition under ``path`` first; store them only if all are valid."""
+        definitions: list[BatchDefinition] = []
+        problems: list[Problem] = []
+        for _, result in load_definitions(path):
+            if isinstance(result, DefinitionError):
+                problems.extend(result.problems)
+            else:
+                definitions.append(result)
+        if problems:
+            raise DefinitionError(problems)
+        if not definitions:
+            raise DefinitionError([Problem("no .yaml, .yml or .json definitions", str(path))])
+        return [self.store.apply(d) for d in definitions]
+
+    # -- instances ------------------------------------------------------------------------
+
+    def trigger(
+        self,
+        batch: str,
+        params: Mapping[str, Any] | None = None,
+        trigger: str = "cli",
+        *,
+        scheduled_for: datetime | None = None,
+        idempotency_key: str | None = None,
+        owned: bool = False,
+    ) -> tuple[InstanceRecord, bool]:
+        """Create an instance of the current version of ``batch`` (not yet running)."""
+        stored = self.store.definition(batch)
+        return self.store.create_instance(
+            stored,
+            params or {},
+            trigger,
+            scheduled_for=scheduled_for,
+            idempotency_key=idempotency_key,
+            owner=self.orchestrator.owner if owned else None,
+        )
+
+    def run_instance(self, instance_id: int) -> InstanceRecord:
+        """Drive one instance to a final state in this process."""
+        return self.orchestrator.run(instance_id)
+
+    def retry(self, instance_id: int) -> InstanceRecord:
+        """Reset a failed or cancelled instance in place: only what did not succeed runs again.
+
+        Raises Conflict for a succeeded instance (run the batch anew instead) and for one
+        that is still queued or running.
+        """
+        instance = self.store.instance(instance_id)
+        definition = self.store.definition_for(instance)
+        with self.store.instance_transaction(instance_id) as tx:
+            status = tx.instance.status
+            if status is InstanceStatus.SUCCEEDED:
+                raise Conflict(
+                    f"instance {instance_id} of {instance.batch!r} succeeded and is final; "
+                    f"run the batch anew with `stepline run {instance.batch}`"
+                )
+            if not status.is_final:
+                raise Conflict(
+                    f"instance {instance_id} is {status.value}; only a failed or cancelled "
+                    "instance can be retried (`stepline recover` resumes a crashed one)"
+                )
+            reset = tx.reset_unsuccessful(definition.graph.predecessors)
+            tx.set_instance(InstanceStatus.QUEUED, owner=self.orchestrator.owner)
+            tx.clear_cancel()
+        log.info("instance reset for retry", instance_id=instance_id, steps=reset)
+        return self.store.instance(instance_id)
+
+    def cancel(self, instance_id: int) -> InstanceRecord:
+        """Cancel an unfinished instance: at once if nobody runs it, else via its owner."""
+        with self.store.instance_transaction(instance_id) as tx:
+            if tx.instance.status.is_final:
+                raise Conflict(
+                    f"instance {instance_id} is already {tx.instance.status.value}; "
+                    "only a queued or running instance can be cancelled"
+                )
+            tx.request_cancel()
+            if not tx.owner_alive() or tx.instance.owner_id == self.orchestrator.owner:
+                tx.cancel_unfinished()
+                tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
+        return self.store.instance(instance_id)
+
+    def dead_owners(self) -> list[str]:
+        """Owners whose lease expired, or whose process on this host is gone."""
+        host = socket.gethostname()
+        dead = []
+        for owner, hostname, pid, valid in self.store.workers():
+            if owner == self.orchestrator.owner:
+                continue
+            if not valid or (hostname == host and not _pid_alive(pid)):
+                dead.append(owner)
+        return dead
+
+    def recover(self) -> list[InstanceRecord]:
+        """Resume every instance whose owner died, and run them all to a final state."""
+        ids = self.store.orphaned_instances(self.dead_owners())
+        adopted = [i for i in ids if self._adopt(i)]
+        for instance_id in adopted:
+            self.orchestrator.run(instance_id)
+        return [self.store.instance(i) for i in adopted]
+
+    def _adopt(self, instance_id: int) -> bool:
+        try:
+            return self.orchestrator.adopt(instance_id, takeover=True)
+        except NotFound:
+            return False
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
