@@ -25,9 +25,9 @@ from stepline.core.definition import (
 )
 from stepline.core.durations import parse_duration
 from stepline.core.expressions import ExpressionError, check_expression
-from stepline.core.templates import check_templates
 from stepline.core.runners import resolve_runner
 from stepline.core.states import TriggerRule
+from stepline.core.templates import check_templates
 from stepline.errors import DefinitionError, Problem
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")

@@ -1,0 +1,103 @@
+"""Runners used by the integration tests (imported by name, as users' runners are).
+
+Each call is counted per (test key, step) so a test can assert how often a runner ran.
+Behaviour comes from the step's ``with`` arguments, so one runner serves many tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from stepline import DoNotRetry, StepContext
+
+calls: Counter[tuple[str, str]] = Counter()
+_lock = threading.Lock()
+gates: dict[str, threading.Event] = {}
+
+
+def _count(ctx: StepContext) -> int:
+    with _lock:
+        calls[(ctx.batch, ctx.step)] += 1
+        return calls[(ctx.batch, ctx.step)]
+
+
+def work(ctx: StepContext) -> Any:
+    """Count the call, optionally sleep, fail the first N attempts, or return a value."""
+    n = _count(ctx)
+    args = ctx.args
+    if args.get("sleep"):
+        time.sleep(float(args["sleep"]))
+    if n <= int(args.get("fail_times", 0)):
+        raise RuntimeError(f"planned failure {n} of {ctx.step}")
+    if args.get("fatal"):
+        raise DoNotRetry(f"{ctx.step} cannot succeed")
+    if "gate" in args:
+        gates.setdefault(args["gate"], threading.Event()).wait(30)
+    return args.get("value", {"step": ctx.step, "upstream": sorted(ctx.results)})
+
+
+async def awork(ctx: StepContext) -> Any:
+    n = _count(ctx)
+    if ctx.args.get("sleep"):
+        await asyncio.sleep(float(ctx.args["sleep"]))
+    if n <= int(ctx.args.get("fail_times", 0)):
+        raise RuntimeError(f"planned failure {n} of {ctx.step}")
+    return {"step": ctx.step, "async": True}
+
+
+def fan_in(ctx: StepContext) -> dict[str, Any]:
+    _count(ctx)
+    return {"seen": sorted(ctx.results), "values": dict(ctx.results)}
+
+
+def not_json(ctx: StepContext) -> Any:
+    _count(ctx)
+    return {"when": object()}
+
+
+def hang(ctx: StepContext) -> None:
+    _count(ctx)
+    time.sleep(float(ctx.args.get("seconds", 30)))
+
+
+async def ahang(ctx: StepContext) -> None:
+    _count(ctx)
+    await asyncio.sleep(float(ctx.args.get("seconds", 30)))
+
+
+def probe_transactions(ctx: StepContext) -> dict[str, int]:
+    """Count write transactions other sessions hold open on the store while this runs."""
+    import sqlalchemy as sa
+
+    url = str(ctx.args["url"])
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                # Taking the write lock with no wait fails if anyone holds a transaction.
+                raw = conn.connection.driver_connection
+                raw.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+                raw.isolation_level = None  # type: ignore[union-attr]
+                try:
+                    raw.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                    raw.execute("ROLLBACK")  # type: ignore[union-attr]
+                    return {"open_transactions": 0}
+                except Exception:
+                    return {"open_transactions": 1}
+            if engine.dialect.name == "postgresql":
+                sql = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+                )
+            else:
+                sql = (
+                    "SELECT count(*) FROM information_schema.innodb_trx"
+                    " WHERE trx_mysql_thread_id <> CONNECTION_ID()"
+                )
+            return {"open_transactions": int(conn.exec_driver_sql(sql).scalar_one())}
+    finally:
+        engine.dispose()

@@ -1,0 +1,234 @@
+"""The engine's contract on every store: fan-in, concurrency, stored results, trigger rules."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import fixture_runners as fr
+from stepline import DefinitionError, InstanceStatus, StepStatus, batch
+from stepline.service import Stepline
+from stepline.stores.base import InstanceRecord, StepResultRecord
+
+W = "fixture_runners:"
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Stepline]:
+    with Stepline(db=db_url) as service:
+        yield service
+
+
+def name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+STEP_FIELDS = {"retry", "timeout", "trigger_rule", "condition", "map"}
+
+
+def s(
+    key: str, nexts: list[str] | None = None, runner: str = "work", **options: Any
+) -> dict[str, Any]:
+    """A step; options that are not step fields become the runner's ``with`` arguments."""
+    fields = {k: v for k, v in options.items() if k in STEP_FIELDS}
+    args = {k: v for k, v in options.items() if k not in STEP_FIELDS}
+    return {"key": key, "runner": W + runner, "next_steps": nexts or [], "with": args, **fields}
+
+
+def run(
+    app: Stepline, steps: list[dict[str, Any]], **options: Any
+) -> tuple[InstanceRecord, dict[str, StepResultRecord]]:
+    stored = app.apply(batch(name(), steps, **options))
+    instance, _ = app.trigger(stored.name, owned=True)
+    final = app.run_instance(instance.id)
+    return final, {r.step_key: r for r in app.store.step_results(final.id)}
+
+
+def calls(final: InstanceRecord, step: str) -> int:
+    return fr.calls[(final.batch, step)]
+
+
+def test_fan_in_runs_once_after_all_predecessors(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("a", ["b", "c"]),
+            s("b", ["d"], value=1),
+            s("c", ["d"], value=2),
+            s("d", runner="fan_in"),
+        ],
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert calls(final, "d") == 1
+    assert rows["d"].result_payload == {"seen": ["b", "c"], "values": {"b": 1, "c": 2}}
+    assert rows["d"].started_at >= max(rows["b"].finished_at, rows["c"].finished_at)
+
+
+def test_wide_fan_in_runs_once(app: Stepline) -> None:
+    middle = [f"m{i}" for i in range(60)]
+    steps = [s("root", middle)] + [s(k, ["join"], value=i) for i, k in enumerate(middle)]
+    final, rows = run(app, [*steps, s("join", runner="fan_in")])
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert calls(final, "join") == 1
+    assert rows["join"].result_payload["values"] == {k: i for i, k in enumerate(middle)}
+
+
+def test_independent_branches_run_concurrently(app: Stepline) -> None:
+    start = time.monotonic()
+    final, rows = run(
+        app,
+        [
+            s("left", ["join"], sleep=1),
+            s("right", ["join"], sleep=1),
+            s("join", runner="fan_in"),
+        ],
+    )
+    wall = time.monotonic() - start
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert wall < 1.8, f"two 1 s branches took {wall:.2f} s: not concurrent"
+    left, right = rows["left"], rows["right"]
+    assert left.started_at < right.finished_at and right.started_at < left.finished_at
+
+
+def test_async_runners_run_concurrently_on_the_event_loop(app: Stepline) -> None:
+    start = time.monotonic()
+    final, rows = run(app, [s(f"a{i}", runner="awork", sleep=0.5) for i in range(5)])
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert time.monotonic() - start < 1.5
+    assert all(r.result_payload["async"] for r in rows.values())
+
+
+def test_results_are_stored_with_the_spec_columns(app: Stepline, db_url: str) -> None:
+    final, _ = run(app, [s("one", ["two"], value={"n": 1, "text": "한글"}), s("two")])
+    engine = sa.create_engine(db_url.replace("postgresql+psycopg", "postgresql+psycopg"))
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("batch_step_result")}
+    assert {
+        "id",
+        "batch_instance_id",
+        "step_key",
+        "map_index",
+        "status",
+        "attempt",
+        "result_payload",
+        "error",
+        "started_at",
+        "finished_at",
+        "created_at",
+    } <= columns
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT step_key, status, attempt, map_index, started_at, finished_at, created_at"
+                " FROM batch_step_result WHERE batch_instance_id = :i ORDER BY id"
+            ),
+            {"i": final.id},
+        ).all()
+    engine.dispose()
+    assert [(r.step_key, r.status, r.attempt, r.map_index) for r in rows] == [
+        ("one", "succeeded", 1, -1),
+        ("two", "succeeded", 1, -1),
+    ]
+    assert all(r.started_at and r.finished_at and r.created_at for r in rows)
+    stored = {r.step_key: r for r in app.store.step_results(final.id)}
+    assert stored["one"].result_payload == {"n": 1, "text": "한글"}
+
+
+def test_failure_fails_dependants_and_instance_but_handlers_run(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("collect", ["report", "alert", "cleanup"], fatal=True),
+            s("report", ["publish"]),
+            s("publish"),
+            s("alert", trigger_rule="one_failed"),
+            s("cleanup", trigger_rule="all_done"),
+        ],
+    )
+    assert final.status is InstanceStatus.FAILED
+    status = {k: r.status for k, r in rows.items()}
+    assert status == {
+        "collect": StepStatus.FAILED,
+        "report": StepStatus.UPSTREAM_FAILED,
+        "publish": StepStatus.UPSTREAM_FAILED,
+        "alert": StepStatus.SUCCEEDED,
+        "cleanup": StepStatus.SUCCEEDED,
+    }
+    assert calls(final, "report") == calls(final, "publish") == 0
+    assert calls(final, "alert") == calls(final, "cleanup") == 1
+    assert "collect cannot succeed" in (rows["collect"].error or "")
+
+
+def test_handlers_are_skipped_when_nothing_fails(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("collect", ["report", "alert"]),
+            s("report"),
+            s("alert", trigger_rule="one_failed"),
+        ],
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert rows["alert"].status is StepStatus.SKIPPED
+    assert calls(final, "alert") == 0
+
+
+def test_a_false_condition_skips_the_step(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("count", ["big", "small"], value={"n": 3}),
+            s("big", condition="results.count.n > 10"),
+            s("small", condition="results.count.n <= 10 and params.mode == 'x'"),
+        ],
+        params={"mode": "x"},
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert rows["big"].status is StepStatus.SKIPPED and rows["small"].status is StepStatus.SUCCEEDED
+
+
+def test_a_non_json_result_fails_the_step_with_a_message(app: Stepline) -> None:
+    final, rows = run(app, [s("bad", runner="not_json", retry={"attempts": 3})])
+    assert final.status is InstanceStatus.FAILED
+    assert "not JSON-serialisable" in (rows["bad"].error or "")
+    assert calls(final, "bad") == 1, "a result that cannot be stored is not retried"
+
+
+def test_templates_in_with_are_resolved_from_params_and_results(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("a", ["b"], value={"rows": 7}),
+            s("b", value={"period": "{{ params.period }}", "rows": "{{ results.a.rows }}"}),
+        ],
+        params={"period": "WEEK"},
+    )
+    assert rows["b"].result_payload == {"period": "WEEK", "rows": 7}
+
+
+def test_an_instance_keeps_the_definition_version_it_started_with(app: Stepline) -> None:
+    batch_name = name()
+    first = app.apply(batch(batch_name, [s("a")]))
+    instance, _ = app.trigger(batch_name, owned=True)
+    second = app.apply(batch(batch_name, [s("a", ["b"]), s("b")]))
+    assert (first.version, second.version) == (1, 2)
+    assert app.apply(batch(batch_name, [s("a", ["b"]), s("b")])).version == 2
+    final = app.run_instance(instance.id)
+    assert final.definition_version == 1
+    assert [r.step_key for r in app.store.step_results(final.id)] == ["a"]
+
+
+def test_an_invalid_definition_writes_nothing(app: Stepline) -> None:
+    with pytest.raises(DefinitionError, match="cycle: a -> b -> a"):
+        app.apply(batch(name(), [s("a", ["b"]), s("b", ["a"])]))
+    assert app.store.definitions() == []
+
+
+def test_no_transaction_is_open_while_a_runner_executes(app: Stepline, db_url: str) -> None:
+    final, rows = run(app, [s("a", ["probe"]), s("probe", runner="probe_transactions", url=db_url)])
+    assert final.status is InstanceStatus.SUCCEEDED, rows["probe"].error
+    assert rows["probe"].result_payload == {"open_transactions": 0}
