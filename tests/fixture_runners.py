@@ -91,7 +91,8 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
             if engine.dialect.name == "postgresql":
                 sql = (
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+                    " AND pid <> pg_backend_pid()"
+                    " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
                 )
             else:
                 sql = (

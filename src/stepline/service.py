@@ -20,6 +20,7 @@ from stepline.core.loader import load_definitions
 from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
+from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import Listener, Orchestrator
 from stepline.errors import Conflict, DefinitionError, NotFound, Problem
 from stepline.settings import Settings
@@ -73,16 +74,20 @@ class Stepline:
     # -- definitions ----------------------------------------------------------------------
 
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
+        problems = alert_problems(definition)
+        if problems:
+            raise DefinitionError(problems)
         return self.store.apply(definition)
 
     def apply_path(self, path: Path) -> list[StoredDefinition]:
         """Validate every definition under ``path`` first; store them only if all are valid."""
         definitions: list[BatchDefinition] = []
         problems: list[Problem] = []
-        for _, result in load_definitions(path):
+        for file, result in load_definitions(path):
             if isinstance(result, DefinitionError):
                 problems.extend(result.problems)
             else:
+                problems.extend(alert_problems(result, str(file)))
                 definitions.append(result)
         if problems:
             raise DefinitionError(problems)

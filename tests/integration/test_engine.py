@@ -207,6 +207,7 @@ def test_templates_in_with_are_resolved_from_params_and_results(app: Stepline) -
         ],
         params={"period": "WEEK"},
     )
+    assert final.status is InstanceStatus.SUCCEEDED
     assert rows["b"].result_payload == {"period": "WEEK", "rows": 7}
 
 
@@ -232,3 +233,33 @@ def test_no_transaction_is_open_while_a_runner_executes(app: Stepline, db_url: s
     final, rows = run(app, [s("a", ["probe"]), s("probe", runner="probe_transactions", url=db_url)])
     assert final.status is InstanceStatus.SUCCEEDED, rows["probe"].error
     assert rows["probe"].result_payload == {"open_transactions": 0}
+
+
+@pytest.mark.parametrize("collect_fails", [True, False])
+def test_a_failure_handler_named_by_no_step_watches_the_whole_batch(
+    app: Stepline, collect_fails: bool
+) -> None:
+    """The SPEC's weekly_report shape: alert_admin (one_failed) is in no next_steps."""
+    final, rows = run(
+        app,
+        [
+            s("collect_stats", ["check"], fatal=collect_fails),
+            s("collect_weather", ["check"]),
+            s("check", ["run_report"]),
+            s("run_report"),
+            s("alert_admin", trigger_rule="one_failed"),
+        ],
+    )
+    status = {k: r.status for k, r in rows.items()}
+    if collect_fails:
+        assert final.status is InstanceStatus.FAILED
+        assert status["run_report"] is StepStatus.UPSTREAM_FAILED
+        assert status["alert_admin"] is StepStatus.SUCCEEDED
+        assert calls(final, "run_report") == 0
+    else:
+        assert final.status is InstanceStatus.SUCCEEDED
+        assert status["alert_admin"] is StepStatus.SKIPPED
+        assert calls(final, "alert_admin") == 0
+    assert rows["alert_admin"].started_at is None or (
+        rows["alert_admin"].started_at >= rows["collect_weather"].finished_at
+    )

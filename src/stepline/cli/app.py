@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from stepline.cli.progress import Progress
+from stepline.core.definition import BatchDefinition
 from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
 from stepline.core.states import InstanceStatus
+from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import StepEvent
 from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
 from stepline.logs import configure_logging
@@ -225,11 +227,17 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Files or director
         for path in paths:
             _add_import_path(path)
             for file, result in load_definitions(path):
-                if isinstance(result, DefinitionError):
+                problems = (
+                    list(result.problems)
+                    if isinstance(result, DefinitionError)
+                    else alert_problems(result, str(file))
+                )
+                if problems:
                     bad += 1
-                    for problem in result.problems:
+                    for problem in problems:
                         err.print(f"[red]error[/]: {problem}")
                 else:
+                    assert isinstance(result, BatchDefinition)
                     out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
     if bad:
         raise typer.Exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -68,15 +69,17 @@ def find_cycle(successors: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 
 def topological_order(graph: Graph) -> list[str]:
-    """Kahn's algorithm, stable with respect to definition order."""
+    """Kahn's algorithm; among ready steps, the one defined first comes first."""
+    position = {k: i for i, k in enumerate(graph.keys)}
     remaining = {k: len(graph.predecessors.get(k, ())) for k in graph.keys}
-    ready = [k for k in graph.keys if remaining[k] == 0]
+    ready = [position[k] for k in graph.keys if remaining[k] == 0]
+    heapq.heapify(ready)
     order: list[str] = []
     while ready:
-        key = ready.pop(0)
+        key = graph.keys[heapq.heappop(ready)]
         order.append(key)
         for nxt in graph.successors.get(key, ()):
             remaining[nxt] -= 1
             if remaining[nxt] == 0:
-                ready.append(nxt)
+                heapq.heappush(ready, position[nxt])
     return order

@@ -31,7 +31,8 @@ class RetryPolicy:
         Jitter is "equal jitter": between half and all of the exponential delay, so
         retries of many failed items do not hit a recovering API in lockstep.
         """
-        base = self.backoff.total_seconds() * (2 ** max(attempt - 2, 0))
+        # The exponent is capped before it is computed: 2**2000 would overflow a float.
+        base = self.backoff.total_seconds() * (2 ** min(max(attempt - 2, 0), 64))
         delay = min(base, self.max_backoff.total_seconds())
         if self.jitter:
             delay = delay / 2 + rng() * delay / 2
@@ -103,9 +104,7 @@ class BatchDefinition:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_key", {s.key: s for s in self.steps})
-        object.__setattr__(
-            self, "_graph", Graph.from_edges([(s.key, s.next_steps) for s in self.steps])
-        )
+        object.__setattr__(self, "_graph", _graph_with_watchers(self.steps))
 
     @property
     def graph(self) -> Graph:
@@ -119,7 +118,7 @@ class BatchDefinition:
     def to_document(self) -> dict[str, Any]:
         """The canonical document stored in ``batch_definition`` (round-trips through parse)."""
         doc: dict[str, Any] = {"name": self.name}
-        if self.description:
+        if self.description is not None:
             doc["description"] = self.description
         if self.cron is not None:
             doc["cron"] = self.cron
@@ -133,6 +132,43 @@ class BatchDefinition:
         doc.update(self.extra)
         doc["steps"] = [s.to_document() for s in self.steps]
         return doc
+
+
+_WATCHING = (TriggerRule.ONE_FAILED, TriggerRule.ALL_FAILED)
+
+
+def _graph_with_watchers(steps: Sequence[StepDefinition]) -> Graph:
+    """The DAG, where a failure handler that no step names watches the whole batch.
+
+    A step with trigger_rule one_failed/all_failed that is not in any next_steps (the
+    SPEC's ``alert_admin``) would otherwise be a root with nothing to watch. It waits for
+    every other step except its own descendants and the other watchers, and its rule is
+    applied to them: "runs when any upstream step failed".
+    """
+    explicit = Graph.from_edges([(s.key, s.next_steps) for s in steps])
+    watchers = [
+        s.key for s in steps if s.trigger_rule in _WATCHING and not explicit.predecessors.get(s.key)
+    ]
+    if not watchers:
+        return explicit
+    successors = {s.key: list(s.next_steps) for s in steps}
+    for watcher in watchers:
+        below = _descendants(explicit, watcher)
+        for s in steps:
+            if s.key != watcher and s.key not in below and s.key not in watchers:
+                successors[s.key].append(watcher)
+    return Graph.from_edges([(s.key, successors[s.key]) for s in steps])
+
+
+def _descendants(graph: Graph, key: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(graph.successors.get(key, ()))
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(graph.successors.get(k, ()))
+    return seen
 
 
 def step(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -9,23 +10,26 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+_MAX_SECONDS = 366 * 86400.0  # a year: longer is a typo, and timedelta overflows past ~2.7e6 y
+
+
 def parse_duration(value: object) -> timedelta:
     """Parse a duration; raise ValueError with the offending text and the accepted forms."""
+    if isinstance(value, timedelta):
+        return _checked(value.total_seconds(), value)
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 10m, 1h30m or seconds")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return timedelta(seconds=float(value))
-    if isinstance(value, timedelta):
-        return value
+        return _checked(float(value), value)
     text = str(value).strip().replace(" ", "")
     if not text:
         raise ValueError("invalid duration '': use e.g. 30s, 10m, 1h30m or seconds")
     try:
-        return timedelta(seconds=float(text))
+        number = float(text)
     except ValueError:
-        pass
+        number = math.nan
+    if not math.isnan(number):
+        return _checked(number, value)
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:
@@ -37,4 +41,12 @@ def parse_duration(value: object) -> timedelta:
             f"invalid duration {value!r}: use e.g. 500ms, 30s, 10m, 1h30m, 1d "
             "or a number of seconds"
         )
-    return timedelta(seconds=total)
+    return _checked(total, value)
+
+
+def _checked(seconds: float, original: object) -> timedelta:
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {original!r}: must not be negative")
+    if seconds > _MAX_SECONDS:
+        raise ValueError(f"invalid duration {original!r}: longer than a year")
+    return timedelta(seconds=seconds)

@@ -71,7 +71,7 @@ def parse_definition(
     if timezone is not None:
         try:
             ZoneInfo(str(timezone))
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             out.add(f"unknown timezone {timezone!r}: use an IANA name such as Asia/Seoul")
             timezone = None
     if cron is not None:

@@ -49,6 +49,13 @@ def resolve_runner(reference: str) -> Runner:
             f"runner {reference!r}: cannot import module {module_name!r} ({exc}); runner "
             "modules are imported with the current directory on sys.path"
         ) from exc
+    except Exception as exc:
+        # A module that raises on import (a syntax error, a failing top-level call) is a
+        # problem with the definition's runner, reported like a missing one.
+        raise ImportError(
+            f"runner {reference!r}: importing module {module_name!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     target: Any = module
     for attr in attr_path.split("."):
         try:

@@ -110,7 +110,8 @@ def decide(rule: TriggerRule, upstream: Iterable[StepStatus]) -> StepStatus:
         case TriggerRule.ONE_SUCCESS:
             if succeeded:
                 return S.QUEUED
-            return S.UPSTREAM_FAILED if failed == total else S.SKIPPED
+            # As Airflow: skipped only if every upstream step was skipped.
+            return S.SKIPPED if failed == 0 else S.UPSTREAM_FAILED
         case TriggerRule.ONE_FAILED:
             return S.QUEUED if failed else S.SKIPPED
         case TriggerRule.ALL_FAILED:

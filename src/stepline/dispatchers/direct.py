@@ -56,6 +56,15 @@ class DirectDispatcher(Dispatcher):
             with self._lock:
                 self._tasks[key] = future
             future.add_done_callback(lambda _f: self._forget(key))
+        elif work.step.timeout is not None:
+            # A step that may hang gets a thread of its own: when it times out, it is
+            # abandoned there instead of holding one of the pool's threads for good.
+            threading.Thread(
+                target=self._run_thread,
+                args=(work, report),
+                daemon=True,
+                name=f"stepline-step-{work.claimed.step_key}",
+            ).start()
         else:
             self._threads.submit(self._run_thread, work, report)
 

@@ -22,6 +22,7 @@ from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
 from stepline.engine.advance import Advance, advance
+from stepline.engine.alerts import send_alerts
 from stepline.errors import Conflict
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
 from stepline.stores.sqlalchemy import process_owner_id
@@ -86,6 +87,7 @@ class Orchestrator:
         self._active: dict[int, _Active] = {}
         self._next_heartbeat = 0.0
         self._next_poll = 0.0
+        self.alert_threads: list[threading.Thread | None] = []
         dispatcher.start(self._outcomes.put)
 
     # -- public ---------------------------------------------------------------------------
@@ -310,6 +312,10 @@ class Orchestrator:
 
     def _finish(self, active: _Active) -> None:
         del self._active[active.instance.id]
+        if active.definition.alerts:
+            final = self.store.instance(active.instance.id)
+            if final.status is InstanceStatus.FAILED:
+                self.alert_threads.append(send_alerts(self.store, final, active.definition.alerts))
         active.done.set()
 
     def _poll_cancellations(self) -> None:

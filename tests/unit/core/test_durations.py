@@ -36,11 +36,6 @@ INVALID = [
         "-5",
         "negative",
         id="negative-numeric-string",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: durations.py parse_duration: float(text) path skips the negative check, "
-            "so '-5' returns timedelta(seconds=-5) instead of raising ValueError",
-        ),
     ),
     pytest.param(True, "True", id="bool-true"),
     pytest.param(False, "False", id="bool-false"),
@@ -57,23 +52,11 @@ INVALID = [
         math.inf,
         "inf",
         id="infinity",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=OverflowError,
-            reason="bug: durations.py parse_duration(float('inf')) raises OverflowError from "
-            "timedelta, not ValueError, so the loader's `except ValueError` lets it escape",
-        ),
     ),
     pytest.param(
         "99999999999d",
         "99999999999d",
         id="too-large",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=OverflowError,
-            reason="bug: durations.py parse_duration('99999999999d') raises OverflowError "
-            "instead of ValueError",
-        ),
     ),
 ]
 

@@ -33,13 +33,6 @@ def never_called() -> float:
             2000,
             60.0,
             id="huge-attempt-capped",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=OverflowError,
-                reason="bug: definition.py RetryPolicy.delay_before computes "
-                "backoff * 2**(attempt-2) before capping; attempt >= 1026 overflows float "
-                "(retry.attempts has no upper bound in the loader)",
-            ),
         ),
     ],
 )

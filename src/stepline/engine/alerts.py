@@ -1,0 +1,90 @@
+"""Reporting a failed instance to the places its definition names (``alerts:``).
+
+Alerts are sent from a daemon thread with each sender's own timeout: an alert that fails
+or hangs is logged and never delays or fails the instance.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from stepline.core.definition import BatchDefinition
+from stepline.core.states import StepStatus
+from stepline.errors import Problem
+from stepline.notifiers import Alert, Notifier, notifier_from_config, notify_all
+from stepline.stores.base import InstanceRecord, Store
+
+log = structlog.get_logger("stepline.alerts")
+
+
+class _AnyEnvironment(Mapping[str, str]):
+    """Validation stand-in: every ``${NAME}`` resolves, so only the shape is checked."""
+
+    def __getitem__(self, key: str) -> str:
+        return "placeholder"
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def alert_problems(definition: BatchDefinition, source: str | None = None) -> list[Problem]:
+    """What is wrong with a definition's ``alerts:`` entries (the core only checks shape)."""
+    problems = []
+    for index, config in enumerate(definition.alerts):
+        try:
+            notifier_from_config(config, _AnyEnvironment())
+        except ValueError as exc:
+            problems.append(Problem(f"alerts[{index}]: {exc}", source))
+    return problems
+
+
+def send_alerts(
+    store: Store,
+    instance: InstanceRecord,
+    alerts: tuple[Mapping[str, Any], ...],
+    *,
+    wait: bool = False,
+) -> threading.Thread | None:
+    """Report a failed instance in the background; returns the thread (join it in tests)."""
+    if not alerts:
+        return None
+    thread = threading.Thread(
+        target=_send, args=(store, instance, alerts), name="stepline-alerts", daemon=True
+    )
+    thread.start()
+    if wait:
+        thread.join()
+    return thread
+
+
+def _send(store: Store, instance: InstanceRecord, alerts: tuple[Mapping[str, Any], ...]) -> None:
+    bound = log.bind(batch=instance.batch, instance_id=instance.id)
+    try:
+        failed = [r for r in store.step_results(instance.id) if r.status is StepStatus.FAILED]
+        first_error = next((r.error for r in failed if r.error), instance.error)
+        alert = Alert(
+            batch=instance.batch,
+            instance_id=instance.id,
+            status=instance.status.value,
+            failed_steps=tuple(
+                r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]" for r in failed
+            ),
+            error=first_error.splitlines()[0] if first_error else None,
+            inspect_hint=f"stepline show {instance.id}   (resume: stepline retry {instance.id})",
+        )
+        notifiers: list[Notifier] = []
+        for config in alerts:
+            try:
+                notifiers.append(notifier_from_config(config))
+            except ValueError as exc:
+                bound.warning("alert not configured", problem=str(exc))
+        notify_all(notifiers, alert, bound)
+    except Exception as exc:  # the instance is final already; never let this escape
+        bound.warning("alerting failed", error=f"{type(exc).__name__}: {exc}")
