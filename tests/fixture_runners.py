@@ -31,6 +31,9 @@ def work(ctx: StepContext) -> Any:
     args = ctx.args
     if args.get("sleep"):
         time.sleep(float(args["sleep"]))
+    if n == 1 and args.get("slow_first"):
+        time.sleep(float(args["slow_first"]))
+        return "late"
     if n <= int(args.get("fail_times", 0)):
         raise RuntimeError(f"planned failure {n} of {ctx.step}")
     if args.get("fatal"):

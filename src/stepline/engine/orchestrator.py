@@ -28,6 +28,7 @@ from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefin
 from stepline.stores.sqlalchemy import process_owner_id
 
 log = structlog.get_logger("stepline.orchestrator")
+_MIN_WAKE = 0.05
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ class Orchestrator:
             outcomes = by_instance.get(instance_id, [])
             outcomes.extend(self._expired(instance_id, active, now))
             due = active.wake_at is not None and active.wake_at <= now
+            if due:
+                active.look_for_queued = True  # a retry delay ended: its step is claimable
             if outcomes or due:
                 self._advance(active, outcomes)
         if now >= self._next_poll:
@@ -224,7 +227,10 @@ class Orchestrator:
         active.look_for_queued = len(done.claimed) >= slots > 0
         active.wake_at = None
         if done.retry_at is not None:
-            active.wake_at = time.monotonic() + max(0.0, (done.retry_at - now).total_seconds())
+            # Never less than a short pause: with every slot taken by other instances, a step
+            # that is already available is claimed by polling, not by spinning.
+            delay = max(_MIN_WAKE, (done.retry_at - now).total_seconds())
+            active.wake_at = time.monotonic() + delay
         self._emit(active, done, outcomes, now)
         if done.final is not None:
             self._finish(active)
