@@ -106,9 +106,24 @@ class Stepline:
         scheduled_for: datetime | None = None,
         idempotency_key: str | None = None,
         owned: bool = False,
+        limited: bool = False,
     ) -> tuple[InstanceRecord, bool]:
-        """Create an instance of the current version of ``batch`` (not yet running)."""
+        """Create an instance of the current version of ``batch`` (not yet running).
+
+        With ``limited`` (cron and HTTP triggers) the batch's ``max_active_instances`` is
+        honoured: a busy batch queues the new instance (``on_busy: queue``, the default;
+        ``serve`` admits it when one finishes) or records it as skipped (``on_busy:
+        skip``: a cancelled instance whose error says why, so no trigger is lost).
+        """
         stored = self.store.definition(batch)
+        skipped = None
+        if limited and stored.definition.extra.get("on_busy", "queue") == "skip":
+            limit = stored.definition.max_active_instances
+            if self.store.active_count(stored.id) >= limit:
+                skipped = (
+                    f"skipped: {batch} already has {limit} active instance(s) "
+                    "(max_active_instances) and on_busy is skip"
+                )
         return self.store.create_instance(
             stored,
             params or {},
@@ -116,7 +131,13 @@ class Stepline:
             scheduled_for=scheduled_for,
             idempotency_key=idempotency_key,
             owner=self.orchestrator.owner if owned else None,
+            skipped=skipped,
         )
+
+    def wake(self) -> None:
+        """Tell this process's driver that there is new work (a trigger, a retry)."""
+        if self._orchestrator is not None:
+            self._orchestrator.wake()
 
     def run_instance(self, instance_id: int) -> InstanceRecord:
         """Drive one instance to a final state in this process."""
@@ -143,7 +164,7 @@ class Stepline:
                     "instance can be retried (`stepline recover` resumes a crashed one)"
                 )
             reset = tx.reset_unsuccessful(definition.graph.predecessors)
-            tx.set_instance(InstanceStatus.QUEUED, owner=self.orchestrator.owner)
+            tx.set_instance(InstanceStatus.QUEUED, release=True)
             tx.clear_cancel()
         log.info("instance reset for retry", instance_id=instance_id, steps=reset)
         return self.store.instance(instance_id)

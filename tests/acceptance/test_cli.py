@@ -102,9 +102,8 @@ def test_readme_diamond_runs_and_is_listed(cli) -> None:
     assert no_traceback(retry), retry.report
     assert cli.rows("SELECT id, status, trigger FROM batch_instance") == [(1, "succeeded", "cli")]
 
-    # The stored batch, by name, with a param read as YAML (from where its runners import;
-    # from the first directory this fails: see the xfail test below).
-    again = cli("run", "farm_readings", "--param", "humidity_threshold=90", cwd=example)
+    # The stored batch, by name, with a param read as YAML; runners import from the cwd.
+    again = cli("run", "farm_readings", "--param", "humidity_threshold=90")
     assert again.code == 0, again.report
     assert again.stdout.startswith("instance 2 of farm_readings started (version 1)"), again.report
     assert re.search(r"^instance 2 of farm_readings succeeded\b", again.stdout, re.M), again.report
@@ -112,14 +111,6 @@ def test_readme_diamond_runs_and_is_listed(cli) -> None:
     assert not (example / "stepline.db").exists()  # STEPLINE_DB was used, not the default
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: README quick start `stepline run farm_readings --param humidity_threshold=90` "
-    "(by stored name, from the directory where `stepline run examples/diamond/"
-    "farm_readings.yaml` just succeeded) exits 1: step load fails with ImportError "
-    "\"runner 'farm_readings:load': cannot import module\", because only a FILE argument "
-    "puts the definition's directory on sys.path",
-)
 def test_readme_quick_start_run_by_name_from_same_directory(cli) -> None:
     _copy_example(cli.root)
     first = cli("run", "examples/diamond/farm_readings.yaml")
@@ -155,12 +146,6 @@ def test_failing_step_fails_the_instance(cli) -> None:
     assert cli.rows("SELECT status FROM batch_instance") == [("failed",)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `stepline show ID` crashes (exit 1, rich MarkupError traceback) when a step's "
-    "error contains '[/...]', e.g. FileNotFoundError('cannot open [/srv/in.csv]'): cli/app.py "
-    "prints stored error text as rich markup",
-)
 def test_show_prints_error_text_verbatim(cli) -> None:
     cli.copy_fixture("steps.py")
     cli.write("bracket.yaml", "name: bracket\nsteps:\n  - key: a\n    runner: steps:bracketed\n")
@@ -375,12 +360,6 @@ def test_apply_directory_is_all_or_nothing(refusals) -> None:
     assert mixed.nothing_written()  # the good file was not stored either
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `stepline validate` on a YAML syntax error prints a mangled parser message "
-    "(\"runner: ', but got '<stream end>'\"): the text \"[steps:ok ... ']'\" of the message "
-    "is swallowed as rich markup, losing \"expected ',' or ']'\" and the offending line",
-)
 def test_yaml_syntax_error_message_is_verbatim(refusals) -> None:
     _, validate = refusals["validate"]
     problems = problems_of(validate.stderr, "yaml_syntax.yaml")

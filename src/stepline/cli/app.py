@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from stepline.cli.progress import Progress
@@ -68,7 +69,7 @@ def _errors() -> Iterator[None]:
         yield
     except DefinitionError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error[/]: {problem}")
+            err.print(f"[red]error[/]: {escape(str(problem))}")
         raise typer.Exit(2) from None
     except (NotFound, Conflict) as exc:
         _fail(str(exc), 2)
@@ -77,7 +78,7 @@ def _errors() -> Iterator[None]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error[/]: {message}")
+    err.print(f"[red]error[/]: {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -235,7 +236,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Files or director
                 if problems:
                     bad += 1
                     for problem in problems:
-                        err.print(f"[red]error[/]: {problem}")
+                        err.print(f"[red]error[/]: {escape(str(problem))}")
                 else:
                     assert isinstance(result, BatchDefinition)
                     out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
@@ -310,10 +311,10 @@ def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = Non
         i = service.store.instance(instance_id)
         out.print(
             f"instance {i.id}  batch {i.batch} v{i.definition_version}  {i.status.value}  "
-            f"trigger {i.trigger}  params {i.params}"
+            f"trigger {i.trigger}  params {escape(str(i.params))}"
         )
         if i.error:
-            out.print(f"error: {i.error}")
+            out.print(f"error: {escape(i.error)}")
         table = Table("step", "status", "attempt", "duration", "result / error")
         for r in service.store.step_results(instance_id):
             key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
@@ -355,4 +356,4 @@ def _short(value: object, width: int = 60) -> str:
     import json
 
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return escape(text if len(text) <= width else text[: width - 1] + "…")

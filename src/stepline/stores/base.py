@@ -199,9 +199,15 @@ class InstanceTransaction(ABC):
 
     @abstractmethod
     def set_instance(
-        self, status: InstanceStatus, *, owner: str | None = None, error: str | None = None
+        self,
+        status: InstanceStatus,
+        *,
+        owner: str | None = None,
+        error: str | None = None,
+        release: bool = False,
     ) -> None:
-        """Move the instance to ``status`` (timestamps follow); ``owner`` takes ownership."""
+        """Move the instance to ``status`` (timestamps follow); ``owner`` takes ownership,
+        ``release`` leaves it unowned (for whichever process admits it next)."""
 
 
 class Store(ABC):
@@ -237,6 +243,7 @@ class Store(ABC):
         scheduled_for: datetime | None = None,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        skipped: str | None = None,
     ) -> tuple[InstanceRecord, bool]:
         """Insert a queued instance and a ``pending`` row per step; roots are ``queued``.
 
@@ -244,7 +251,23 @@ class Store(ABC):
         instance that already exists for it is returned with created False: the unique
         constraint, not a lock, makes concurrent schedulers create at most one. With
         ``owner`` the new instance is owned from the start, so recovery leaves it alone.
+        With ``skipped`` (a reason) the trigger is recorded but nothing runs: the instance
+        and its steps are created ``cancelled`` (a later retry can still run them).
         """
+
+    @abstractmethod
+    def active_count(self, definition_id: int) -> int:
+        """How many instances of the batch are queued or running."""
+
+    @abstractmethod
+    def waiting_instances(self, limit: int = 100) -> list[InstanceRecord]:
+        """Queued instances that nobody owns yet, oldest first (for admission)."""
+
+    @abstractmethod
+    def admit(self, instance_id: int, owner: str, max_active: int) -> bool:
+        """Make ``owner`` the owner of a waiting instance if fewer than ``max_active``
+        instances of its batch are running; atomic across processes (the batch's
+        definition row is locked while counting)."""
 
     @abstractmethod
     def instance_transaction(

@@ -277,17 +277,19 @@ class SqlAlchemyStore(Store):
         scheduled_for: datetime | None = None,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        skipped: str | None = None,
     ) -> tuple[InstanceRecord, bool]:
         graph = stored.definition.graph
         now = utcnow()
         merged = {**stored.definition.params, **params}
+        status = InstanceStatus.CANCELLED if skipped else InstanceStatus.QUEUED
         try:
             with self._write() as conn:
                 instance_id = conn.execute(
                     sa.insert(BI).values(
                         definition_id=stored.id,
                         definition_version=stored.version,
-                        status=InstanceStatus.QUEUED.value,
+                        status=status.value,
                         params=merged,
                         trigger=trigger,
                         scheduled_for=scheduled_for,
@@ -295,6 +297,8 @@ class SqlAlchemyStore(Store):
                         owner_id=owner,
                         cancel_requested=False,
                         created_at=now,
+                        finished_at=now if skipped else None,
+                        error=skipped,
                     )
                 ).inserted_primary_key[0]  # type: ignore[index]
                 rows = [
@@ -333,14 +337,14 @@ class SqlAlchemyStore(Store):
                 stored.name,
                 stored.id,
                 stored.version,
-                InstanceStatus.QUEUED,
+                status,
                 merged,
                 trigger,
                 scheduled_for,
                 now,
                 None,
-                None,
-                None,
+                now if skipped else None,
+                skipped,
                 owner,
                 False,
             ),
@@ -364,6 +368,62 @@ class SqlAlchemyStore(Store):
             owner_id=row.owner_id,
             cancel_requested=bool(row.cancel_requested),
         )
+
+    def active_count(self, definition_id: int) -> int:
+        active = [InstanceStatus.QUEUED.value, InstanceStatus.RUNNING.value]
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(BI)
+                    .where(BI.c.definition_id == definition_id, BI.c.status.in_(active))
+                ).scalar_one()
+            )
+
+    def waiting_instances(self, limit: int = 100) -> list[InstanceRecord]:
+        query = (
+            sa.select(BI)
+            .where(BI.c.status == InstanceStatus.QUEUED.value, BI.c.owner_id.is_(None))
+            .order_by(BI.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [self._instance(conn, r) for r in conn.execute(query).all()]
+
+    def admit(self, instance_id: int, owner: str, max_active: int) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                sa.select(BI.c.definition_id, BI.c.owner_id, BI.c.status).where(
+                    BI.c.id == instance_id
+                )
+            ).first()
+            if row is None or row.owner_id is not None or row.status != "queued":
+                return False
+            conn.execute(
+                sa.select(batch_definition.c.id)
+                .where(batch_definition.c.id == row.definition_id)
+                .with_for_update()
+            )
+            running = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(BI)
+                .where(
+                    BI.c.definition_id == row.definition_id,
+                    BI.c.status == InstanceStatus.RUNNING.value,
+                )
+            ).scalar_one()
+            if running >= max_active:
+                return False
+            taken = conn.execute(
+                sa.update(BI)
+                .where(
+                    BI.c.id == instance_id,
+                    BI.c.owner_id.is_(None),
+                    BI.c.status == InstanceStatus.QUEUED.value,
+                )
+                .values(owner_id=owner, status=InstanceStatus.RUNNING.value, started_at=utcnow())
+            ).rowcount
+            return bool(taken)
 
     @contextmanager
     def instance_transaction(
@@ -838,7 +898,12 @@ class _SqlInstanceTransaction(InstanceTransaction):
         )
 
     def set_instance(
-        self, status: InstanceStatus, *, owner: str | None = None, error: str | None = None
+        self,
+        status: InstanceStatus,
+        *,
+        owner: str | None = None,
+        error: str | None = None,
+        release: bool = False,
     ) -> None:
         values: dict[str, Any] = {"status": status.value}
         now = utcnow()
@@ -850,4 +915,6 @@ class _SqlInstanceTransaction(InstanceTransaction):
             values.update(finished_at=now, error=error)
         if owner is not None:
             values["owner_id"] = owner
+        elif release:
+            values["owner_id"] = None
         self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(**values))
