@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import Listener, Orchestrator
-from stepline.errors import Conflict, DefinitionError, NotFound, Problem
+from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StoredDefinition
 from stepline.stores.sqlalchemy import SqlAlchemyStore
@@ -183,6 +185,48 @@ class Stepline:
                 tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
         return self.store.instance(instance_id)
 
+    def serve_forever(self, stop: threading.Event, *, grace_seconds: float = 30.0) -> None:
+        """The driver of ``stepline serve``: admit queued instances, run them, recover dead
+        owners' instances, until ``stop``; then let running steps end for up to
+        ``grace_seconds`` and leave the rest to recovery (by this or another process)."""
+        orchestrator = self.orchestrator
+        next_admission = next_recovery = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if orchestrator.woken or now >= next_admission:
+                orchestrator.woken = False
+                next_admission = now + orchestrator.poll_seconds
+                self._guard(self._admit)
+            if now >= next_recovery:
+                next_recovery = now + max(self.settings.lease_seconds / 3, 1.0)
+                self._guard(self._recover_orphans)
+            self._guard(orchestrator.step_once)
+        orchestrator.draining = True
+        deadline = time.monotonic() + grace_seconds
+        while orchestrator.busy and time.monotonic() < deadline:
+            self._guard(orchestrator.step_once)
+        log.info("driver stopped", unfinished=orchestrator.active_ids())
+
+    def _guard(self, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except StoreUnavailable as exc:
+            log.warning("database unavailable; retrying", error=str(exc))
+            time.sleep(1.0)
+
+    def _admit(self) -> None:
+        orchestrator = self.orchestrator
+        for instance in self.store.waiting_instances():
+            definition = self.store.definition_for(instance)
+            if self.store.admit(instance.id, orchestrator.owner, definition.max_active_instances):
+                self._adopt(instance.id)
+
+    def _recover_orphans(self) -> None:
+        for instance_id in self.store.orphaned_instances(self.dead_owners()):
+            if instance_id not in self.orchestrator.active_ids():
+                log.info("recovering instance of a dead owner", instance_id=instance_id)
+                self._adopt(instance_id)
+
     def dead_owners(self) -> list[str]:
         """Owners whose lease expired, or whose process on this host is gone."""
         host = socket.gethostname()
@@ -205,7 +249,7 @@ class Stepline:
     def _adopt(self, instance_id: int) -> bool:
         try:
             return self.orchestrator.adopt(instance_id, takeover=True)
-        except NotFound:
+        except (NotFound, Conflict):
             return False
 
 

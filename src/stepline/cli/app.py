@@ -170,6 +170,74 @@ def run(
 
 
 @app.command()
+def serve(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Definition files or directories to apply")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    grace: Annotated[
+        float, typer.Option(help="Seconds running steps get to finish on SIGTERM")
+    ] = 30.0,
+    db: Db = None,
+) -> None:
+    """The single worker: scheduler + HTTP API + direct dispatcher, recovering crashed runs."""
+    import threading
+
+    import uvicorn
+
+    from stepline.api.app import create_app
+    from stepline.api.metrics import Metrics, StepMetrics, observe_scheduler_lag
+    from stepline.api.security import check_bind
+    from stepline.scheduling.scheduler import Scheduler
+
+    settings = Settings()
+    try:
+        check_bind(host, settings.api_token is not None)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    metrics = Metrics()
+    with _errors(), _open(db, listener=StepMetrics(metrics)) as service:
+        for path in paths or []:
+            _add_import_path(path)
+            for stored in service.apply_path(path):
+                out.print(f"{stored.name}: version {stored.version}")
+        stop = threading.Event()
+        driver = threading.Thread(
+            target=service.serve_forever,
+            args=(stop,),
+            kwargs={"grace_seconds": grace},
+            name="stepline-driver",
+        )
+        scheduler = Scheduler(
+            service,
+            holder=service.orchestrator.owner,
+            lease_seconds=settings.lease_seconds,
+            on_lag=lambda seconds: observe_scheduler_lag(metrics, seconds),
+        )
+        ticker = threading.Thread(target=scheduler.run, args=(stop,), name="stepline-scheduler")
+        driver.start()
+        ticker.start()
+        out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
+        config = uvicorn.Config(
+            create_app(service, metrics=metrics),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        try:
+            # uvicorn handles SIGTERM and SIGINT; when it returns, stop firing and drain.
+            uvicorn.Server(config).run()
+        finally:
+            stop.set()
+            ticker.join()
+            driver.join()
+        out.print("stopped; unfinished instances are left for recovery")
+
+
+@app.command()
 def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
     """Re-run what did not succeed in a failed or cancelled instance, reusing stored results."""
     forward = _Forward()

@@ -94,6 +94,7 @@ def parse_definition(
         out.add("alerts must be a list of mappings such as {type: webhook, url: ...}")
         alerts = []
 
+    _check_scheduling_options(doc, out)
     raw_steps = doc.get("steps")
     steps: list[StepDefinition] = []
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -125,6 +126,21 @@ def parse_definition(
         description=doc.get("description"),
         extra={k: doc[k] for k in _EXTRA_FIELDS if k in doc},
     )
+
+
+def _check_scheduling_options(doc: Mapping[str, Any], out: _Collector) -> None:
+    if doc.get("misfire", "once") not in ("once", "all", "skip"):
+        out.add(f"misfire {doc['misfire']!r} must be once, all or skip")
+    if doc.get("on_busy", "queue") not in ("queue", "skip"):
+        out.add(f"on_busy {doc['on_busy']!r} must be queue or skip")
+    if "misfire_grace" in doc:
+        try:
+            parse_duration(doc["misfire_grace"])
+        except ValueError as exc:
+            out.add(f"misfire_grace: {exc}")
+    cap = doc.get("misfire_cap", 100)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        out.add(f"misfire_cap {cap!r} must be a whole number >= 1")
 
 
 def _parse_step(

@@ -89,6 +89,8 @@ class Orchestrator:
         self._next_heartbeat = 0.0
         self._next_poll = 0.0
         self.alert_threads: list[threading.Thread | None] = []
+        self.draining = False
+        self.woken = False
         dispatcher.start(self._outcomes.put)
 
     # -- public ---------------------------------------------------------------------------
@@ -187,8 +189,17 @@ class Orchestrator:
         self._heartbeat()
 
     def wake(self) -> None:
-        """Make a blocked :meth:`step_once` return now (e.g. after :meth:`adopt` elsewhere)."""
+        """Make a blocked :meth:`step_once` return now; safe to call from any thread."""
+        self.woken = True
         self._outcomes.put(None)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any attempt of this process is still running."""
+        return any(a.inflight for a in self._active.values())
+
+    def active_ids(self) -> list[int]:
+        return list(self._active)
 
     def close(self) -> None:
         self.dispatcher.shutdown(wait=False)
@@ -204,6 +215,8 @@ class Orchestrator:
         for o in outcomes:
             active.inflight.pop(o.row_id, None)
         slots = self.dispatcher.capacity - sum(len(a.inflight) for a in self._active.values())
+        if self.draining:
+            slots = 0  # shutting down: record what ends, start nothing new
         now = datetime.now(UTC)
         with self.store.instance_transaction(instance_id, active.instance) as tx:
             if tx.instance.cancel_requested:

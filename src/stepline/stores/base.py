@@ -315,8 +315,30 @@ class Store(ABC):
 
     @abstractmethod
     def orphaned_instances(self, dead: Iterable[str] = ()) -> list[int]:
-        """Unfinished instances with no owner, an unregistered or expired owner, or an owner
-        in ``dead`` (known dead by other means, e.g. its pid on this host is gone)."""
+        """Unfinished instances whose owner is unregistered, expired, or in ``dead`` (known
+        dead by other means, e.g. its pid on this host is gone). Queued instances that
+        nobody owns yet are waiting for admission, not orphaned."""
+
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> int | None:
+        """Take or renew the named lease for ``ttl_seconds`` of database time.
+
+        Returns the lease's epoch while ``holder`` holds it, None if someone else holds an
+        unexpired lease. Each change of holder increments the epoch, so a stale leader's
+        work can be fenced with :meth:`lease_valid`.
+        """
+
+    @abstractmethod
+    def lease_valid(self, name: str, holder: str, epoch: int) -> bool:
+        """Whether ``holder`` still holds the lease at ``epoch`` (database clock)."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up now so another process can take it without waiting."""
+
+    @abstractmethod
+    def last_scheduled(self, definition_id: int) -> datetime | None:
+        """The latest cron fire time an instance of the batch was created for."""
 
     @abstractmethod
     def dispose(self) -> None:

@@ -40,6 +40,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_result,
     json_serializer,
+    stepline_lease,
     stepline_worker,
 )
 
@@ -539,6 +540,68 @@ class SqlAlchemyStore(Store):
         with self._write() as conn:
             conn.execute(sa.delete(stepline_worker).where(stepline_worker.c.id == owner))
 
+    def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> int | None:
+        lease = stepline_lease
+        try:
+            with self._write() as conn:
+                now = _db_now(conn)
+                expires = now + timedelta(seconds=ttl_seconds)
+                row = _lease_row(conn, name)
+                if row is None:
+                    conn.execute(
+                        sa.insert(lease).values(
+                            name=name, holder=holder, epoch=1, expires_at=expires
+                        )
+                    )
+                    return 1
+                if row.holder == holder and row.expires_at > now:
+                    conn.execute(
+                        sa.update(lease).where(lease.c.name == name).values(expires_at=expires)
+                    )
+                    return int(row.epoch)
+                if row.expires_at > now:
+                    return None
+                conn.execute(
+                    sa.update(lease)
+                    .where(lease.c.name == name, lease.c.epoch == row.epoch)
+                    .values(holder=holder, epoch=row.epoch + 1, expires_at=expires)
+                )
+                return int(row.epoch) + 1
+        except sa.exc.IntegrityError:
+            return None  # another process created the lease row first
+
+    def lease_valid(self, name: str, holder: str, epoch: int) -> bool:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(stepline_lease).where(stepline_lease.c.name == name)
+            ).first()
+            return bool(
+                row is not None
+                and row.holder == holder
+                and row.epoch == epoch
+                and row.expires_at > _db_now(conn)
+            )
+
+    def release_lease(self, name: str, holder: str) -> None:
+        lease = stepline_lease
+        with self._write() as conn:
+            conn.execute(
+                sa.update(lease)
+                .where(lease.c.name == name, lease.c.holder == holder)
+                .values(expires_at=_db_now(conn) - timedelta(seconds=1))
+            )
+
+    def last_scheduled(self, definition_id: int) -> datetime | None:
+        with self._read() as conn:
+            value: datetime | None = conn.execute(
+                sa.select(sa.func.max(BI.c.scheduled_for)).where(
+                    BI.c.definition_id == definition_id
+                )
+            ).scalar()
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
     def workers(self) -> list[tuple[str, str, int, bool]]:
         w = stepline_worker
         with self._read() as conn:
@@ -558,7 +621,11 @@ class SqlAlchemyStore(Store):
             sa.select(BI.c.id)
             .where(
                 BI.c.status.in_([InstanceStatus.QUEUED.value, InstanceStatus.RUNNING.value]),
-                sa.or_(BI.c.owner_id.is_(None), BI.c.owner_id.not_in(live)),
+                # A queued instance nobody owns yet waits for admission; it is not orphaned.
+                sa.or_(
+                    BI.c.owner_id.not_in(live),
+                    sa.and_(BI.c.owner_id.is_(None), BI.c.status == InstanceStatus.RUNNING.value),
+                ),
             )
             .order_by(BI.c.id)
         )
@@ -592,6 +659,12 @@ _START = HotStatement(
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
+
+
+def _lease_row(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(
+        sa.select(stepline_lease).where(stepline_lease.c.name == name).with_for_update()
+    ).first()
 
 
 def _db_now(conn: Connection) -> datetime:
