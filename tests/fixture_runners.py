@@ -105,3 +105,26 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
             return {"open_transactions": int(conn.exec_driver_sql(sql).scalar_one())}
     finally:
         engine.dispose()
+
+
+def item_work(ctx: StepContext) -> Any:
+    """A map item: counts per item, fails for items listed in ``fail_items`` until healed."""
+    with _lock:
+        calls[(ctx.batch, f"{ctx.step}[{ctx.map_index}]")] += 1
+        calls[(ctx.batch, ctx.step)] += 1
+        running[ctx.batch] = running.get(ctx.batch, 0) + 1
+        peak[ctx.batch] = max(peak.get(ctx.batch, 0), running[ctx.batch])
+    try:
+        if ctx.args.get("sleep"):
+            time.sleep(float(ctx.args["sleep"]))
+        if ctx.item in ctx.args.get("fail_items", []) and ctx.batch not in healed:
+            raise RuntimeError(f"item {ctx.item} failed")
+        return {"item": ctx.item, "double": ctx.item * 2 if isinstance(ctx.item, int) else None}
+    finally:
+        with _lock:
+            running[ctx.batch] -= 1
+
+
+running: dict[str, int] = {}
+peak: dict[str, int] = {}
+healed: set[str] = set()

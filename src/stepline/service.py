@@ -47,9 +47,14 @@ class Stepline:
         self._dispatcher = dispatcher
         self._listener = listener
         self._orchestrator: Orchestrator | None = None
+        self._lock = threading.Lock()
 
     @property
     def orchestrator(self) -> Orchestrator:
+        with self._lock:  # API threads may ask first; there must be exactly one
+            return self._make_orchestrator()
+
+    def _make_orchestrator(self) -> Orchestrator:
         if self._orchestrator is None:
             dispatcher = self._dispatcher or DirectDispatcher(
                 self.settings.capacity, load=self.store.results_for
@@ -165,7 +170,10 @@ class Stepline:
                     f"instance {instance_id} is {status.value}; only a failed or cancelled "
                     "instance can be retried (`stepline recover` resumes a crashed one)"
                 )
-            reset = tx.reset_unsuccessful(definition.graph.predecessors)
+            reset = tx.reset_unsuccessful(
+                definition.graph.predecessors,
+                mapped=[s.key for s in definition.steps if s.map is not None],
+            )
             tx.set_instance(InstanceStatus.QUEUED, release=True)
             tx.clear_cancel()
         log.info("instance reset for retry", instance_id=instance_id, steps=reset)

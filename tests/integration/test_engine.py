@@ -46,7 +46,7 @@ def run(
     stored = app.apply(batch(name(), steps, **options))
     instance, _ = app.trigger(stored.name, owned=True)
     final = app.run_instance(instance.id)
-    return final, {r.step_key: r for r in app.store.step_results(final.id)}
+    return final, {r.step_key: r for r in app.store.step_results(final.id) if r.map_index < 0}
 
 
 def calls(final: InstanceRecord, step: str) -> int:
@@ -263,3 +263,87 @@ def test_a_failure_handler_named_by_no_step_watches_the_whole_batch(
     assert rows["alert_admin"].started_at is None or (
         rows["alert_admin"].started_at >= rows["collect_weather"].finished_at
     )
+
+
+def test_a_mapped_step_runs_once_per_item_with_bounded_concurrency(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("list", ["each"], value=list(range(12))),
+            s(
+                "each",
+                ["total"],
+                runner="item_work",
+                sleep=0.05,
+                map={"over": "list", "concurrency": 3},
+            ),
+            s("total", runner="fan_in"),
+        ],
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert fr.calls[(final.batch, "each")] == 12
+    assert fr.peak[final.batch] <= 3
+    items = [r for r in app.store.step_results(final.id) if r.step_key == "each"]
+    assert [r.map_index for r in items] == [-1, *range(12)]
+    assert all(r.status is StepStatus.SUCCEEDED for r in items)
+    expected = [{"item": i, "double": 2 * i} for i in range(12)]
+    assert rows["each"].result_payload == expected  # the step's row holds the item list
+    assert rows["total"].result_payload["values"]["each"] == expected
+
+
+def test_a_mapped_step_over_params_and_over_an_empty_list(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("each", ["empty"], runner="item_work", map={"over": "farms"}),
+            s("empty", runner="item_work", map={"over": "nothing"}),
+        ],
+        params={"farms": ["F1", "F2"], "nothing": []},
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert [r["item"] for r in rows["each"].result_payload] == ["F1", "F2"]
+    assert rows["empty"].result_payload == []
+
+
+def test_a_mapped_step_over_a_non_list_fails_with_a_message(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("one", ["each"], value={"not": "a list"}),
+            s("each", runner="item_work", map={"over": "one"}),
+        ],
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert "is a dict, not a list" in (rows["each"].error or "")
+
+
+def test_retry_reruns_only_the_failed_items(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("list", ["each"], value=list(range(10))),
+            s(
+                "each",
+                ["after"],
+                runner="item_work",
+                fail_items=[2, 5, 7],
+                retry={"attempts": 2, "backoff": "10ms"},
+                map={"over": "list", "concurrency": 4},
+            ),
+            s("after", runner="fan_in"),
+        ],
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert "3 of 10 items failed (map_index 2, 5, 7)" in (rows["each"].error or "")
+    assert rows["after"].status is StepStatus.UPSTREAM_FAILED
+    assert fr.calls[(final.batch, "each")] == 10 + 3  # three items tried twice
+    fr.healed.add(final.batch)
+    app.retry(final.id)
+    again = app.run_instance(final.id)
+    assert again.status is InstanceStatus.SUCCEEDED
+    assert fr.calls[(final.batch, "each")] == 13 + 3  # only the three failed items again
+    assert fr.calls[(final.batch, "list")] == 1
+    for i in range(10):
+        assert fr.calls[(final.batch, f"each[{i}]")] == (3 if i in (2, 5, 7) else 1)
+    after = {r.step_key: r for r in app.store.step_results(final.id) if r.map_index < 0}
+    assert [r["item"] for r in after["each"].result_payload] == list(range(10))

@@ -188,12 +188,13 @@ def serve(
 
     from stepline.api.app import create_app
     from stepline.api.metrics import Metrics, StepMetrics, observe_scheduler_lag
-    from stepline.api.security import check_bind
+    from stepline.api.security import check_bind, check_token
     from stepline.scheduling.scheduler import Scheduler
 
     settings = Settings()
     try:
         check_bind(host, settings.api_token is not None)
+        check_token(settings.api_token.get_secret_value() if settings.api_token else None)
     except ValueError as exc:
         _fail(str(exc), 2)
     metrics = Metrics()

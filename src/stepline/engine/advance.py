@@ -2,6 +2,11 @@
 
 Runs inside one :class:`~stepline.stores.base.InstanceTransaction`, so the decisions and
 the facts they rest on are committed together, and a crash leaves either both or neither.
+
+A mapped step (``map: {over, concurrency}``) is claimed like any step, but instead of
+running it expands into one item row per element of its list; its own row then counts
+the unfinished items, and when the last one ends it becomes final with the ordered list
+of item results as its payload, so the rest of the DAG sees an ordinary step.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from stepline.core.definition import BatchDefinition
+from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus, decide, instance_outcome
 from stepline.stores.base import ClaimedStep, InstanceTransaction, StepOutcome
 
@@ -23,6 +28,10 @@ class Advance:
 
     finished: dict[str, StepStatus] = field(default_factory=dict)
     claimed: list[ClaimedStep] = field(default_factory=list)
+    expanded: dict[str, list[Any]] = field(default_factory=dict)
+    """Mapped steps expanded here, with their items (map_index order)."""
+    mapped_results: dict[str, list[Any]] = field(default_factory=dict)
+    """Mapped steps that succeeded here, with their item results."""
     queued_more: bool = False
     retry_at: datetime | None = None
     final: InstanceStatus | None = None
@@ -40,14 +49,17 @@ def advance(
     results: Mapping[str, Any],
     idle: bool,
     params: Mapping[str, Any],
+    running_items: Mapping[str, int] | None = None,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
     ``idle`` says the caller runs nothing else of this instance, so an instance with no
-    unfinished step can be finalised here.
+    unfinished step can be finalised here. ``running_items`` counts the items of each
+    mapped step the caller is running, for the step's ``concurrency``.
     """
-    graph = definition.graph
     done = Advance()
+    items_done: Counter[str] = Counter()
+    item_keys: set[str] = set()
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
@@ -55,14 +67,76 @@ def advance(
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue
+        if o.map_index >= 0:
+            item_keys.add(o.step_key)
         if retry_at is not None:
             done.queued_more = True
             done.retry_at = retry_at if done.retry_at is None else min(done.retry_at, retry_at)
+        elif o.map_index >= 0:
+            items_done[o.step_key] += 1
         else:
             done.finished[o.step_key] = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
+    for key, count in items_done.items():
+        if tx.items_done(key, count):
+            _finish_mapped(tx, key, done)
 
     known: dict[str, StepStatus] = dict(done.finished)
     frontier = list(done.finished)
+    look_for_items = look_for_queued
+    while True:
+        to_run = _settle(tx, definition, frontier, known, done, params, results)
+        claimed: list[ClaimedStep] = []
+        if to_run:
+            claimed = tx.start(to_run, max(slots, 0), owner, now=now)
+            look_for_queued = look_for_queued or len(claimed) < len(to_run)
+        if slots - len(claimed) > 0 and (look_for_queued or done.queued_more):
+            claimed += tx.claim(slots - len(claimed), owner, now=now)
+            look_for_queued = False
+        frontier = []
+        for c in claimed:
+            step = definition.step(c.step_key)
+            if step.map is None:
+                done.claimed.append(c)
+                slots -= 1
+            elif _expand(tx, step, params, results, done):
+                item_keys.add(step.key)
+            else:
+                frontier.append(step.key)
+        known.update({k: done.finished[k] for k in frontier})
+        if not frontier:
+            break
+
+    running = dict(running_items or {})
+    for key in sorted(item_keys | (_mapped(definition) if look_for_items else set())):
+        spec = definition.step(key).map
+        assert spec is not None
+        limit = min(slots, spec.concurrency - running.get(key, 0))
+        if limit > 0:
+            items = tx.claim_items(key, limit, owner, now=now)
+            done.claimed.extend(items)
+            slots -= len(items)
+
+    if idle and not done.claimed:
+        if tx.has_unfinished():
+            if done.retry_at is None:
+                done.retry_at = tx.next_available_at()
+        else:
+            done.final = instance_outcome(tx.step_statuses().values())
+            tx.set_instance(done.final, error=_instance_error(done.final))
+    return done
+
+
+def _settle(
+    tx: InstanceTransaction,
+    definition: BatchDefinition,
+    frontier: list[str],
+    known: dict[str, StepStatus],
+    done: Advance,
+    params: Mapping[str, Any],
+    results: Mapping[str, Any],
+) -> list[str]:
+    """Propagate newly final steps through the DAG; return the steps that may now run."""
+    graph = definition.graph
     to_run: list[str] = []
     while frontier:
         counts = Counter(s for k in frontier for s in graph.successors.get(k, ()))
@@ -96,21 +170,73 @@ def advance(
             known.update(dict.fromkeys(keys, verdict))
             done.finished.update(dict.fromkeys(keys, verdict))
             frontier.extend(keys)
+    return to_run
 
-    if to_run:
-        done.claimed = tx.start(to_run, max(slots, 0), owner, now=now)
-        slots -= len(done.claimed)
-        look_for_queued = look_for_queued or len(done.claimed) < len(to_run)
-    if slots > 0 and (look_for_queued or done.queued_more):
-        done.claimed += tx.claim(slots, owner, now=now)
-    if idle and not done.claimed:
-        if tx.has_unfinished():
-            if done.retry_at is None and not done.claimed:
-                done.retry_at = tx.next_available_at()
-        else:
-            done.final = instance_outcome(tx.step_statuses().values())
-            tx.set_instance(done.final, error=_instance_error(done.final))
-    return done
+
+def _expand(
+    tx: InstanceTransaction,
+    step: StepDefinition,
+    params: Mapping[str, Any],
+    results: Mapping[str, Any],
+    done: Advance,
+) -> bool:
+    """Expand a claimed mapped step into its items; False if it ended at once instead."""
+    try:
+        items = map_items(step, params, results, tx)
+    except ValueError as exc:
+        tx.finish_mapped(step.key, error=str(exc))
+        done.finished[step.key] = StepStatus.FAILED
+        return False
+    if not items:
+        tx.finish_mapped(step.key)
+        done.finished[step.key] = StepStatus.SUCCEEDED
+        done.mapped_results[step.key] = []
+        return False
+    tx.expand(step.key, len(items))
+    done.expanded[step.key] = items
+    return True
+
+
+def map_items(
+    step: StepDefinition,
+    params: Mapping[str, Any],
+    results: Mapping[str, Any],
+    tx: InstanceTransaction | None = None,
+) -> list[Any]:
+    """The list a mapped step fans out over: an upstream step's result or a params key."""
+    assert step.map is not None
+    over = step.map.over
+    if over in step_upstream(step, results, tx):
+        value = step_upstream(step, results, tx)[over]
+        where = f"the result of step {over!r}"
+    elif over in params:
+        value, where = params[over], f"params[{over!r}]"
+    else:
+        raise ValueError(f"map.over {over!r}: no stored result or param of that name")
+    if not isinstance(value, list):
+        raise ValueError(f"map.over {over!r}: {where} is a {type(value).__name__}, not a list")
+    return value
+
+
+def step_upstream(
+    step: StepDefinition, results: Mapping[str, Any], tx: InstanceTransaction | None
+) -> Mapping[str, Any]:
+    assert step.map is not None
+    over = step.map.over
+    if over in results or tx is None:
+        return results
+    return {**results, **tx.results([over])}
+
+
+def _finish_mapped(tx: InstanceTransaction, key: str, done: Advance) -> None:
+    status, payload = tx.finish_mapped(key)
+    done.finished[key] = status
+    if status is StepStatus.SUCCEEDED:
+        done.mapped_results[key] = payload
+
+
+def _mapped(definition: BatchDefinition) -> set[str]:
+    return {s.key for s in definition.steps if s.map is not None}
 
 
 def _check_condition(

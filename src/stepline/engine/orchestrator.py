@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ import structlog
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
-from stepline.engine.advance import Advance, advance
+from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import send_alerts
 from stepline.errors import Conflict
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
@@ -51,6 +52,7 @@ class _Inflight:
     step: StepDefinition
     attempt: int
     deadline: float | None
+    map_index: int = -1
 
 
 @dataclass
@@ -60,6 +62,7 @@ class _Active:
     results: dict[str, Any] = field(default_factory=dict)
     inflight: dict[int, _Inflight] = field(default_factory=dict)
     look_for_queued: bool = True
+    map_items: dict[str, list[Any]] = field(default_factory=dict)
     wake_at: float | None = None
     final: InstanceRecord | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -144,7 +147,10 @@ class Orchestrator:
                     f"`stepline cancel {instance_id}` stops it"
                 )
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
-            requeued = tx.requeue_running(exclude_owner=self.owner)
+            requeued = tx.requeue_running(
+                exclude_owner=self.owner,
+                exclude_keys=[s.key for s in definition.steps if s.map is not None],
+            )
         if requeued:
             log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
         active = _Active(
@@ -233,10 +239,17 @@ class Orchestrator:
                 results=active.results,
                 idle=not active.inflight,
                 params=active.instance.params,
+                running_items=Counter(
+                    i.step.key for i in active.inflight.values() if i.map_index >= 0
+                ),
             )
         for o in outcomes:
-            if o.succeeded and done.finished.get(o.step_key) is StepStatus.SUCCEEDED:
+            if o.map_index < 0 and done.finished.get(o.step_key) is StepStatus.SUCCEEDED:
                 active.results[o.step_key] = _decode(o.payload)
+        active.results.update(done.mapped_results)
+        active.map_items.update(done.expanded)
+        for key in done.mapped_results:
+            active.map_items.pop(key, None)
         active.look_for_queued = len(done.claimed) >= slots > 0
         active.wake_at = None
         if done.retry_at is not None:
@@ -255,9 +268,14 @@ class Orchestrator:
                 if step.timeout is not None
                 else None
             )
-            active.inflight[claimed.row_id] = _Inflight(step, claimed.attempt, deadline)
+            active.inflight[claimed.row_id] = _Inflight(
+                step, claimed.attempt, deadline, claimed.map_index
+            )
             preds = active.definition.graph.predecessors.get(claimed.step_key, ())
             known = {k: active.results[k] for k in preds if k in active.results}
+            item = None
+            if claimed.map_index >= 0:
+                item = self._items(active, step)[claimed.map_index]
             self.dispatcher.submit(
                 StepWork(
                     instance_id=instance_id,
@@ -267,8 +285,20 @@ class Orchestrator:
                     params=active.instance.params,
                     results=known,
                     missing_results=tuple(k for k in preds if k not in known),
+                    item=item,
                 )
             )
+
+    def _items(self, active: _Active, step: StepDefinition) -> list[Any]:
+        """A mapped step's list; read again from the store after a restart."""
+        items = active.map_items.get(step.key)
+        if items is None:
+            assert step.map is not None
+            results = active.results
+            if step.map.over not in results and step.map.over not in active.instance.params:
+                results = {**results, **self.store.results_for(active.instance.id, [step.map.over])}
+            items = active.map_items[step.key] = map_items(step, active.instance.params, results)
+        return items
 
     def _emit(
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
@@ -309,7 +339,7 @@ class Orchestrator:
                 StepOutcome(
                     row_id=row_id,
                     step_key=inflight.step.key,
-                    map_index=-1,
+                    map_index=inflight.map_index,
                     attempt=inflight.attempt,
                     succeeded=False,
                     payload=None,

@@ -151,7 +151,27 @@ class InstanceTransaction(ABC):
 
     @abstractmethod
     def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
-        """Take up to ``limit`` queued steps available at ``now``: running, attempt + 1."""
+        """Take up to ``limit`` queued steps (not map items) available at ``now``: running,
+        attempt + 1."""
+
+    @abstractmethod
+    def expand(self, key: str, count: int) -> None:
+        """Insert ``count`` queued item rows (map_index 0..count-1) of a claimed mapped
+        step; the step's own row then counts its unfinished items."""
+
+    @abstractmethod
+    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+        """Take up to ``limit`` queued, available items of a mapped step, lowest first."""
+
+    @abstractmethod
+    def items_done(self, key: str, count: int) -> bool:
+        """Count ``count`` more items of a mapped step as final; True when none is left."""
+
+    @abstractmethod
+    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
+        """Make a mapped step final from its items: succeeded with the list of item
+        results (map_index order) if every item succeeded, else failed naming the failed
+        items. With ``error`` (its list could not be read) it fails with that error."""
 
     @abstractmethod
     def next_available_at(self) -> datetime | None:
@@ -162,19 +182,27 @@ class InstanceTransaction(ABC):
         """Status of every row of the instance, as ``"key"`` or ``"key[index]"``."""
 
     @abstractmethod
-    def requeue_running(self, *, exclude_owner: str | None) -> list[str]:
+    def requeue_running(
+        self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
+    ) -> list[str]:
         """Send ``running`` rows not owned by ``exclude_owner`` back to ``queued``.
 
         Used when a new owner adopts an instance whose owner died: each such attempt is
         kept in the history as lost, and the step runs again as the next attempt. A lost
-        attempt is rerun whatever the retry policy says: the runner never reported.
+        attempt is rerun whatever the retry policy says: the runner never reported. The rows
+        of ``exclude_keys`` (expanded mapped steps, which run nothing themselves) stay.
         """
 
     @abstractmethod
-    def reset_unsuccessful(self, predecessors: Mapping[str, Sequence[str]]) -> list[str]:
+    def reset_unsuccessful(
+        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
+    ) -> list[str]:
         """Send every step that did not succeed back to ``pending`` (``queued`` if all its
         upstream steps succeeded) for a retry of the instance; succeeded rows and their
-        results stay. Each reset step's retry budget starts again. Returns the reset keys.
+        results stay. Each reset step's retry budget starts again. Of a ``mapped`` step
+        whose upstream all succeeded, only the items that did not succeed run again; if its
+        upstream runs again too, its items are dropped and it expands anew. Returns the
+        reset keys.
         """
 
     @abstractmethod

@@ -60,4 +60,5 @@ class HotStatement:
                 binds.append(sa.bindparam(name, type_=JsonDocument))
             elif name in self.times:
                 binds.append(sa.bindparam(name, type_=UtcDateTime()))
-        return conn.execute(sa.text(self.sql).bindparams(*binds), dict(params)).cursor
+        sql = self.sql.replace(" LIMIT :limit", " FETCH FIRST :limit ROWS ONLY")
+        return conn.execute(sa.text(sql).bindparams(*binds), dict(params)).cursor

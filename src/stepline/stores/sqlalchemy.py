@@ -656,6 +656,31 @@ _START = HotStatement(
     " WHERE id IN :ids AND status = 'pending'",
     times=["now"],
 )
+_SET_PENDING = HotStatement(
+    "UPDATE batch_step_result SET upstream_pending = :n"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
+)
+_ITEMS_DONE = HotStatement(
+    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
+)
+_PARENT_PENDING = HotStatement(
+    "SELECT upstream_pending FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
+)
+_QUEUED_ITEMS = HotStatement(
+    "SELECT id, map_index, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index >= 0"
+    " AND status = 'queued' AND (available_at IS NULL OR available_at <= :now)"
+    " ORDER BY map_index LIMIT :limit",
+    times=["now"],
+)
+_START_QUEUED = HotStatement(
+    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
+    " started_at = :now, finished_at = NULL, available_at = NULL"
+    " WHERE id IN :ids AND status = 'queued'",
+    times=["now"],
+)
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
@@ -690,6 +715,7 @@ def _load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> di
             .where(
                 R.c.batch_instance_id == instance_id,
                 R.c.step_key.in_(chunk),
+                R.c.map_index == -1,  # a mapped step's row holds the list of item results
                 R.c.status == StepStatus.SUCCEEDED.value,
             )
             .order_by(R.c.step_key, R.c.map_index)
@@ -816,6 +842,7 @@ class _SqlInstanceTransaction(InstanceTransaction):
             sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt, R.c.first_attempt)
             .where(
                 R.c.batch_instance_id == self.id,
+                R.c.map_index == -1,
                 R.c.status == StepStatus.QUEUED.value,
                 sa.or_(R.c.available_at.is_(None), R.c.available_at <= now),
             )
@@ -847,6 +874,74 @@ class _SqlInstanceTransaction(InstanceTransaction):
             )
         return claimed
 
+    def expand(self, key: str, count: int) -> None:
+        now = utcnow()
+        rows = [
+            {
+                "batch_instance_id": self.id,
+                "step_key": key,
+                "map_index": index,
+                "status": StepStatus.QUEUED.value,
+                "attempt": 0,
+                "first_attempt": 1,
+                "created_at": now,
+                "upstream_pending": 0,
+            }
+            for index in range(count)
+        ]
+        for chunk in iter_chunks(rows, 2000):
+            self.conn.execute(sa.insert(R), list(chunk))
+        _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
+
+    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+        if limit <= 0:
+            return []
+        rows = _QUEUED_ITEMS.run(
+            self.conn, {"iid": self.id, "key": key, "now": now, "limit": limit}
+        ).fetchall()
+        if not rows:
+            return []
+        for chunk in iter_chunks(rows, _CHUNK):
+            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
+        return [ClaimedStep(r[0], key, r[1], r[2] + 1, now, r[3]) for r in rows]
+
+    def items_done(self, key: str, count: int) -> bool:
+        params = {"iid": self.id, "key": key, "n": count}
+        _ITEMS_DONE.run(self.conn, params)
+        left = _PARENT_PENDING.run(self.conn, params).fetchone()
+        return left is not None and left[0] <= 0
+
+    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
+        payloads: list[Any] = []
+        failed: list[int] = []
+        if error is None:
+            for index, status, payload in self.conn.execute(
+                sa.select(R.c.map_index, R.c.status, R.c.result_payload)
+                .where(R.c.batch_instance_id == self.id, R.c.step_key == key, R.c.map_index >= 0)
+                .order_by(R.c.map_index)
+            ):
+                payloads.append(payload)
+                if status != StepStatus.SUCCEEDED.value:
+                    failed.append(index)
+            if failed:
+                shown = ", ".join(str(i) for i in failed[:20]) + (
+                    ", ..." if len(failed) > 20 else ""
+                )
+                error = f"{len(failed)} of {len(payloads)} items failed (map_index {shown})"
+        status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
+        self.conn.execute(
+            sa.update(R)
+            .where(R.c.batch_instance_id == self.id, R.c.step_key == key, R.c.map_index == -1)
+            .values(
+                status=status.value,
+                error=error,
+                finished_at=utcnow(),
+                upstream_pending=0,
+                result_payload=None if error else Encoded(json_serializer(payloads)),
+            )
+        )
+        return status, payloads
+
     def next_available_at(self) -> datetime | None:
         value: datetime | None = self.conn.execute(
             sa.select(sa.func.min(R.c.available_at)).where(
@@ -867,12 +962,17 @@ class _SqlInstanceTransaction(InstanceTransaction):
             )
         }
 
-    def requeue_running(self, *, exclude_owner: str | None) -> list[str]:
+    def requeue_running(
+        self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
+    ) -> list[str]:
         query = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
             R.c.batch_instance_id == self.id, R.c.status == StepStatus.RUNNING.value
         )
         if exclude_owner is not None:
             query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
+        skip = list(exclude_keys)
+        if skip:
+            query = query.where(sa.or_(R.c.map_index >= 0, R.c.step_key.not_in(skip)))
         rows = self.conn.execute(query).all()
         now = utcnow()
         for r in rows:
@@ -897,32 +997,61 @@ class _SqlInstanceTransaction(InstanceTransaction):
                 )
         return [r.step_key for r in rows]
 
-    def reset_unsuccessful(self, predecessors: Mapping[str, Sequence[str]]) -> list[str]:
+    def reset_unsuccessful(
+        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
+    ) -> list[str]:
+        mapped = set(mapped)
         rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.status, R.c.attempt).where(
+            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.status, R.c.attempt).where(
                 R.c.batch_instance_id == self.id
             )
         ).all()
-        succeeded = {r.step_key for r in rows if r.status == StepStatus.SUCCEEDED.value}
-        reset = [r for r in rows if r.step_key not in succeeded]
-        for r in reset:
-            waiting = sum(1 for p in predecessors.get(r.step_key, ()) if p not in succeeded)
-            self.conn.execute(
-                sa.update(R)
-                .where(R.c.id == r.id)
-                .values(
-                    status=(StepStatus.PENDING if waiting else StepStatus.QUEUED).value,
-                    upstream_pending=waiting,
-                    first_attempt=r.attempt + 1,
-                    error=None,
-                    result_payload=None,
-                    owner_id=None,
-                    available_at=None,
-                    started_at=None,
-                    finished_at=None,
+        parents = {r.step_key: r for r in rows if r.map_index < 0}
+        items: dict[str, list[Row[Any]]] = {}
+        for r in rows:
+            if r.map_index >= 0:
+                items.setdefault(r.step_key, []).append(r)
+        succeeded = {k for k, r in parents.items() if r.status == StepStatus.SUCCEEDED.value}
+        reset: list[str] = []
+        for key, parent in parents.items():
+            if key in succeeded:
+                continue
+            reset.append(key)
+            waiting = sum(1 for p in predecessors.get(key, ()) if p not in succeeded)
+            unfinished = [i for i in items.get(key, []) if i.status != StepStatus.SUCCEEDED.value]
+            if key in mapped and unfinished and not waiting:
+                # Resume the fan-out: only the items that did not succeed run again.
+                for item in unfinished:
+                    self._reset_row(item.id, StepStatus.QUEUED, 0, item.attempt + 1)
+                self._reset_row(parent.id, StepStatus.RUNNING, len(unfinished), parent.attempt)
+                continue
+            if key in items:
+                self.conn.execute(
+                    sa.delete(batch_step_attempt).where(
+                        batch_step_attempt.c.step_result_id.in_([i.id for i in items[key]])
+                    )
                 )
+                self.conn.execute(sa.delete(R).where(R.c.id.in_([i.id for i in items[key]])))
+            status = StepStatus.PENDING if waiting else StepStatus.QUEUED
+            self._reset_row(parent.id, status, waiting, parent.attempt + 1)
+        return reset
+
+    def _reset_row(self, row_id: int, status: StepStatus, pending: int, first: int) -> None:
+        self.conn.execute(
+            sa.update(R)
+            .where(R.c.id == row_id)
+            .values(
+                status=status.value,
+                upstream_pending=pending,
+                first_attempt=first,
+                error=None,
+                result_payload=None,
+                owner_id=None,
+                available_at=None,
+                started_at=None,
+                finished_at=None,
             )
-        return [r.step_key for r in reset]
+        )
 
     def cancel_unfinished(self) -> list[str]:
         final = [s.value for s in StepStatus if s.is_final]

@@ -557,7 +557,7 @@ ROUND_TRIP = [
             cron="*/5 * * * *",
             timezone="UTC",
             max_active_instances=3,
-            misfire="run_once",
+            misfire="once",
         ),
         id="every-option",
     ),
