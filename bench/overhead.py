@@ -4,6 +4,7 @@
 
 W1: a chain of 100 no-op steps.  W2: one step fanning out to 500 no-op steps joined by one
 step that reads all 500 results.  W3: two parallel 0.2 s steps, a join, a final step.
+W4: a map of 10,000 no-op items with concurrency 50 (steps = items).
 Overhead per step = (wall - the sleeping a perfect scheduler cannot avoid) / steps.
 The instance is created before the clock starts; the clock stops when it is final.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -51,6 +53,14 @@ def w3() -> tuple[BatchDefinition, float]:
     return batch("w3-sleep", steps), 0.2
 
 
+def w4() -> tuple[BatchDefinition, float]:
+    steps = [
+        step("list", W + "ten_thousand", ["each"]),
+        step("each", W + "noop", map={"over": "list", "concurrency": 50}),
+    ]
+    return batch("w4-map", steps), 0.0
+
+
 def fresh_store(url: str) -> SqlAlchemyStore:
     if url == "sqlite":
         path = Path(tempfile.mkdtemp()) / "bench.db"
@@ -79,7 +89,7 @@ def measure(store: SqlAlchemyStore, make: object, repeat: int) -> tuple[float, f
         assert final.status == "succeeded", final
         orchestrator.close()
     wall = statistics.median(walls)
-    steps = len(definition.steps)
+    steps = len(definition.steps) if make is not w4 else 10_000
     return wall, (wall - floor) / steps * 1000, steps
 
 
@@ -87,18 +97,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", action="append", help="sqlite, or a database URL")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", help="run one workload, e.g. W4 (peak MB is then its own)")
     args = parser.parse_args()
     dbs = args.db or [
         "sqlite",
         os.environ.get("STEPLINE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     ]
-    print(f"{'db':<12}{'workload':<10}{'steps':>6}{'wall s':>10}{'overhead ms/step':>18}")
+    print(
+        f"{'db':<12}{'workload':<10}{'steps':>6}{'wall s':>10}{'overhead ms/step':>18}"
+        f"{'peak MB':>10}"
+    )
     for url in dbs:
         store = fresh_store(url)
         label = store.dialect
-        for name, make in (("W1", w1), ("W2", w2), ("W3", w3)):
+        for name, make in (("W1", w1), ("W2", w2), ("W3", w3), ("W4", w4)):
+            if args.only and name != args.only:
+                continue
             wall, per_step, steps = measure(store, make, args.repeat)
-            print(f"{label:<12}{name:<10}{steps:>6}{wall:>10.3f}{per_step:>18.3f}")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"{label:<12}{name:<10}{steps:>6}{wall:>10.3f}{per_step:>18.3f}{peak:>10.0f}")
         store.dispose()
 
 

@@ -23,3 +23,7 @@ def sleep_02(ctx: StepContext) -> float:
 
 def first(ctx: StepContext) -> Any:
     return ctx.step
+
+
+def ten_thousand(ctx: StepContext) -> list[int]:
+    return list(range(10_000))

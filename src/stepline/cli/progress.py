@@ -31,6 +31,7 @@ class Progress:
         self.console = console
         self.status: dict[str, StepStatus] = dict.fromkeys(steps, StepStatus.PENDING)
         self.attempt: dict[str, int] = {}
+        self.items: dict[str, list[int]] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._live: Live | None = None
@@ -39,7 +40,10 @@ class Progress:
             self._live.start()
 
     def __call__(self, event: StepEvent) -> None:
-        key = event.step_key if event.map_index < 0 else f"{event.step_key}[{event.map_index}]"
+        if event.map_index >= 0:
+            self._item(event)
+            return
+        key = event.step_key
         with self._lock:
             self.status[key] = event.status
             if event.attempt:
@@ -51,6 +55,25 @@ class Progress:
                 self.console.print(
                     f"  {self.elapsed():7.2f}s  {key:<30} {event.status.value}{retry}  "
                     f"[{self.summary()}]",
+                    highlight=False,
+                )
+
+    def _item(self, event: StepEvent) -> None:
+        """Map items are summarised per step: a line per failure and per tenth done."""
+        with self._lock:
+            started, finished, failed = self.items.setdefault(event.step_key, [0, 0, 0])
+            if event.status is StepStatus.RUNNING:
+                started += 1
+            elif event.status.is_final:
+                finished += 1
+                failed += event.status is not StepStatus.SUCCEEDED
+            self.items[event.step_key] = [started, finished, failed]
+            if self._live is not None:
+                self._live.update(self._table())
+            elif event.status is StepStatus.FAILED or (finished and finished % 100 == 0):
+                self.console.print(
+                    f"  {self.elapsed():7.2f}s  {event.step_key + '[*]':<30} "
+                    f"{finished} items done, {failed} failed",
                     highlight=False,
                 )
 
@@ -71,7 +94,9 @@ class Progress:
         table.add_column("attempt", justify="right")
         for key, status in self.status.items():
             style = _STYLE.get(status, "")
-            table.add_row(key, f"[{style}]{status.value}[/]", str(self.attempt.get(key, "")))
+            items = self.items.get(key)
+            shown = status.value + (f" ({items[1]} items done, {items[2]} failed)" if items else "")
+            table.add_row(key, f"[{style}]{shown}[/]", str(self.attempt.get(key, "")))
         return table
 
     def close(self) -> None:

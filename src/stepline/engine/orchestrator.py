@@ -309,7 +309,12 @@ class Orchestrator:
         for key, status in done.finished.items():
             self.listener(StepEvent(active.instance.id, key, -1, status, attempts.get(key, 0), now))
         for o in outcomes:
-            if not o.succeeded and o.step_key not in done.finished:
+            if o.map_index >= 0:
+                status = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
+                self.listener(
+                    StepEvent(active.instance.id, o.step_key, o.map_index, status, o.attempt, now)
+                )
+            elif not o.succeeded and o.step_key not in done.finished:
                 self.listener(
                     StepEvent(
                         active.instance.id,
