@@ -26,6 +26,7 @@ from stepline.settings import Settings
 __all__ = [
     "Connections",
     "UnknownConnection",
+    "connections_for",
     "default_connections",
     "reset_default_connections",
 ]
@@ -167,7 +168,9 @@ def safe_url(url: str) -> str:
     except Exception:
         # Not a URL SQLAlchemy understands: mask it whole rather than risk showing a secret.
         return "***"
-    return redact_url(rendered)
+    # Only a query can still hold a secret (e.g. ?password=); redact_url would otherwise
+    # normalise the path (sqlite:////abs/path would lose a slash).
+    return redact_url(rendered) if "?" in rendered else rendered
 
 
 _default: Connections | None = None
@@ -187,6 +190,15 @@ def default_connections() -> Connections:
         if _default is None:
             _default = Connections.from_settings()
         return _default
+
+
+def connections_for(ctx: Any) -> Connections:
+    """A runner's connections: ``ctx.connections``, or :func:`default_connections` if None.
+
+    ``ctx`` is the StepContext; outside the engine (tests, scripts) it may lack them.
+    """
+    connections: Connections | None = getattr(ctx, "connections", None)
+    return connections if connections is not None else default_connections()
 
 
 def reset_default_connections() -> None:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from stepline.connections import Connections, UnknownConnection, default_connections
+from stepline.connections import UnknownConnection, connections_for
 from stepline.core.context import DoNotRetry, StepContext
 
 __all__ = [
@@ -41,8 +41,10 @@ __all__ = [
     "call_procedure",
     "call_slots",
     "call_statement",
+    "convert_value",
     "execute",
     "json_safe",
+    "run_call",
     "validate_procedure_name",
 ]
 
@@ -488,15 +490,9 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def connections_of(ctx: StepContext) -> Connections:
-    """The context's connections, or the process-wide ones outside the engine."""
-    connections: Connections | None = getattr(ctx, "connections", None)
-    return connections if connections is not None else default_connections()
-
-
 def _engine(ctx: StepContext, name: str) -> sa.Engine:
     try:
-        return connections_of(ctx).engine(name)
+        return connections_for(ctx).engine(name)
     except UnknownConnection as exc:
         raise DoNotRetry(str(exc)) from None
 

@@ -22,10 +22,14 @@ log = structlog.get_logger("stepline.alerts")
 
 
 class _AnyEnvironment(Mapping[str, str]):
-    """Validation stand-in: every ``${NAME}`` resolves, so only the shape is checked."""
+    """Validation stand-in: every ``${NAME}`` resolves to one sample value, so only the
+    shape is checked (see :func:`alert_problems`, which tries a URL, a number, a flag)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
 
     def __getitem__(self, key: str) -> str:
-        return "placeholder"
+        return self.value
 
     def __iter__(self) -> Any:
         return iter(())
@@ -34,14 +38,22 @@ class _AnyEnvironment(Mapping[str, str]):
         return 0
 
 
+_SAMPLES = ("https://placeholder.invalid/hook", "25", "true", "placeholder")
+
+
 def alert_problems(definition: BatchDefinition, source: str | None = None) -> list[Problem]:
     """What is wrong with a definition's ``alerts:`` entries (the core only checks shape)."""
     problems = []
     for index, config in enumerate(definition.alerts):
-        try:
-            notifier_from_config(config, _AnyEnvironment())
-        except ValueError as exc:
-            problems.append(Problem(f"alerts[{index}]: {exc}", source))
+        errors = []
+        for sample in _SAMPLES:  # a ${VAR} may stand for a URL, a port, a flag, a name
+            try:
+                notifier_from_config(config, _AnyEnvironment(sample))
+                break
+            except ValueError as exc:
+                errors.append(str(exc))
+        else:
+            problems.append(Problem(f"alerts[{index}]: {errors[0]}", source))
     return problems
 
 
