@@ -85,7 +85,8 @@ FIRE_TIMES = [
         [utc(2026, 3, 29, 1), utc(2026, 3, 29, 2), utc(2026, 3, 29, 3)],
         id="berlin-hourly-across-gap",
     ),
-    # Fall-back overlap: a repeated wall time fires once, at its first occurrence.
+    # Fall-back overlap: a fixed time of day fires once, at its first occurrence; a schedule
+    # with hour "*" runs through both passes of the repeated hour.
     pytest.param(
         "30 1 * * *", NY, utc(2026, 10, 31, 12),
         [utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30), utc(2026, 11, 3, 6, 30)],
@@ -98,8 +99,8 @@ FIRE_TIMES = [
     ),
     pytest.param(
         "0 * * * *", NY, utc(2026, 11, 1, 4, 30),
-        [utc(2026, 11, 1, 5), utc(2026, 11, 1, 7), utc(2026, 11, 1, 8)],
-        id="ny-hourly-across-overlap",
+        [utc(2026, 11, 1, 5), utc(2026, 11, 1, 6), utc(2026, 11, 1, 7)],
+        id="ny-hourly-runs-through-both-passes-of-the-overlap",
     ),
     pytest.param(
         "30 2 * * *", BERLIN, utc(2026, 10, 24, 12),
@@ -108,8 +109,8 @@ FIRE_TIMES = [
     ),
     pytest.param(
         "0 * * * *", BERLIN, utc(2026, 10, 24, 23, 30),
-        [utc(2026, 10, 25, 0), utc(2026, 10, 25, 2), utc(2026, 10, 25, 3)],
-        id="berlin-hourly-across-overlap",
+        [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1), utc(2026, 10, 25, 2)],
+        id="berlin-hourly-runs-through-both-passes-of-the-overlap",
     ),
 ]
 # fmt: on
@@ -132,9 +133,9 @@ BETWEEN = [
         id="ny-every-minute-gap",
     ),
     pytest.param(
-        "* * * * *", NY, utc(2026, 11, 1, 5, 58), utc(2026, 11, 1, 7, 1),
-        [utc(2026, 11, 1, 5, 59), utc(2026, 11, 1, 7), utc(2026, 11, 1, 7, 1)],
-        id="ny-every-minute-overlap-silent-in-second-pass",
+        "* * * * *", NY, utc(2026, 11, 1, 5, 58), utc(2026, 11, 1, 6, 1),
+        [utc(2026, 11, 1, 5, 59), utc(2026, 11, 1, 6), utc(2026, 11, 1, 6, 1)],
+        id="ny-every-minute-keeps-running-in-the-second-pass",
     ),
     pytest.param(
         "* * * * * *", NY, utc(2026, 3, 8, 6, 59, 58), utc(2026, 3, 8, 7, 0, 2),
@@ -143,9 +144,9 @@ BETWEEN = [
         id="ny-every-second-gap",
     ),
     pytest.param(
-        "* * * * * *", BERLIN, utc(2026, 10, 25, 0, 59, 58), utc(2026, 10, 25, 2, 0, 1),
-        [utc(2026, 10, 25, 0, 59, 59), utc(2026, 10, 25, 2), utc(2026, 10, 25, 2, 0, 1)],
-        id="berlin-every-second-overlap",
+        "* * * * * *", BERLIN, utc(2026, 10, 25, 0, 59, 58), utc(2026, 10, 25, 1, 0, 1),
+        [utc(2026, 10, 25, 0, 59, 59), utc(2026, 10, 25, 1), utc(2026, 10, 25, 1, 0, 1)],
+        id="berlin-every-second-keeps-running-in-the-second-pass",
     ),
     pytest.param(
         "0 * * * *", "UTC", utc(2026, 5, 1, 10), utc(2026, 5, 1, 12),

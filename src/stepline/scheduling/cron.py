@@ -11,10 +11,11 @@ returned as an aware UTC datetime. Around daylight-saving transitions:
   after the gap. ``30 2 * * *`` in America/New_York fires on 2026-03-08 at 03:00 EDT
   (07:00 UTC). Every missing time in one gap, and a fire time at the gap's end (03:00 here),
   collapse into that single firing: nothing is skipped and nothing fires twice.
-* Overlap (fall back): a wall time that occurs twice fires once, at its first occurrence
-  (``fold=0``). ``30 1 * * *`` in America/New_York fires on 2026-11-01 at 01:30 EDT
-  (05:30 UTC) only. So sub-hourly schedules are silent during the repeated hour:
-  ``* * * * *`` there goes from 01:59 EDT (05:59 UTC) to 02:00 EST (07:00 UTC).
+* Overlap (fall back): a schedule that names its hours fires a wall time that occurs twice
+  once, at its first occurrence (``fold=0``): ``30 1 * * *`` in America/New_York fires on
+  2026-11-01 at 01:30 EDT (05:30 UTC) only. A schedule whose hour field is ``*`` runs at
+  intervals, so it keeps running through the repeated hour, in both passes (as classic cron
+  does): ``0 * * * *`` fires at 05:00, 06:00 and 07:00 UTC that night.
 
 Fire times are therefore strictly increasing UTC instants; none is ever repeated.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
@@ -37,6 +38,7 @@ _EXPECTED = (
 )
 # Any fixed instant works for probing; it only has to precede croniter's search horizon.
 _PROBE_START = datetime(2000, 1, 1)
+_REWIND = timedelta(hours=3)  # longer than any DST shift
 
 
 class CronError(ValueError):
@@ -119,17 +121,50 @@ def _check_expression(expression: object) -> None:
 
 
 def _iter_fires(expression: str, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
-    # croniter is driven in naive wall time so DST is handled only by _wall_to_utc; croniter's
-    # own aware mode fires a repeated wall time twice in the overlap.
+    # croniter is driven in naive wall time so DST is handled only here; croniter's own
+    # aware mode fires a repeated wall time twice even for a fixed-time schedule.
+    repeat = _names_no_hour(expression)
     last = after
-    walls = _croniter(expression, after.astimezone(zone).replace(tzinfo=None))
+    second_pass: list[datetime] = []  # overlap wall times still to fire at fold=1
+    start = after
+    offsets = {(after + k * _REWIND).astimezone(zone).utcoffset() for k in (-1, 0, 1)}
+    if repeat and len(offsets) > 1:
+        # Near a transition, wall times before ``after``'s own may still owe their second
+        # pass: start before the overlap and let ``last`` drop what is already past.
+        start = after - _REWIND
+    walls = _croniter(expression, start.astimezone(zone).replace(tzinfo=None))
     while True:
-        fire = _wall_to_utc(walls.get_next(datetime), zone)
+        wall = walls.get_next(datetime)
+        overlap = repeat and _in_overlap(wall, zone)
+        if second_pass and not overlap:
+            for earlier in second_pass:
+                fire = earlier.replace(tzinfo=zone, fold=1).astimezone(UTC)
+                if fire > last:
+                    last = fire
+                    yield fire
+            second_pass.clear()
+        if overlap:
+            second_pass.append(wall)
+        fire = _wall_to_utc(wall, zone)
         # Gap times collapse onto one instant and overlap times map back to their first pass,
         # so several wall times can land on or before an instant already handed out.
         if fire > last:
             last = fire
             yield fire
+
+
+def _names_no_hour(expression: str) -> bool:
+    """An expression whose hour field is ``*`` runs at intervals, not at a time of day."""
+    fields = expression.split()
+    return fields[2 if len(fields) == 6 else 1] == "*"
+
+
+def _in_overlap(wall: datetime, zone: ZoneInfo) -> bool:
+    first = wall.replace(tzinfo=zone, fold=0)
+    second = wall.replace(tzinfo=zone, fold=1)
+    return first.utcoffset() != second.utcoffset() and (
+        first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall
+    )
 
 
 def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
