@@ -87,7 +87,6 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
     env["STEPLINE_LEASE_SECONDS"] = str(LEASE)
     env["SERVE_LOG"] = str(root / "runners.log")
     env.update(extra)
-    env["PYTHONPATH"] = "/tmp/fixsig"
     return env
 
 

@@ -30,13 +30,20 @@ class Graph:
         return tuple(k for k in self.keys if not self.predecessors.get(k))
 
     def ancestors(self, key: str) -> set[str]:
+        return self._reach(key, self.predecessors)
+
+    def descendants(self, key: str) -> set[str]:
+        return self._reach(key, self.successors)
+
+    @staticmethod
+    def _reach(key: str, edges: Mapping[str, tuple[str, ...]]) -> set[str]:
         seen: set[str] = set()
-        stack = list(self.predecessors.get(key, ()))
+        stack = list(edges.get(key, ()))
         while stack:
             k = stack.pop()
             if k not in seen:
                 seen.add(k)
-                stack.extend(self.predecessors.get(k, ()))
+                stack.extend(edges.get(k, ()))
         return seen
 
 

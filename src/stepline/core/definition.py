@@ -153,22 +153,11 @@ def _graph_with_watchers(steps: Sequence[StepDefinition]) -> Graph:
         return explicit
     successors = {s.key: list(s.next_steps) for s in steps}
     for watcher in watchers:
-        below = _descendants(explicit, watcher)
+        below = explicit.descendants(watcher)
         for s in steps:
             if s.key != watcher and s.key not in below and s.key not in watchers:
                 successors[s.key].append(watcher)
     return Graph.from_edges([(s.key, successors[s.key]) for s in steps])
-
-
-def _descendants(graph: Graph, key: str) -> set[str]:
-    seen: set[str] = set()
-    stack = list(graph.successors.get(key, ()))
-    while stack:
-        k = stack.pop()
-        if k not in seen:
-            seen.add(k)
-            stack.extend(graph.successors.get(k, ()))
-    return seen
 
 
 def step(
