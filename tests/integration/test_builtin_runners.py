@@ -19,7 +19,7 @@ from pytest_httpserver import HTTPServer
 from structlog.testing import capture_logs
 from werkzeug import Request, Response
 
-from conftest import create_database, drop_database
+from databases import create_database, drop_database
 from stepline import DoNotRetry, StepContext
 from stepline.connections import Connections, reset_default_connections
 from stepline.http import HttpError, request

@@ -25,7 +25,7 @@ import yaml
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from conftest import create_database, drop_database
+from databases import create_database, drop_database
 from stepline import InstanceStatus, StepContext, StepStatus
 from stepline.connections import Connections, reset_default_connections
 from stepline.core.loader import parse_definition
