@@ -181,6 +181,7 @@ class Stepline:
 
     def cancel(self, instance_id: int) -> InstanceRecord:
         """Cancel an unfinished instance: at once if nobody runs it, else via its owner."""
+        orchestrator = self.orchestrator  # before the transaction: it registers (a write)
         with self.store.instance_transaction(instance_id) as tx:
             if tx.instance.status.is_final:
                 raise Conflict(
@@ -188,7 +189,9 @@ class Stepline:
                     "only a queued or running instance can be cancelled"
                 )
             tx.request_cancel()
-            if not tx.owner_alive() or tx.instance.owner_id == self.orchestrator.owner:
+            ours = tx.instance.owner_id == orchestrator.owner
+            driven = ours and instance_id in orchestrator.active_ids()
+            if not driven and (ours or not tx.owner_alive()):
                 tx.cancel_unfinished()
                 tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
         return self.store.instance(instance_id)
@@ -216,24 +219,35 @@ class Stepline:
         log.info("driver stopped", unfinished=orchestrator.active_ids())
 
     def _guard(self, action: Callable[[], object]) -> None:
+        """The driver must outlive any one failure: log it, pause, go on."""
         try:
             action()
         except StoreUnavailable as exc:
             log.warning("database unavailable; retrying", error=str(exc))
             time.sleep(1.0)
+        except Exception as exc:
+            log.exception("driver error; continuing", error=f"{type(exc).__name__}: {exc}")
+            time.sleep(0.2)
 
     def _admit(self) -> None:
         orchestrator = self.orchestrator
-        for instance in self.store.waiting_instances():
+        full: set[int] = set()  # batches at their limit: their later instances wait too
+        for instance in self.store.waiting_instances(limit=1000):
+            if instance.definition_id in full:
+                continue
             definition = self.store.definition_for(instance)
             if self.store.admit(instance.id, orchestrator.owner, definition.max_active_instances):
-                self._adopt(instance.id)
+                self._adopt(instance.id, orchestrator.owner)
+            else:
+                full.add(instance.definition_id)
 
     def _recover_orphans(self) -> None:
-        for instance_id in self.store.orphaned_instances(self.dead_owners()):
+        for instance_id, owner in self.store.orphaned_instances(self.dead_owners()):
             if instance_id not in self.orchestrator.active_ids():
-                log.info("recovering instance of a dead owner", instance_id=instance_id)
-                self._adopt(instance_id)
+                log.info(
+                    "recovering instance of a dead owner", instance_id=instance_id, dead_owner=owner
+                )
+                self._adopt(instance_id, owner)
 
     def dead_owners(self) -> list[str]:
         """Owners whose lease expired, or whose process on this host is gone."""
@@ -248,15 +262,15 @@ class Stepline:
 
     def recover(self) -> list[InstanceRecord]:
         """Resume every instance whose owner died, and run them all to a final state."""
-        ids = self.store.orphaned_instances(self.dead_owners())
-        adopted = [i for i in ids if self._adopt(i)]
+        orphans = self.store.orphaned_instances(self.dead_owners())
+        adopted = [i for i, owner in orphans if self._adopt(i, owner)]
         for instance_id in adopted:
             self.orchestrator.run(instance_id)
         return [self.store.instance(i) for i in adopted]
 
-    def _adopt(self, instance_id: int) -> bool:
+    def _adopt(self, instance_id: int, dead_owner: str | None) -> bool:
         try:
-            return self.orchestrator.adopt(instance_id, takeover=True)
+            return self.orchestrator.adopt(instance_id, takeover=True, expected_owner=dead_owner)
         except (NotFound, Conflict):
             return False
 

@@ -49,19 +49,13 @@ KILL_AFTER = 6.0  # ... and when, in that window, it kills the leader
 
 
 class UngracefulExit(AssertionError):
-    """``serve`` did not exit 0 on SIGTERM (see the xfail reasons below)."""
+    """``serve`` did not exit 0 on SIGTERM after draining."""
 
 
 # uvicorn.Server.run() ends by re-raising the SIGTERM it caught (capture_signals, uvicorn
 # >= 0.29): the default handler kills the process right there, so the `finally` of
 # stepline.cli.app.serve (stop the scheduler, drain for --grace, release the lease and the
 # worker row) never runs, and the exit status is -15.
-SIGTERM_BUG = (
-    "serve dies of its own SIGTERM (exit -15): uvicorn re-raises the caught signal after "
-    "its shutdown, before serve's `finally` stops the scheduler and drains for --grace"
-)
-
-
 # -- processes ----------------------------------------------------------------------------
 
 
@@ -301,7 +295,6 @@ def _recover(root: Path, db: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=UngracefulExit, strict=True, reason=SIGTERM_BUG)
 def test_three_serve_processes_fire_each_second_exactly_once_across_a_leader_kill(
     root: Path, server_db: str, spawn: Callable[..., Serve]
 ) -> None:
@@ -316,7 +309,9 @@ def test_three_serve_processes_fire_each_second_exactly_once_across_a_leader_kil
         serve.wait_ready()
     serves = [first, *others]
     by_pid = {s.pid: s for s in serves}
-    report = lambda: "\n".join(str(s) for s in serves)  # noqa: E731
+
+    def report() -> str:
+        return "\n".join(str(s) for s in serves)
 
     _wait_until(lambda: bool(_instances(db, "ticker")), 10, "the cron batch fired once")
     window_start = time.monotonic()
@@ -403,7 +398,7 @@ def test_three_serve_processes_fire_each_second_exactly_once_across_a_leader_kil
     recover = _recover(root, db)
     assert recover.returncode == 0, f"recover exit {recover.returncode}\n{recover.stderr}"
     rows = _instances(db, "ticker")
-    assert [r["scheduled_for"] for r in rows] == sorted(fires)  # recover creates none
+    assert sorted(r["scheduled_for"] for r in rows) == fires  # recover creates none
     unfinished = {r["id"]: r["status"] for r in rows if r["status"] != "succeeded"}
     assert not unfinished, f"not succeeded after recover: {unfinished}\n{recover.stdout}"
     steps = Counter((s["batch_instance_id"], s["step_key"], s["status"]) for s in _step_rows(db))
@@ -445,7 +440,6 @@ def _started(root: Path, instance_id: int) -> Callable[[], bool]:
     return lambda: any(r[0] == "start" and r[3] == str(instance_id) for r in _runner_log(root))
 
 
-@pytest.mark.xfail(raises=UngracefulExit, strict=True, reason=SIGTERM_BUG)
 def test_sigterm_lets_the_running_step_finish_within_grace(
     root: Path, spawn: Callable[..., Serve]
 ) -> None:
@@ -472,7 +466,6 @@ def test_sigterm_lets_the_running_step_finish_within_grace(
     assert serve.stopped_in is not None and serve.stopped_in < 5
 
 
-@pytest.mark.xfail(raises=UngracefulExit, strict=True, reason=SIGTERM_BUG)
 def test_sigterm_with_short_grace_exits_promptly_and_another_serve_finishes(
     root: Path, spawn: Callable[..., Serve]
 ) -> None:

@@ -245,3 +245,76 @@ def test_an_alert_that_fails_never_fails_or_hangs_the_instance(
         if thread is not None:
             thread.join(10)
             assert not thread.is_alive()
+
+
+def test_a_late_report_during_the_retry_does_not_strand_the_retry(app: Stepline) -> None:
+    """Attempt 1 times out at 0.8 s and reports at 1.1 s, while attempt 2 still runs."""
+    final, rows = run(
+        app,
+        [
+            s(
+                "step",
+                sleep=0.5,
+                slow_first=0.6,
+                value="fresh",
+                timeout="0.8s",
+                retry={"attempts": 2, "backoff": "10ms"},
+            ),
+        ],
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert rows["step"].attempt == 2 and rows["step"].result_payload == "fresh"
+
+
+def test_an_instance_waiting_for_a_free_slot_is_not_forgotten(db_url_sqlite_pg: str) -> None:
+    from stepline.settings import Settings
+
+    with Stepline(Settings(capacity=1), db=db_url_sqlite_pg) as app:
+        stored = app.apply(batch(name(), [s("a", ["b"], sleep=0.2), s("b")]))
+        first, _ = app.trigger(stored.name, owned=True)
+        second, _ = app.trigger(stored.name, owned=True)
+        app.orchestrator.adopt(first.id)
+        app.orchestrator.adopt(second.id)  # no slot left for it now
+        assert app.orchestrator.run(first.id, timeout=10).status is InstanceStatus.SUCCEEDED
+        assert app.orchestrator.run(second.id, timeout=10).status is InstanceStatus.SUCCEEDED
+
+
+def test_retry_keeps_steps_that_were_skipped_on_purpose_skipped(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("a", ["maybe", "handler", "b"]),
+            s("maybe", condition="params.go == 1"),
+            s("handler", trigger_rule="one_failed"),
+            s("b", fail_times=1),
+        ],
+        params={"go": 0},
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["maybe"].status is StepStatus.SKIPPED
+    app.retry(final.id)
+    again = app.run_instance(final.id)
+    assert again.status is InstanceStatus.SUCCEEDED
+    statuses = {r.step_key: r.status for r in app.store.step_results(final.id)}
+    assert statuses["maybe"] is StepStatus.SKIPPED
+    assert statuses["handler"] is StepStatus.SKIPPED
+    assert calls(final, "maybe") == calls(final, "handler") == 0
+
+
+def test_a_root_step_condition_is_applied(app: Stepline) -> None:
+    final, rows = run(
+        app, [s("root", ["after"], condition="params.go == 1"), s("after")], params={"go": 0}
+    )
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert rows["root"].status is StepStatus.SKIPPED and calls(final, "root") == 0
+    assert rows["after"].status is StepStatus.SKIPPED
+
+
+def test_only_one_recoverer_takes_an_orphan(app: Stepline, db_url_sqlite_pg: str) -> None:
+    stored = app.apply(batch(name(), [s("a")]))
+    instance, _ = app.store.create_instance(stored, {}, "cli", owner="ghost:1:dead")
+    with Stepline(db=db_url_sqlite_pg) as other:
+        assert other.orchestrator.adopt(instance.id, takeover=True, expected_owner="ghost:1:dead")
+        assert not app.orchestrator.adopt(instance.id, takeover=True, expected_owner="ghost:1:dead")
+        assert other.orchestrator.run(instance.id, timeout=10).status is InstanceStatus.SUCCEEDED
+    assert calls(instance, "a") == 1

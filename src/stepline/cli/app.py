@@ -182,6 +182,7 @@ def serve(
     db: Db = None,
 ) -> None:
     """The single worker: scheduler + HTTP API + direct dispatcher, recovering crashed runs."""
+    import signal
     import threading
 
     import uvicorn
@@ -228,8 +229,11 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=5,
         )
+        # uvicorn catches SIGTERM/SIGINT and re-raises them once it has stopped; with
+        # handlers of our own that re-raise is harmless, and the drain below runs.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         try:
-            # uvicorn handles SIGTERM and SIGINT; when it returns, stop firing and drain.
             uvicorn.Server(config).run()
         finally:
             stop.set()

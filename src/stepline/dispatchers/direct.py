@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 
 from stepline.dispatchers.base import Dispatcher, Report, StepWork
@@ -17,10 +19,11 @@ class DirectDispatcher(Dispatcher):
         self.capacity = capacity
         self._load = load
         self._report: Report | None = None
-        self._threads = ThreadPoolExecutor(capacity, thread_name_prefix="stepline-step")
+        self._threads = _DaemonPool(capacity)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._tasks: dict[tuple[int, int, int], Future[None]] = {}
+        self._abandoned: set[tuple[int, int, int]] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -72,10 +75,17 @@ class DirectDispatcher(Dispatcher):
         report(run_sync(work, self._load))
 
     async def _run_task(self, work: StepWork, report: Report) -> None:
+        started = datetime.now(UTC)
+        key = (work.instance_id, work.claimed.row_id, work.claimed.attempt)
         try:
             result = await run_async(work, self._load)
-        except asyncio.CancelledError:
-            return  # abandoned: the orchestrator already recorded why
+        except asyncio.CancelledError as exc:
+            with self._lock:
+                abandoned = key in self._abandoned
+                self._abandoned.discard(key)
+            if abandoned:
+                return  # the orchestrator already recorded why
+            result = outcome(work, started, error=exc)  # the runner cancelled itself
         report(result)
 
     def _forget(self, key: tuple[int, int, int]) -> None:
@@ -85,11 +95,13 @@ class DirectDispatcher(Dispatcher):
     def abandon(self, instance_id: int, row_id: int, attempt: int) -> None:
         with self._lock:
             future = self._tasks.pop((instance_id, row_id, attempt), None)
+            if future is not None:
+                self._abandoned.add((instance_id, row_id, attempt))
         if future is not None:
             future.cancel()
 
     def shutdown(self, wait: bool = True) -> None:
-        self._threads.shutdown(wait=wait, cancel_futures=not wait)
+        self._threads.shutdown(wait=wait)
         loop = self._loop
         if loop is not None:
             if not wait:
@@ -101,3 +113,50 @@ class DirectDispatcher(Dispatcher):
                 self._loop_thread.join(timeout=5)
             if not loop.is_running():
                 loop.close()
+
+
+class _DaemonPool:
+    """Threads that run ``def`` runners, started as needed up to ``size``.
+
+    Daemon threads, unlike ThreadPoolExecutor's: at exit the process does not wait for a
+    runner past the shutdown grace period; the attempt it was running is recovered as lost.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        self._jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args = job
+            try:
+                fn(*args)
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+    def shutdown(self, wait: bool) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()

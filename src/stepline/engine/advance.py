@@ -50,12 +50,15 @@ def advance(
     idle: bool,
     params: Mapping[str, Any],
     running_items: Mapping[str, int] | None = None,
+    settle_pending: bool = False,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
     ``idle`` says the caller runs nothing else of this instance, so an instance with no
     unfinished step can be finalised here. ``running_items`` counts the items of each
-    mapped step the caller is running, for the step's ``concurrency``.
+    mapped step the caller is running, for the step's ``concurrency``. With
+    ``settle_pending`` (a new owner taking the instance) pending steps with nothing left
+    upstream, roots and steps reset by a retry, are decided first.
     """
     done = Advance()
     items_done: Counter[str] = Counter()
@@ -83,8 +86,10 @@ def advance(
     known: dict[str, StepStatus] = dict(done.finished)
     frontier = list(done.finished)
     look_for_items = look_for_queued
+    initial = tx.pending_ready() if settle_pending else []
     while True:
-        to_run = _settle(tx, definition, frontier, known, done, params, results)
+        to_run = _settle(tx, definition, frontier, known, done, params, results, initial)
+        initial = []
         claimed: list[ClaimedStep] = []
         if to_run:
             claimed = tx.start(to_run, max(slots, 0), owner, now=now)
@@ -134,15 +139,20 @@ def _settle(
     done: Advance,
     params: Mapping[str, Any],
     results: Mapping[str, Any],
+    ready_now: list[str],
 ) -> list[str]:
-    """Propagate newly final steps through the DAG; return the steps that may now run."""
+    """Decide ``ready_now`` and propagate newly final steps through the DAG; return the
+    steps that may now run."""
     graph = definition.graph
     to_run: list[str] = []
-    while frontier:
+    while frontier or ready_now:
+        ready = ready_now
+        ready_now = []
         counts = Counter(s for k in frontier for s in graph.successors.get(k, ()))
-        if not counts:
+        if counts:
+            ready = ready + tx.upstream_done(counts)
+        if not ready:
             break
-        ready = tx.upstream_done(counts)
         unknown = {p for k in ready for p in graph.predecessors[k]} - known.keys()
         if unknown:
             known.update(tx.statuses(unknown))

@@ -124,7 +124,7 @@ def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
                 f"runner {work.step.runner!r} returned an awaitable from a plain "
                 "def; declare it `async def`"
             )
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit in a runner must still end its attempt
         return outcome(work, started, error=exc)
     return outcome(work, started, value)
 

@@ -62,6 +62,7 @@ class _Active:
     results: dict[str, Any] = field(default_factory=dict)
     inflight: dict[int, _Inflight] = field(default_factory=dict)
     look_for_queued: bool = True
+    settle_pending: bool = False
     map_items: dict[str, list[Any]] = field(default_factory=dict)
     wake_at: float | None = None
     final: InstanceRecord | None = None
@@ -94,6 +95,8 @@ class Orchestrator:
         self.alert_threads: list[threading.Thread | None] = []
         self.draining = False
         self.woken = False
+        # Registered before it owns anything, so no other process takes it for dead.
+        self._heartbeat(force=True)
         dispatcher.start(self._outcomes.put)
 
     # -- public ---------------------------------------------------------------------------
@@ -121,13 +124,16 @@ class Orchestrator:
             self.step_once()
         return self.store.instance(instance_id)
 
-    def adopt(self, instance_id: int, *, takeover: bool = False) -> bool:
+    def adopt(
+        self, instance_id: int, *, takeover: bool = False, expected_owner: str | None = None
+    ) -> bool:
         """Take ownership of an unfinished instance and resume it from the stored state.
 
         Steps a previous owner left ``running`` are run again as a new attempt; steps it
         left ``queued`` are claimed as usual. Returns False if the instance is final.
         Raises Conflict if another owner still holds a valid lease, unless ``takeover``
-        (recovery, which has established that the owner is dead).
+        (recovery, which has established that ``expected_owner`` is dead: if the instance
+        has changed hands since, another process recovered it first and this is a no-op).
         """
         active = self._active.get(instance_id)
         if active is not None:
@@ -141,6 +147,8 @@ class Orchestrator:
             current = tx.instance
             if current.status.is_final:
                 return False
+            if takeover and current.owner_id != expected_owner:
+                return False  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
                 raise Conflict(
                     f"instance {instance_id} is being run by {current.owner_id}; "
@@ -157,6 +165,7 @@ class Orchestrator:
             replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
         )
         self._active[instance_id] = active
+        active.settle_pending = True
         self._advance(active, [])
         return True
 
@@ -177,8 +186,11 @@ class Orchestrator:
         by_instance: dict[int, list[StepOutcome]] = {}
         for o in batch:
             for instance_id, active in self._active.items():
-                if o.row_id in active.inflight:
-                    by_instance.setdefault(instance_id, []).append(o)
+                inflight = active.inflight.get(o.row_id)
+                if inflight is not None:
+                    # A late report of an abandoned attempt must not end the newer one.
+                    if inflight.attempt == o.attempt:
+                        by_instance.setdefault(instance_id, []).append(o)
                     break
         now = time.monotonic()
         for instance_id, active in list(self._active.items()):
@@ -218,31 +230,46 @@ class Orchestrator:
 
     def _advance(self, active: _Active, outcomes: list[StepOutcome]) -> None:
         instance_id = active.instance.id
-        for o in outcomes:
-            active.inflight.pop(o.row_id, None)
-        slots = self.dispatcher.capacity - sum(len(a.inflight) for a in self._active.values())
+        running = sum(len(a.inflight) for a in self._active.values()) - len(outcomes)
+        slots = self.dispatcher.capacity - running
         if self.draining:
             slots = 0  # shutting down: record what ends, start nothing new
         now = datetime.now(UTC)
-        with self.store.instance_transaction(instance_id, active.instance) as tx:
-            if tx.instance.cancel_requested:
-                self._cancel(active, tx)
-                return
-            done = advance(
-                tx,
-                active.definition,
-                outcomes,
-                owner=self.owner,
-                now=now,
-                slots=slots,
-                look_for_queued=active.look_for_queued,
-                results=active.results,
-                idle=not active.inflight,
-                params=active.instance.params,
-                running_items=Counter(
-                    i.step.key for i in active.inflight.values() if i.map_index >= 0
-                ),
-            )
+        still_running = {
+            k: v for k, v in active.inflight.items() if k not in {o.row_id for o in outcomes}
+        }
+        try:
+            with self.store.instance_transaction(instance_id, active.instance) as tx:
+                if tx.instance.owner_id != self.owner or tx.instance.status.is_final:
+                    self._lose(active)
+                    return
+                if tx.instance.cancel_requested:
+                    self._cancel(active, tx)
+                    return
+                done = advance(
+                    tx,
+                    active.definition,
+                    outcomes,
+                    owner=self.owner,
+                    now=now,
+                    slots=slots,
+                    look_for_queued=active.look_for_queued,
+                    settle_pending=active.settle_pending,
+                    results=active.results,
+                    idle=not still_running,
+                    params=active.instance.params,
+                    running_items=Counter(
+                        i.step.key for i in still_running.values() if i.map_index >= 0
+                    ),
+                )
+        except Exception:
+            # Nothing was recorded: the outcomes go back to be recorded on the next turn.
+            for o in outcomes:
+                self._outcomes.put(o)
+            raise
+        for o in outcomes:
+            active.inflight.pop(o.row_id, None)
+        active.settle_pending = False
         for o in outcomes:
             if o.map_index < 0 and done.finished.get(o.step_key) is StepStatus.SUCCEEDED:
                 active.results[o.step_key] = _decode(o.payload)
@@ -250,13 +277,18 @@ class Orchestrator:
         active.map_items.update(done.expanded)
         for key in done.mapped_results:
             active.map_items.pop(key, None)
-        active.look_for_queued = len(done.claimed) >= slots > 0
-        active.wake_at = None
+        # With no free slot, queued steps wait for one: look for them again next time.
+        active.look_for_queued = slots <= 0 or len(done.claimed) >= slots
+        clock = time.monotonic()
+        wake = active.wake_at if active.wake_at is not None and active.wake_at > clock else None
         if done.retry_at is not None:
             # Never less than a short pause: with every slot taken by other instances, a step
             # that is already available is claimed by polling, not by spinning.
             delay = max(_MIN_WAKE, (done.retry_at - now).total_seconds())
-            active.wake_at = time.monotonic() + delay
+            wake = clock + delay if wake is None else min(wake, clock + delay)
+        elif slots <= 0 and done.final is None and not active.inflight and not done.claimed:
+            wake = clock + self.poll_seconds if wake is None else wake
+        active.wake_at = wake
         self._emit(active, done, outcomes, now)
         if done.final is not None:
             self._finish(active)
@@ -364,6 +396,15 @@ class Orchestrator:
         tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
         self._finish(active)
 
+    def _lose(self, active: _Active) -> None:
+        """The instance is no longer ours (recovered by another process, or final)."""
+        log.warning("instance no longer owned here; dropping it", instance_id=active.instance.id)
+        for row_id, inflight in active.inflight.items():
+            self.dispatcher.abandon(active.instance.id, row_id, inflight.attempt)
+        active.inflight.clear()
+        self._active.pop(active.instance.id, None)
+        active.done.set()
+
     def _finish(self, active: _Active) -> None:
         del self._active[active.instance.id]
         if active.definition.alerts:
@@ -374,7 +415,7 @@ class Orchestrator:
 
     def _poll_cancellations(self) -> None:
         for instance_id, active in list(self._active.items()):
-            if active.inflight and self.store.instance(instance_id).cancel_requested:
+            if self.store.instance(instance_id).cancel_requested:
                 self._advance(active, [])
 
     def _wait_seconds(self) -> float:

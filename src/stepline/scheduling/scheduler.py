@@ -133,8 +133,8 @@ class Scheduler:
         if last is None:
             last = self.service.store.last_scheduled(definition_id) or now
         due = list(schedule.fire_times_between(last, now))
-        self._last[name] = now
         if not due:
+            self._last[name] = now
             return 0
         create, skipped = MisfirePolicy.of(definition).select(due, now)
         if skipped:
@@ -164,6 +164,9 @@ class Scheduler:
                     scheduled_for=fire.isoformat(),
                     lag_seconds=round(lag, 3),
                 )
+        # Only now: if creating failed part-way, the next tick tries the same fire times
+        # again (the unique constraint makes the ones already created a no-op).
+        self._last[name] = now
         if created:
             self.service.wake()
         return created

@@ -131,6 +131,11 @@ class InstanceTransaction(ABC):
         steps; return the keys whose count reached zero and that are still ``pending``."""
 
     @abstractmethod
+    def pending_ready(self) -> list[str]:
+        """Pending steps with no unfinished upstream step (roots, reset steps): the steps
+        whose trigger rule and condition must be decided now."""
+
+    @abstractmethod
     def start(
         self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
     ) -> list[ClaimedStep]:
@@ -197,8 +202,8 @@ class InstanceTransaction(ABC):
     def reset_unsuccessful(
         self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
     ) -> list[str]:
-        """Send every step that did not succeed back to ``pending`` (``queued`` if all its
-        upstream steps succeeded) for a retry of the instance; succeeded rows and their
+        """Send every step that did not succeed back to ``pending`` (to be decided again by
+        the next advance) for a retry of the instance; succeeded rows and their
         results stay. Each reset step's retry budget starts again. Of a ``mapped`` step
         whose upstream all succeeded, only the items that did not succeed run again; if its
         upstream runs again too, its items are dropped and it expands anew. Returns the
@@ -342,10 +347,11 @@ class Store(ABC):
         """Registered owners as (owner, hostname, pid, lease still valid)."""
 
     @abstractmethod
-    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[int]:
+    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[tuple[int, str | None]]:
         """Unfinished instances whose owner is unregistered, expired, or in ``dead`` (known
         dead by other means, e.g. its pid on this host is gone). Queued instances that
-        nobody owns yet are waiting for admission, not orphaned."""
+        nobody owns yet are waiting for admission, not orphaned. Returns (id, owner) pairs:
+        recovery takes an instance over only if it still has that owner."""
 
     @abstractmethod
     def acquire_lease(self, name: str, holder: str, ttl_seconds: float) -> int | None:

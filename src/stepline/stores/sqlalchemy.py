@@ -119,7 +119,7 @@ class SqlAlchemyStore(Store):
             + ("" if self.dialect == "sqlite" else " FOR UPDATE")
         ).columns(*BI.c)
         self._lock_status = HotStatement(
-            "SELECT status, cancel_requested FROM batch_instance WHERE id = :id"
+            "SELECT status, cancel_requested, owner_id FROM batch_instance WHERE id = :id"
             + ("" if self.dialect == "sqlite" else " FOR UPDATE")
         )
 
@@ -161,6 +161,14 @@ class SqlAlchemyStore(Store):
     # -- definitions ----------------------------------------------------------------------
 
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
+        try:
+            return self._apply(definition)
+        except sa.exc.IntegrityError:
+            # Another process created this batch at the same moment (a lock cannot cover a
+            # row that does not exist yet); its row exists now, so apply again as an update.
+            return self._apply(definition)
+
+    def _apply(self, definition: BatchDefinition) -> StoredDefinition:
         document = definition.to_document()
         now = utcnow()
         with self._write() as conn:
@@ -307,9 +315,9 @@ class SqlAlchemyStore(Store):
                         "batch_instance_id": instance_id,
                         "step_key": key,
                         "map_index": -1,
-                        "status": (
-                            StepStatus.PENDING if graph.predecessors.get(key) else StepStatus.QUEUED
-                        ).value,
+                        # Roots start pending too: the first advance decides them (their
+                        # condition) like any step. A skipped trigger's steps are cancelled.
+                        "status": (StepStatus.CANCELLED if skipped else StepStatus.PENDING).value,
                         "attempt": 0,
                         "first_attempt": 1,
                         "created_at": now,
@@ -432,13 +440,16 @@ class SqlAlchemyStore(Store):
     ) -> Iterator[InstanceTransaction]:
         with self._write() as conn:
             if known is not None:
-                # Only status and the cancel flag change under another owner; the driver
-                # already holds the rest, so the per-step lock reads two columns.
+                # Only status, the cancel flag and the owner change under the driver's feet;
+                # it already holds the rest, so the per-step lock reads three columns.
                 found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
                 if found is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = replace(
-                    known, status=InstanceStatus(found[0]), cancel_requested=bool(found[1])
+                    known,
+                    status=InstanceStatus(found[0]),
+                    cancel_requested=bool(found[1]),
+                    owner_id=found[2],
                 )
             else:
                 row = conn.execute(self._lock_instance, {"id": instance_id}).first()
@@ -611,26 +622,26 @@ class SqlAlchemyStore(Store):
                 for r in conn.execute(sa.select(w).order_by(w.c.id))
             ]
 
-    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[int]:
+    def orphaned_instances(self, dead: Iterable[str] = ()) -> list[tuple[int, str | None]]:
         w = stepline_worker
         live = sa.select(w.c.id).where(w.c.expires_at > sa.bindparam("now", type_=UtcDateTime()))
         dead = list(dead)
         if dead:
             live = live.where(w.c.id.not_in(dead))
         query = (
-            sa.select(BI.c.id)
+            sa.select(BI.c.id, BI.c.owner_id)
             .where(
                 BI.c.status.in_([InstanceStatus.QUEUED.value, InstanceStatus.RUNNING.value]),
                 # A queued instance nobody owns yet waits for admission; it is not orphaned.
                 sa.or_(
-                    BI.c.owner_id.not_in(live),
+                    sa.and_(BI.c.owner_id.is_not(None), BI.c.owner_id.not_in(live)),
                     sa.and_(BI.c.owner_id.is_(None), BI.c.status == InstanceStatus.RUNNING.value),
                 ),
             )
             .order_by(BI.c.id)
         )
         with self._read() as conn:
-            return list(conn.execute(query, {"now": _db_now(conn)}).scalars())
+            return [(r.id, r.owner_id) for r in conn.execute(query, {"now": _db_now(conn)})]
 
 
 # The per-step path: see stepline.stores.hotpath for why these bypass SQLAlchemy Core.
@@ -649,6 +660,11 @@ _READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
     " WHERE batch_instance_id = :iid"
     " AND step_key IN :keys AND map_index = -1 AND status = 'pending' AND upstream_pending <= 0"
+)
+_PENDING_READY = HotStatement(
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND map_index = -1 AND status = 'pending'"
+    " AND upstream_pending <= 0"
 )
 _START = HotStatement(
     "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
@@ -805,6 +821,13 @@ class _SqlInstanceTransaction(InstanceTransaction):
             ClaimedStep(row_id, key, -1, attempt + 1, now, first)
             for key, row_id, attempt, first in run
         ]
+
+    def pending_ready(self) -> list[str]:
+        ready: list[str] = []
+        for row_id, key, attempt, first in _PENDING_READY.run(self.conn, {"iid": self.id}):
+            self._ready[key] = (row_id, attempt, first)
+            ready.append(key)
+        return ready
 
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
@@ -1032,8 +1055,9 @@ class _SqlInstanceTransaction(InstanceTransaction):
                     )
                 )
                 self.conn.execute(sa.delete(R).where(R.c.id.in_([i.id for i in items[key]])))
-            status = StepStatus.PENDING if waiting else StepStatus.QUEUED
-            self._reset_row(parent.id, status, waiting, parent.attempt + 1)
+            # Pending even when its upstream all succeeded: the next advance decides it again
+            # (trigger rule, condition), so a step skipped on purpose stays skipped.
+            self._reset_row(parent.id, StepStatus.PENDING, waiting, parent.attempt + 1)
         return reset
 
     def _reset_row(self, row_id: int, status: StepStatus, pending: int, first: int) -> None:
