@@ -132,14 +132,14 @@ class _DaemonPool:
 
     def submit(self, fn: Callable[..., None], *args: object) -> None:
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            if self._idle > 0:
+                self._idle -= 1
+            elif len(self._threads) < self.size:
                 thread = threading.Thread(
                     target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
                 thread.start()
-            else:
-                self._idle -= 1
         self._jobs.put((fn, args))
 
     def _work(self) -> None:

@@ -235,9 +235,8 @@ class Orchestrator:
         if self.draining:
             slots = 0  # shutting down: record what ends, start nothing new
         now = datetime.now(UTC)
-        still_running = {
-            k: v for k, v in active.inflight.items() if k not in {o.row_id for o in outcomes}
-        }
+        reported = {o.row_id for o in outcomes}
+        still_running = {k: v for k, v in active.inflight.items() if k not in reported}
         try:
             with self.store.instance_transaction(instance_id, active.instance) as tx:
                 if tx.instance.owner_id != self.owner or tx.instance.status.is_final:
