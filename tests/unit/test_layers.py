@@ -62,3 +62,15 @@ def test_stores_and_dispatchers_do_not_import_the_shells() -> None:
         for path in modules(folder):
             bad = {n for n in imports_of(path) if n.startswith(("stepline.cli", "stepline.api"))}
             assert not bad, f"{path} imports {sorted(bad)}"
+
+
+def test_the_engine_depends_on_the_ports_not_on_their_implementations() -> None:
+    for folder in ("engine", "dispatchers"):
+        for path in modules(folder):
+            bad = {
+                n
+                for n in imports_of(path)
+                if n.startswith(("stepline.stores.sqlalchemy", "stepline.stores.transaction"))
+                or n.split(".")[0] == "sqlalchemy"
+            }
+            assert not bad, f"{path} imports {sorted(bad)}"

@@ -8,7 +8,9 @@ run at once, and no transaction is ever open while a runner executes.
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -26,9 +28,16 @@ from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import send_alerts
 from stepline.errors import Conflict
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
-from stepline.stores.sqlalchemy import process_owner_id
 
 log = structlog.get_logger("stepline.orchestrator")
+
+
+def process_owner_id() -> str:
+    """Who owns instances and steps: host and pid (so recovery on this host can see the
+    process is gone) plus a random suffix (so a reused pid is a different owner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
 _MIN_WAKE = 0.05
 
 

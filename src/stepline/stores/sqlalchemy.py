@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,18 +20,14 @@ from stepline.core.states import InstanceStatus, StepStatus
 from stepline.errors import NotFound, StoreUnavailable
 from stepline.stores.base import (
     AttemptRecord,
-    ClaimedStep,
     InstanceRecord,
     InstanceTransaction,
-    StepOutcome,
     StepResultRecord,
     Store,
     StoredDefinition,
-    iter_chunks,
 )
 from stepline.stores.hotpath import HotStatement
 from stepline.stores.schema import (
-    Encoded,
     UtcDateTime,
     batch_definition,
     batch_definition_version,
@@ -43,14 +38,15 @@ from stepline.stores.schema import (
     stepline_lease,
     stepline_worker,
 )
+from stepline.stores.transaction import (
+    SqlInstanceTransaction,
+    db_now,
+    load_results,
+    utcnow,
+)
 
 R = batch_step_result
 BI = batch_instance
-_CHUNK = 500  # bound for IN lists: Oracle allows 1000, SQLite 32766 parameters
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def create_engine(url: str) -> Engine:
@@ -97,10 +93,6 @@ def _tune_sqlite(engine: Engine) -> None:
     def _begin(conn: Connection) -> None:
         mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
         conn.exec_driver_sql(mode)
-
-
-def process_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 class SqlAlchemyStore(Store):
@@ -456,7 +448,7 @@ class SqlAlchemyStore(Store):
                 if row is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
-            yield _SqlInstanceTransaction(conn, instance)
+            yield SqlInstanceTransaction(conn, instance)
 
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
@@ -524,14 +516,14 @@ class SqlAlchemyStore(Store):
 
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
         with self._read() as conn:
-            return _load_results(conn, instance_id, keys)
+            return load_results(conn, instance_id, keys)
 
     # -- leases ---------------------------------------------------------------------------
 
     def heartbeat(self, owner: str, ttl_seconds: float) -> None:
         w = stepline_worker
         with self._write() as conn:
-            expires = _db_now(conn) + timedelta(seconds=ttl_seconds)
+            expires = db_now(conn) + timedelta(seconds=ttl_seconds)
             updated = conn.execute(
                 sa.update(w).where(w.c.id == owner).values(expires_at=expires)
             ).rowcount
@@ -555,7 +547,7 @@ class SqlAlchemyStore(Store):
         lease = stepline_lease
         try:
             with self._write() as conn:
-                now = _db_now(conn)
+                now = db_now(conn)
                 expires = now + timedelta(seconds=ttl_seconds)
                 row = _lease_row(conn, name)
                 if row is None:
@@ -590,7 +582,7 @@ class SqlAlchemyStore(Store):
                 row is not None
                 and row.holder == holder
                 and row.epoch == epoch
-                and row.expires_at > _db_now(conn)
+                and row.expires_at > db_now(conn)
             )
 
     def release_lease(self, name: str, holder: str) -> None:
@@ -599,7 +591,7 @@ class SqlAlchemyStore(Store):
             conn.execute(
                 sa.update(lease)
                 .where(lease.c.name == name, lease.c.holder == holder)
-                .values(expires_at=_db_now(conn) - timedelta(seconds=1))
+                .values(expires_at=db_now(conn) - timedelta(seconds=1))
             )
 
     def last_scheduled(self, definition_id: int) -> datetime | None:
@@ -616,7 +608,7 @@ class SqlAlchemyStore(Store):
     def workers(self) -> list[tuple[str, str, int, bool]]:
         w = stepline_worker
         with self._read() as conn:
-            now = _db_now(conn)
+            now = db_now(conn)
             return [
                 (r.id, r.hostname, r.pid, r.expires_at > now)
                 for r in conn.execute(sa.select(w).order_by(w.c.id))
@@ -641,65 +633,7 @@ class SqlAlchemyStore(Store):
             .order_by(BI.c.id)
         )
         with self._read() as conn:
-            return [(r.id, r.owner_id) for r in conn.execute(query, {"now": _db_now(conn)})]
-
-
-# The per-step path: see stepline.stores.hotpath for why these bypass SQLAlchemy Core.
-_RECORD = HotStatement(
-    "UPDATE batch_step_result SET status = :status, result_payload = :payload, error = :error,"
-    " available_at = :available_at, started_at = :started_at, finished_at = :finished_at"
-    " WHERE id = :id AND attempt = :attempt AND status = 'running'",
-    json=["payload"],
-    times=["available_at", "started_at", "finished_at"],
-)
-_UPSTREAM_DONE = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount"
-    " WHERE batch_instance_id = :iid AND status = 'pending' AND step_key IN :keys"
-)
-_READY = HotStatement(
-    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
-    " WHERE batch_instance_id = :iid"
-    " AND step_key IN :keys AND map_index = -1 AND status = 'pending' AND upstream_pending <= 0"
-)
-_PENDING_READY = HotStatement(
-    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
-    " WHERE batch_instance_id = :iid AND map_index = -1 AND status = 'pending'"
-    " AND upstream_pending <= 0"
-)
-_START = HotStatement(
-    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
-    " started_at = :now, finished_at = NULL, available_at = NULL"
-    " WHERE id IN :ids AND status = 'pending'",
-    times=["now"],
-)
-_SET_PENDING = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = :n"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
-)
-_ITEMS_DONE = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
-)
-_PARENT_PENDING = HotStatement(
-    "SELECT upstream_pending FROM batch_step_result"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
-)
-_QUEUED_ITEMS = HotStatement(
-    "SELECT id, map_index, attempt, first_attempt FROM batch_step_result"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index >= 0"
-    " AND status = 'queued' AND (available_at IS NULL OR available_at <= :now)"
-    " ORDER BY map_index LIMIT :limit",
-    times=["now"],
-)
-_START_QUEUED = HotStatement(
-    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
-    " started_at = :now, finished_at = NULL, available_at = NULL"
-    " WHERE id IN :ids AND status = 'queued'",
-    times=["now"],
-)
-_QUEUE = HotStatement(
-    "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
-)
+            return [(r.id, r.owner_id) for r in conn.execute(query, {"now": db_now(conn)})]
 
 
 def _lease_row(conn: Connection, name: str) -> Row[Any] | None:
@@ -708,439 +642,5 @@ def _lease_row(conn: Connection, name: str) -> Row[Any] | None:
     ).first()
 
 
-def _db_now(conn: Connection) -> datetime:
-    """The database's clock: leases must not depend on the clocks of the machines."""
-    sql = {
-        "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
-        "mysql": "SELECT UTC_TIMESTAMP(6)",
-        "mariadb": "SELECT UTC_TIMESTAMP(6)",
-        "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
-    }.get(conn.dialect.name, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
-    value = conn.exec_driver_sql(sql).scalar_one()
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for chunk in iter_chunks(list(keys), _CHUNK):
-        query = (
-            sa.select(R.c.step_key, R.c.map_index, R.c.result_payload)
-            .where(
-                R.c.batch_instance_id == instance_id,
-                R.c.step_key.in_(chunk),
-                R.c.map_index == -1,  # a mapped step's row holds the list of item results
-                R.c.status == StepStatus.SUCCEEDED.value,
-            )
-            .order_by(R.c.step_key, R.c.map_index)
-        )
-        for key, index, payload in conn.execute(query):
-            if index < 0:
-                out[key] = payload
-            else:
-                out.setdefault(key, []).append(payload)
-    return out
-
-
 def _unavailable(store: SqlAlchemyStore, exc: sa.exc.OperationalError) -> StoreUnavailable:
     return StoreUnavailable(f"database {store!r} is unavailable: {exc.orig}")
-
-
-class _SqlInstanceTransaction(InstanceTransaction):
-    def __init__(self, conn: Connection, instance: InstanceRecord) -> None:
-        self.conn = conn
-        self.instance = instance
-        self.id = instance.id
-        self._ready: dict[str, tuple[int, int, int]] = {}
-
-    def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
-        if outcome.succeeded:
-            status, payload = StepStatus.SUCCEEDED, Encoded(outcome.payload or "null")
-        else:
-            status = StepStatus.QUEUED if retry_at is not None else StepStatus.FAILED
-            payload = None
-        updated = _RECORD.run(
-            self.conn,
-            {
-                "status": status.value,
-                "payload": payload,
-                "error": outcome.error,
-                "available_at": retry_at,
-                "started_at": outcome.started_at,
-                "finished_at": outcome.finished_at,
-                "id": outcome.row_id,
-                "attempt": outcome.attempt,
-            },
-        ).rowcount
-        if not updated:
-            return False
-        if not outcome.succeeded:
-            self.conn.execute(
-                sa.insert(batch_step_attempt).values(
-                    step_result_id=outcome.row_id,
-                    attempt=outcome.attempt,
-                    status=StepStatus.FAILED.value,
-                    error=outcome.error,
-                    owner_id=owner,
-                    started_at=outcome.started_at,
-                    finished_at=outcome.finished_at,
-                )
-            )
-        return True
-
-    def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
-        by_amount: dict[int, list[str]] = {}
-        for key, amount in counts.items():
-            by_amount.setdefault(amount, []).append(key)
-        for amount, keys in by_amount.items():
-            for chunk in iter_chunks(keys, _CHUNK):
-                _UPSTREAM_DONE.run(
-                    self.conn, {"amount": amount, "iid": self.id, "keys": list(chunk)}
-                )
-        ready: list[str] = []
-        for chunk in iter_chunks(list(counts), _CHUNK):
-            for row_id, key, attempt, first in _READY.run(
-                self.conn, {"iid": self.id, "keys": list(chunk)}
-            ).fetchall():
-                self._ready[key] = (row_id, attempt, first)
-                ready.append(key)
-        return ready
-
-    def start(
-        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
-    ) -> list[ClaimedStep]:
-        rows = [(key, *self._ready.pop(key)) for key in keys]
-        run, wait = rows[:limit], rows[limit:]
-        for chunk in iter_chunks(run, _CHUNK):
-            _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
-        for chunk in iter_chunks(wait, _CHUNK):
-            _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
-        return [
-            ClaimedStep(row_id, key, -1, attempt + 1, now, first)
-            for key, row_id, attempt, first in run
-        ]
-
-    def pending_ready(self) -> list[str]:
-        ready: list[str] = []
-        for row_id, key, attempt, first in _PENDING_READY.run(self.conn, {"iid": self.id}):
-            self._ready[key] = (row_id, attempt, first)
-            ready.append(key)
-        return ready
-
-    def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
-        out: dict[str, StepStatus] = {}
-        for chunk in iter_chunks(list(keys), _CHUNK):
-            for key, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.status).where(
-                    R.c.batch_instance_id == self.id, R.c.step_key.in_(chunk), R.c.map_index == -1
-                )
-            ):
-                out[key] = StepStatus(status)
-        return out
-
-    def results(self, keys: Iterable[str]) -> dict[str, Any]:
-        return _load_results(self.conn, self.id, keys)
-
-    def mark(self, keys: Sequence[str], status: StepStatus, *, error: str | None = None) -> None:
-        values: dict[str, Any] = {"status": status.value}
-        if status.is_final:
-            values.update(finished_at=utcnow(), error=error)
-        for chunk in iter_chunks(list(keys), _CHUNK):
-            self.conn.execute(
-                sa.update(R)
-                .where(
-                    R.c.batch_instance_id == self.id,
-                    R.c.step_key.in_(chunk),
-                    R.c.status == StepStatus.PENDING.value,
-                )
-                .values(**values)
-            )
-
-    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
-        if limit <= 0:
-            return []
-        rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt, R.c.first_attempt)
-            .where(
-                R.c.batch_instance_id == self.id,
-                R.c.map_index == -1,
-                R.c.status == StepStatus.QUEUED.value,
-                sa.or_(R.c.available_at.is_(None), R.c.available_at <= now),
-            )
-            .order_by(R.c.id)
-            .limit(limit)
-        ).all()
-        if not rows:
-            return []
-        claimed = [
-            ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now, r.first_attempt)
-            for r in rows
-        ]
-        # Rows of one claim may be on different attempts (retries); group by attempt.
-        by_attempt: dict[int, list[int]] = {}
-        for c in claimed:
-            by_attempt.setdefault(c.attempt, []).append(c.row_id)
-        for attempt, ids in by_attempt.items():
-            self.conn.execute(
-                sa.update(R)
-                .where(R.c.id.in_(ids), R.c.status == StepStatus.QUEUED.value)
-                .values(
-                    status=StepStatus.RUNNING.value,
-                    attempt=attempt,
-                    owner_id=owner,
-                    started_at=now,
-                    finished_at=None,
-                    available_at=None,
-                )
-            )
-        return claimed
-
-    def expand(self, key: str, count: int) -> None:
-        now = utcnow()
-        rows = [
-            {
-                "batch_instance_id": self.id,
-                "step_key": key,
-                "map_index": index,
-                "status": StepStatus.QUEUED.value,
-                "attempt": 0,
-                "first_attempt": 1,
-                "created_at": now,
-                "upstream_pending": 0,
-            }
-            for index in range(count)
-        ]
-        for chunk in iter_chunks(rows, 2000):
-            self.conn.execute(sa.insert(R), list(chunk))
-        _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
-
-    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
-        if limit <= 0:
-            return []
-        rows = _QUEUED_ITEMS.run(
-            self.conn, {"iid": self.id, "key": key, "now": now, "limit": limit}
-        ).fetchall()
-        if not rows:
-            return []
-        for chunk in iter_chunks(rows, _CHUNK):
-            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
-        return [ClaimedStep(r[0], key, r[1], r[2] + 1, now, r[3]) for r in rows]
-
-    def items_done(self, key: str, count: int) -> bool:
-        params = {"iid": self.id, "key": key, "n": count}
-        _ITEMS_DONE.run(self.conn, params)
-        left = _PARENT_PENDING.run(self.conn, params).fetchone()
-        return left is not None and left[0] <= 0
-
-    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
-        payloads: list[Any] = []
-        failed: list[int] = []
-        if error is None:
-            for index, status, payload in self.conn.execute(
-                sa.select(R.c.map_index, R.c.status, R.c.result_payload)
-                .where(R.c.batch_instance_id == self.id, R.c.step_key == key, R.c.map_index >= 0)
-                .order_by(R.c.map_index)
-            ):
-                payloads.append(payload)
-                if status != StepStatus.SUCCEEDED.value:
-                    failed.append(index)
-            if failed:
-                shown = ", ".join(str(i) for i in failed[:20]) + (
-                    ", ..." if len(failed) > 20 else ""
-                )
-                error = f"{len(failed)} of {len(payloads)} items failed (map_index {shown})"
-        status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
-        self.conn.execute(
-            sa.update(R)
-            .where(R.c.batch_instance_id == self.id, R.c.step_key == key, R.c.map_index == -1)
-            .values(
-                status=status.value,
-                error=error,
-                finished_at=utcnow(),
-                upstream_pending=0,
-                result_payload=None if error else Encoded(json_serializer(payloads)),
-            )
-        )
-        return status, payloads
-
-    def next_available_at(self) -> datetime | None:
-        value: datetime | None = self.conn.execute(
-            sa.select(sa.func.min(R.c.available_at)).where(
-                R.c.batch_instance_id == self.id, R.c.status == StepStatus.QUEUED.value
-            )
-        ).scalar()
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
-
-    def step_statuses(self) -> dict[str, StepStatus]:
-        return {
-            (key if index < 0 else f"{key}[{index}]"): StepStatus(status)
-            for key, index, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.map_index, R.c.status).where(
-                    R.c.batch_instance_id == self.id
-                )
-            )
-        }
-
-    def requeue_running(
-        self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
-    ) -> list[str]:
-        query = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
-            R.c.batch_instance_id == self.id, R.c.status == StepStatus.RUNNING.value
-        )
-        if exclude_owner is not None:
-            query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
-        skip = list(exclude_keys)
-        if skip:
-            query = query.where(sa.or_(R.c.map_index >= 0, R.c.step_key.not_in(skip)))
-        rows = self.conn.execute(query).all()
-        now = utcnow()
-        for r in rows:
-            updated = self.conn.execute(
-                sa.update(R)
-                .where(
-                    R.c.id == r.id, R.c.attempt == r.attempt, R.c.status == StepStatus.RUNNING.value
-                )
-                .values(status=StepStatus.QUEUED.value, available_at=None, owner_id=None)
-            ).rowcount
-            if updated:
-                self.conn.execute(
-                    sa.insert(batch_step_attempt).values(
-                        step_result_id=r.id,
-                        attempt=r.attempt,
-                        status=StepStatus.FAILED.value,
-                        error=f"lost: its owner {r.owner_id} stopped before the attempt ended",
-                        owner_id=r.owner_id,
-                        started_at=r.started_at,
-                        finished_at=now,
-                    )
-                )
-        return [r.step_key for r in rows]
-
-    def reset_unsuccessful(
-        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
-    ) -> list[str]:
-        mapped = set(mapped)
-        rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.status, R.c.attempt).where(
-                R.c.batch_instance_id == self.id
-            )
-        ).all()
-        parents = {r.step_key: r for r in rows if r.map_index < 0}
-        items: dict[str, list[Row[Any]]] = {}
-        for r in rows:
-            if r.map_index >= 0:
-                items.setdefault(r.step_key, []).append(r)
-        succeeded = {k for k, r in parents.items() if r.status == StepStatus.SUCCEEDED.value}
-        reset: list[str] = []
-        for key, parent in parents.items():
-            if key in succeeded:
-                continue
-            reset.append(key)
-            waiting = sum(1 for p in predecessors.get(key, ()) if p not in succeeded)
-            unfinished = [i for i in items.get(key, []) if i.status != StepStatus.SUCCEEDED.value]
-            if key in mapped and unfinished and not waiting:
-                # Resume the fan-out: only the items that did not succeed run again.
-                for item in unfinished:
-                    self._reset_row(item.id, StepStatus.QUEUED, 0, item.attempt + 1)
-                self._reset_row(parent.id, StepStatus.RUNNING, len(unfinished), parent.attempt)
-                continue
-            if key in items:
-                self.conn.execute(
-                    sa.delete(batch_step_attempt).where(
-                        batch_step_attempt.c.step_result_id.in_([i.id for i in items[key]])
-                    )
-                )
-                self.conn.execute(sa.delete(R).where(R.c.id.in_([i.id for i in items[key]])))
-            # Pending even when its upstream all succeeded: the next advance decides it again
-            # (trigger rule, condition), so a step skipped on purpose stays skipped.
-            self._reset_row(parent.id, StepStatus.PENDING, waiting, parent.attempt + 1)
-        return reset
-
-    def _reset_row(self, row_id: int, status: StepStatus, pending: int, first: int) -> None:
-        self.conn.execute(
-            sa.update(R)
-            .where(R.c.id == row_id)
-            .values(
-                status=status.value,
-                upstream_pending=pending,
-                first_attempt=first,
-                error=None,
-                result_payload=None,
-                owner_id=None,
-                available_at=None,
-                started_at=None,
-                finished_at=None,
-            )
-        )
-
-    def cancel_unfinished(self) -> list[str]:
-        final = [s.value for s in StepStatus if s.is_final]
-        keys = list(
-            self.conn.execute(
-                sa.select(R.c.step_key).where(
-                    R.c.batch_instance_id == self.id, R.c.status.not_in(final)
-                )
-            ).scalars()
-        )
-        self.conn.execute(
-            sa.update(R)
-            .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
-            .values(
-                status=StepStatus.CANCELLED.value,
-                finished_at=utcnow(),
-                error="cancelled on request",
-            )
-        )
-        return keys
-
-    def request_cancel(self) -> None:
-        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(cancel_requested=True))
-
-    def clear_cancel(self) -> None:
-        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(cancel_requested=False))
-
-    def owner_alive(self) -> bool:
-        owner = self.instance.owner_id
-        if owner is None:
-            return False
-        expires = self.conn.execute(
-            sa.select(stepline_worker.c.expires_at).where(stepline_worker.c.id == owner)
-        ).scalar()
-        return expires is not None and expires > _db_now(self.conn)
-
-    def has_unfinished(self) -> bool:
-        final = [s.value for s in StepStatus if s.is_final]
-        return (
-            self.conn.execute(
-                sa.select(R.c.id)
-                .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
-                .limit(1)
-            ).first()
-            is not None
-        )
-
-    def set_instance(
-        self,
-        status: InstanceStatus,
-        *,
-        owner: str | None = None,
-        error: str | None = None,
-        release: bool = False,
-    ) -> None:
-        values: dict[str, Any] = {"status": status.value}
-        now = utcnow()
-        if status is InstanceStatus.RUNNING:
-            values.update(finished_at=None, error=None)
-            if self.instance.started_at is None:
-                values["started_at"] = now
-        if status.is_final:
-            values.update(finished_at=now, error=error)
-        if owner is not None:
-            values["owner_id"] = owner
-        elif release:
-            values["owner_id"] = None
-        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(**values))
