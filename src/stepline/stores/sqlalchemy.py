@@ -92,7 +92,8 @@ def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
-        conn.exec_driver_sql(mode)
+        # Straight on the driver: this runs per transaction, and on the per-step path.
+        conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
 
 
 class SqlAlchemyStore(Store):
