@@ -216,8 +216,9 @@ def map_items(
     """The list a mapped step fans out over: an upstream step's result or a params key."""
     assert step.map is not None
     over = step.map.over
-    if over in step_upstream(step, results, tx):
-        value = step_upstream(step, results, tx)[over]
+    upstream = step_upstream(step, results, tx)
+    if over in upstream:
+        value = upstream[over]
         where = f"the result of step {over!r}"
     elif over in params:
         value, where = params[over], f"params[{over!r}]"

@@ -17,6 +17,7 @@ import structlog
 
 from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
+from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
 from stepline.stores.base import StepOutcome
 
@@ -43,12 +44,9 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     if work.missing_results and load is not None:
         results = {**results, **load(work.instance_id, work.missing_results)}
     args: Mapping[str, Any] = work.step.args
-    if args:
-        from stepline.core.templates import has_templates, resolve
-
-        if has_templates(args):
-            namespace = {"params": work.params, "results": results, "item": work.item}
-            args = resolve(args, namespace)
+    if args and has_templates(args):
+        namespace = {"params": work.params, "results": results, "item": work.item}
+        args = resolve(args, namespace)
     claimed = work.claimed
     log = _log.bind(
         batch=work.batch,

@@ -8,6 +8,7 @@ run at once, and no transaction is ever open while a runner executes.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -445,6 +446,4 @@ class Orchestrator:
 
 
 def _decode(payload: str | None) -> Any:
-    import json
-
     return None if payload is None else json.loads(payload)
