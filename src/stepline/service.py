@@ -19,6 +19,7 @@ import structlog
 
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import load_definitions
+from stepline.core.runners import main_module_problem
 from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
@@ -81,7 +82,11 @@ class Stepline:
     # -- definitions ----------------------------------------------------------------------
 
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
-        problems = alert_problems(definition)
+        problems = alert_problems(definition) + [
+            Problem(problem, step=s.key)
+            for s in definition.steps
+            if (problem := main_module_problem(s.runner))
+        ]
         if problems:
             raise DefinitionError(problems)
         return self.store.apply(definition)

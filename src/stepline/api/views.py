@@ -6,7 +6,6 @@ results and error texts, any of which may hold a password or a URL with a token.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from stepline.api.models import (
     InstanceOut,
     StepResultOut,
 )
+from stepline.core.environment import has_env_references, strip_env_references
 from stepline.redact import MASK, SECRET_QUERY_KEYS, redact_text, redact_url
 from stepline.stores.base import InstanceRecord, StepResultRecord, StoredDefinition
 
@@ -31,7 +31,6 @@ __all__ = [
 
 # "${NAME}" is resolved from the server's environment when an alert is sent: it names a
 # secret without holding it, so it is shown as is (and a GET -> PUT round trip keeps it).
-_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _AUTH_SCHEMES = frozenset({"", "bearer", "basic", "token"})
 # The names stepline.redact masks in URL queries (refresh_token, client_secret, ...), less
 # "key": in a document it is a step's key far more often than a credential.
@@ -65,9 +64,9 @@ def redact_value(value: Any, secrets: Sequence[str]) -> Any:
 
 def _only_references(value: Any) -> bool:
     """Whether ``value`` holds no literal secret: only ${NAME} references (and a scheme)."""
-    if not isinstance(value, str) or not _ENV_REFERENCE.search(value):
+    if not isinstance(value, str) or not has_env_references(value):
         return False
-    return _ENV_REFERENCE.sub("", value).strip().lower() in _AUTH_SCHEMES
+    return strip_env_references(value).strip().lower() in _AUTH_SCHEMES
 
 
 def _redact_alert(alert: Mapping[str, Any]) -> dict[str, Any]:

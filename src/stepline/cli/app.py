@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from stepline.cli.progress import Progress
 from stepline.core.definition import BatchDefinition
-from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
+from stepline.core.loader import DEFINITION_SUFFIXES, definition_files, load_definitions
+from stepline.core.params import parse_params
 from stepline.core.states import InstanceStatus
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import StepEvent
@@ -51,7 +51,14 @@ Db = Annotated[
 ]
 Params = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="k=v, repeatable; v is read as YAML (5, true, [a, b])"),
+    typer.Option(
+        "--param",
+        "-p",
+        help=(
+            "k=v, repeatable. v is read as YAML and stored as JSON: 5, true, null, [a, b]; "
+            "a date or timestamp becomes ISO text (2024-06-05); quote to keep text ('k=\"5\"')"
+        ),
+    ),
 ]
 
 
@@ -92,22 +99,21 @@ def _is_file(target: str) -> bool:
 
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
-    folder = str((path if path.is_dir() else path.parent).resolve())
-    if folder not in sys.path:
-        sys.path.insert(1, folder)
+    try:
+        files = definition_files(path) if path.is_dir() else [path]
+    except DefinitionError:
+        return
+    for folder in [path if path.is_dir() else path.parent, *(f.parent for f in files)]:
+        resolved = str(folder.resolve())
+        if resolved not in sys.path:
+            sys.path.insert(1, resolved)
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--param {item!r} must be key=value", 2)
-        try:
-            params[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            params[key] = value
-    return params
+    try:
+        return parse_params(items or [])
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
@@ -295,11 +301,13 @@ def apply(
 
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
-    """Check definitions without touching any database; print every problem."""
-    bad = 0
+    """Check definitions (directories recursively) without touching any database."""
+    valid = invalid = 0
     with _errors():
         for path in paths:
             _add_import_path(path)
+            if path.is_dir() and not definition_files(path):
+                _fail(f"{path}: no .yaml, .yml or .json definition under this directory", 2)
             for file, result in load_definitions(path):
                 problems = (
                     list(result.problems)
@@ -307,14 +315,18 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Files or director
                     else alert_problems(result, str(file))
                 )
                 if problems:
-                    bad += 1
+                    invalid += 1
                     for problem in problems:
                         err.print(f"[red]error[/]: {escape(str(problem))}")
                 else:
                     assert isinstance(result, BatchDefinition)
+                    valid += 1
                     out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
-    if bad:
+    summary = f"{valid} definition{'' if valid == 1 else 's'} valid"
+    if invalid:
+        out.print(f"{summary}, {invalid} invalid")
         raise typer.Exit(2)
+    out.print(summary)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from stepline.core.definition import (
 )
 from stepline.core.durations import parse_duration
 from stepline.core.expressions import ExpressionError, check_expression
-from stepline.core.runners import resolve_runner
+from stepline.core.runners import main_module_problem, resolve_runner
 from stepline.core.states import TriggerRule
 from stepline.core.templates import check_templates
 from stepline.errors import DefinitionError, Problem
@@ -160,10 +160,14 @@ def _parse_step(
         out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
         runner = ""
     elif check_runners:
+        problem = main_module_problem(runner)
         try:
-            resolve_runner(runner)
+            if problem is None:
+                resolve_runner(runner)
         except ImportError as exc:
-            out.add(str(exc), key)
+            problem = str(exc)
+        if problem:
+            out.add(problem, key)
     nexts = raw.get("next_steps", raw.get("nextSteps", []))
     if isinstance(nexts, str):
         nexts = [nexts]
@@ -295,12 +299,25 @@ def read_document(path: Path) -> object:
 
 
 def definition_files(path: Path) -> list[Path]:
-    """A file, or every definition file directly inside a directory, sorted."""
+    """A file, or every definition file under a directory (recursively), sorted.
+
+    Hidden directories (``.git``, ``.venv``) and ``__pycache__`` are not entered.
+    """
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.suffix in DEFINITION_SUFFIXES
+            and p.is_file()
+            and not any(_skipped(part) for part in p.relative_to(path).parts[:-1])
+        )
     if not path.exists():
         raise DefinitionError([Problem("no such file or directory", str(path))])
     return [path]
+
+
+def _skipped(directory: str) -> bool:
+    return directory.startswith(".") or directory == "__pycache__"
 
 
 def load_definitions(
