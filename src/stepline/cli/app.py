@@ -29,7 +29,7 @@ from stepline.engine.orchestrator import StepEvent
 from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
 from stepline.logs import configure_logging
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="stepline",
@@ -65,7 +65,12 @@ Params = Annotated[
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/]: {escape(problem)}")
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
 
