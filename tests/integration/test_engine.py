@@ -423,7 +423,7 @@ def test_retry_reruns_only_the_failed_items(app: Stepline) -> None:
         ],
     )
     assert final.status is InstanceStatus.FAILED
-    assert "3 of 10 items failed (map_index 2, 5, 7)" in (rows["each"].error or "")
+    assert "3 of 10 items failed: each[2], each[5], each[7]" in (rows["each"].error or "")
     assert rows["after"].status is StepStatus.UPSTREAM_FAILED
     assert fr.calls[(final.batch, "each")] == 10 + 3  # three items tried twice
     fr.healed.add(final.batch)

@@ -24,7 +24,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.loader import DEFINITION_SUFFIXES, definition_files, load_definitions
 from stepline.core.params import parse_params
 from stepline.core.states import InstanceStatus
-from stepline.engine.alerts import alert_problems
+from stepline.engine.alerts import alert_problems, step_names
 from stepline.engine.orchestrator import StepEvent
 from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
 from stepline.logs import configure_logging
@@ -408,8 +408,8 @@ def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = Non
         if i.error:
             out.print(f"error: {escape(i.error)}")
         table = Table("step", "status", "attempt", "duration", "result / error")
-        for r in service.store.step_results(instance_id):
-            key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
+        rows = service.store.step_results(instance_id)
+        for r, key in zip(rows, step_names(service.store, i, rows), strict=True):
             detail = _short(r.error.splitlines()[0]) if r.error else _short(r.result_payload)
             table.add_row(
                 key, r.status.value, str(r.attempt), _duration(r.started_at, r.finished_at), detail

@@ -251,13 +251,25 @@ def _parse_map(raw: object, key: str, out: _Collector) -> MapSpec | None:
     if isinstance(raw, str):
         raw = {"over": raw}
     if not isinstance(raw, Mapping) or not isinstance(raw.get("over"), str):
-        out.add("map must be {over: <upstream step or params key>, concurrency: N}", key)
+        out.add(
+            "map must be {over: <upstream step or params key>, concurrency: N, label: ...}", key
+        )
         return None
     concurrency = raw.get("concurrency", 16)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         out.add(f"map.concurrency {concurrency!r} must be a whole number >= 1", key)
         concurrency = 16
-    return MapSpec(over=raw["over"], concurrency=concurrency)
+    label = raw.get("label")
+    if label is not None:
+        if not isinstance(label, str) or not label.strip():
+            out.add("map.label must be a template such as '{{ item.farm_id }}'", key)
+            label = None
+        else:
+            for message in check_templates(label, names=("item", "params")):
+                out.add(f"map.label: {message}", key)
+    for unknown in sorted(set(raw) - {"over", "concurrency", "label"}):
+        out.add(f"unknown map field {unknown!r} (known: concurrency, label, over)", key)
+    return MapSpec(over=raw["over"], concurrency=concurrency, label=label)
 
 
 def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _Collector) -> None:
