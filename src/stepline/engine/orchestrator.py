@@ -510,9 +510,8 @@ class Orchestrator:
         if self.listener is None:
             return
         iid = active.instance.id
-        attempts = {o.step_key: o.attempt for o in outcomes}
-        for key, status in done.finished.items():
-            self.listener(StepEvent(iid, key, -1, status, attempts.get(key, 0), now))
+        # A mapped step's own row runs no attempt: its items do.
+        attempts = {o.step_key: o.attempt for o in outcomes if o.map_index < 0}
         for key, items in done.expanded.items():
             self.listener(StepEvent(iid, key, -1, StepStatus.RUNNING, 0, now, items=len(items)))
         for o in outcomes:
@@ -535,6 +534,9 @@ class Orchestrator:
                         now,
                     )
                 )
+        # After the items, so that a display has counted every item when the step ends.
+        for key, status in done.finished.items():
+            self.listener(StepEvent(iid, key, -1, status, attempts.get(key, 0), now))
         for c in done.claimed:
             claimed_label = (
                 self._label(active, c.step_key, c.map_index) if c.map_index >= 0 else None
