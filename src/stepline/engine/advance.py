@@ -128,6 +128,8 @@ def advance(
         else:
             done.final = instance_outcome(tx.step_statuses().values())
             tx.set_instance(done.final, error=_instance_error(done.final))
+            if done.final is InstanceStatus.FAILED and definition.alerts:
+                tx.enqueue_alerts(len(definition.alerts))
     return done
 
 

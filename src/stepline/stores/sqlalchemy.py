@@ -22,6 +22,7 @@ from stepline.stores.base import (
     AttemptRecord,
     InstanceRecord,
     InstanceTransaction,
+    PendingAlert,
     StepResultRecord,
     Store,
     StoredDefinition,
@@ -35,6 +36,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_result,
     json_serializer,
+    stepline_alert_outbox,
     stepline_lease,
     stepline_worker,
 )
@@ -47,6 +49,7 @@ from stepline.stores.transaction import (
 
 R = batch_step_result
 BI = batch_instance
+ALERT_ATTEMPTS = 8  # then an alert that never went through is kept as abandoned
 
 
 def create_engine(url: str) -> Engine:
@@ -676,6 +679,54 @@ class SqlAlchemyStore(Store):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+    def claim_alerts(
+        self, holder: str, claim_seconds: float, *, instance_id: int | None = None
+    ) -> list[PendingAlert]:
+        a = stepline_alert_outbox
+        claimed: list[PendingAlert] = []
+        with self._write() as conn:
+            now = db_now(conn)
+            query = (
+                sa.select(a.c.id, a.c.batch_instance_id, a.c.alert_index, a.c.attempts)
+                .where(a.c.status == "pending", a.c.available_at <= now)
+                .order_by(a.c.id)
+                .limit(100)
+            )
+            if instance_id is not None:
+                query = query.where(a.c.batch_instance_id == instance_id)
+            for row in conn.execute(query).all():
+                taken = conn.execute(
+                    sa.update(a)
+                    .where(a.c.id == row.id, a.c.status == "pending", a.c.available_at <= now)
+                    .values(
+                        claimed_by=holder,
+                        attempts=row.attempts + 1,
+                        available_at=now + timedelta(seconds=claim_seconds),
+                    )
+                ).rowcount
+                if taken:
+                    claimed.append(
+                        PendingAlert(
+                            row.id, row.batch_instance_id, row.alert_index, row.attempts + 1
+                        )
+                    )
+        return claimed
+
+    def alert_done(self, alert: PendingAlert, holder: str, error: str | None) -> None:
+        a = stepline_alert_outbox
+        with self._write() as conn:
+            now = db_now(conn)
+            if error is None:
+                values: dict[str, Any] = {"status": "sent", "sent_at": now, "last_error": None}
+            elif alert.attempts >= ALERT_ATTEMPTS:
+                values = {"status": "abandoned", "last_error": error}
+            else:
+                delay = min(30.0 * 2 ** (alert.attempts - 1), 3600.0)
+                values = {"available_at": now + timedelta(seconds=delay), "last_error": error}
+            conn.execute(
+                sa.update(a).where(a.c.id == alert.id, a.c.claimed_by == holder).values(**values)
+            )
 
     def workers(self) -> list[tuple[str, str, int, bool]]:
         w = stepline_worker

@@ -28,6 +28,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_result,
     json_serializer,
+    stepline_alert_outbox,
     stepline_worker,
 )
 
@@ -370,6 +371,23 @@ class SqlInstanceTransaction(InstanceTransaction):
                 )
             )
         }
+
+    def enqueue_alerts(self, count: int) -> None:
+        now = utcnow()
+        self.conn.execute(
+            sa.insert(stepline_alert_outbox),
+            [
+                {
+                    "batch_instance_id": self.id,
+                    "alert_index": index,
+                    "status": "pending",
+                    "attempts": 0,
+                    "available_at": now,
+                    "created_at": now,
+                }
+                for index in range(count)
+            ],
+        )
 
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
