@@ -355,6 +355,70 @@ _TRANSITIONS: dict[str, list[datetime]] = {}
 def transitions_near(case: Case) -> list[datetime]:
     key = case.zone.key
     if key not in _TRANSITIONS:
-        years = ZONES[key]
+        years = ZONES.get(key, (2026,))
         _TRANSITIONS[key] = transitions(case.zone, (*years, years[-1] + 1))
     return _TRANSITIONS[key]
+
+
+ODD_ZONES = (
+    "America/Havana",  # changes at midnight: a whole day starts at 01:00
+    "America/Santiago",  # changes at 24:00
+    "Africa/Casablanca",  # DST suspended for Ramadan: four changes a year
+    "Pacific/Chatham",  # +12:45 / +13:45
+    "America/St_Johns",  # -03:30 / -02:30
+    "Australia/Lord_Howe",  # 30-minute shift
+    "Europe/London",
+)
+
+
+def test_dst_policy_by_brute_force_in_odd_zones() -> None:
+    """Minute by minute, the documented policy picks the same fire times as CronSchedule.
+
+    This checks the daylight-saving layer alone (day and time matching is compared with
+    cronsim above): a matching wall time fires at each instant that shows it, except the
+    second pass of a fixed-time schedule; a gap with a matching wall time fires at its end.
+    """
+    rng = random.Random(SEED)
+    generator = Generator(rng)
+    compared = 0
+    for zone_name in ODD_ZONES:
+        zone = ZoneInfo(zone_name)
+        for change in transitions(zone, (2026,)):
+            for _ in range(30):
+                minute, hour = (
+                    generator.plain(0, 59, (0, 30, 45)),
+                    generator.plain(0, 23, (0, 1, 2)),
+                )
+                expression = f"{minute} {hour} * * *"
+                start = change - timedelta(hours=rng.randint(2, 6), seconds=rng.randint(0, 59))
+                case = Case(expression, zone, start)
+                end = change + timedelta(hours=rng.randint(2, 6))
+                ours = list(
+                    CronSchedule.parse(expression, zone_name).fire_times_between(case.start, end)
+                )
+                assert ours == brute_force(case, end), (case, end)
+                compared += 1
+    print(f"\ncron DST policy, brute force: {compared} cases in {len(ODD_ZONES)} zones")
+    assert compared >= 400
+
+
+def brute_force(case: Case, end: datetime) -> list[datetime]:
+    # Every day matches ("* * *"), so a wall time matches by its hour and minute alone.
+    sim = cronsim.CronSim(case.expression, datetime(2000, 1, 1))
+    interval = case.policy_interval()
+    changes = set(transitions_near(case))
+    fires = set()
+    instant = case.start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    while instant <= end:
+        local = instant.astimezone(case.zone)
+        wall = local.replace(tzinfo=None, fold=0)
+        repeated = wall.replace(tzinfo=case.zone).utcoffset() != (
+            wall.replace(tzinfo=case.zone, fold=1).utcoffset()
+        )
+        matches = wall.hour in sim.hours and wall.minute in sim.minutes
+        if matches and (not repeated or local.fold == 0 or interval):
+            fires.add(instant)
+        if instant in changes and case.gap_has_match(instant):
+            fires.add(instant)
+        instant += timedelta(minutes=1)
+    return sorted(fire for fire in fires if fire > case.start)
