@@ -13,6 +13,7 @@ rule to every schedule.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -219,6 +220,18 @@ class Case:
         first = wall.replace(tzinfo=self.zone, fold=0).utcoffset()
         return local.fold == 1 and first != local.utcoffset() and self.wall_matches(wall)
 
+    def walked_back_from_second_pass(self, fire: datetime) -> bool:
+        """The start is in a second pass and cronsim, walking naive wall time, returned the
+        first pass of a later wall time of the same repeated hour."""
+        start = self.start.astimezone(self.zone)
+        local = fire.astimezone(self.zone)
+        return (
+            self.reference_fixed_time()
+            and start.fold == 1
+            and local.fold == 0
+            and local.replace(tzinfo=None) >= start.replace(tzinfo=None)
+        )
+
     def plain_match(self, fire: datetime) -> bool:
         """``fire`` is a wall time that occurs once and that the reference's calendar matches."""
         wall = fire.astimezone(self.zone).replace(tzinfo=None, fold=0)
@@ -275,15 +288,6 @@ def cases() -> Iterator[Case]:
                 yield Case(expression, zone, change + offset + timedelta(microseconds=micro))
 
 
-def take(iterator: Iterator[datetime], n: int) -> list[datetime]:
-    out = []
-    for fire in iterator:
-        out.append(fire)
-        if len(out) == n:
-            break
-    return out
-
-
 def test_agrees_with_cronsim_except_documented_dst_policy() -> None:
     counts: Counter[str] = Counter()
     unexplained: list[str] = []
@@ -301,19 +305,21 @@ def test_agrees_with_cronsim_except_documented_dst_policy() -> None:
         except cronsim.CronSimError as exc:
             if ours_error is None:
                 unexplained.append(f"{case}: only the reference refuses it ({exc})")
-            counts["both refuse"] += 1
+            counts["both refuse the expression"] += 1
             continue
         if ours_error is not None:
             if next(reference, None) is not None:
                 unexplained.append(f"{case}: only we refuse it ({ours_error})")
-            counts["both find no date"] += 1
+            counts["both find no date for the expression"] += 1
             continue
         theirs = []
-        for fire in take(reference, FIRES):
-            if fire.astimezone(UTC) <= case.start:
+        for fire in itertools.islice(reference, FIRES):
+            if fire.astimezone(UTC) > case.start:
+                theirs.append(fire.astimezone(UTC))
+            elif case.walked_back_from_second_pass(fire):
                 counts[BEFORE_START] += 1
             else:
-                theirs.append(fire.astimezone(UTC))
+                unexplained.append(f"{case}: the reference returned {fire}")
         ours = schedule.fire_times(case.start, FIRES)
         counts["cases compared"] += 1
         counts["fire times compared"] += len(ours)
