@@ -1,4 +1,4 @@
-"""Instance outcome and the table of allowed state moves (trigger rules: test_trigger_rule_oracle.py)."""
+"""Instance outcome and the table of allowed state moves (rules: test_trigger_rule_oracle.py)."""
 
 from __future__ import annotations
 
