@@ -281,6 +281,14 @@ def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _C
                 "nor a key of params",
                 s.key,
             )
+        elif (
+            s.map is not None and s.trigger_rule is TriggerRule.ALWAYS and s.map.over not in params
+        ):
+            out.add(
+                f"map.over {s.map.over!r}: an 'always' step starts without waiting for its "
+                "upstream steps, so it has no result to map over (use trigger_rule all_done)",
+                s.key,
+            )
 
 
 def read_document(path: Path) -> object:

@@ -691,3 +691,14 @@ def test_a_retired_airflow_rule_name_is_refused_naming_the_current_one(old: str,
     assert f"unknown trigger_rule {old!r} (Airflow's old name for {new!r}; known: " in (
         problem.message
     )
+
+
+def test_an_always_step_cannot_map_over_an_upstream_result() -> None:
+    (problem,) = problems_of(minimal(s("a", "b"), s("b", map="a", trigger_rule="always")))
+    assert problem.step == "b"
+    assert "an 'always' step starts without waiting" in problem.message
+    assert "all_done" in problem.message
+    ok = minimal(s("a", "b"), s("b", map="a", trigger_rule="all_done"))
+    assert parse_definition(ok).step("b").map == MapSpec(over="a")
+    over_params = minimal(s("a", "b"), s("b", map="xs", trigger_rule="always"), params={"xs": []})
+    assert parse_definition(over_params).step("b").map == MapSpec(over="xs")
