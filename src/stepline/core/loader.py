@@ -41,6 +41,8 @@ _BATCH_FIELDS = {
 }  # fmt: skip
 # Options read by the scheduler and API layers; the core only carries them.
 _EXTRA_FIELDS = {"misfire", "misfire_grace", "misfire_cap", "on_busy"}
+# Names Airflow has since retired, named in the error so a migrated DAG is easy to fix.
+_OLD_AIRFLOW_RULES = {"dummy": "always", "none_failed_or_skipped": "none_failed_min_one_success"}
 
 
 class _Collector:
@@ -186,7 +188,9 @@ def _parse_step(
         rule = TriggerRule(rule_text)
     except ValueError:
         known = ", ".join(r.value for r in TriggerRule)
-        out.add(f"unknown trigger_rule {rule_text!r} (known: {known})", key)
+        renamed = _OLD_AIRFLOW_RULES.get(rule_text) if isinstance(rule_text, str) else None
+        hint = f"Airflow's old name for {renamed!r}; " if renamed else ""
+        out.add(f"unknown trigger_rule {rule_text!r} ({hint}known: {known})", key)
         rule = TriggerRule.ALL_SUCCESS
     condition = raw.get("condition")
     if condition is not None and not isinstance(condition, str | bool):
@@ -275,6 +279,14 @@ def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _C
             out.add(
                 f"map.over {s.map.over!r} is neither an upstream step of this step "
                 "nor a key of params",
+                s.key,
+            )
+        elif (
+            s.map is not None and s.trigger_rule is TriggerRule.ALWAYS and s.map.over not in params
+        ):
+            out.add(
+                f"map.over {s.map.over!r}: an 'always' step starts without waiting for its "
+                "upstream steps, so it has no result to map over (use trigger_rule all_done)",
                 s.key,
             )
 

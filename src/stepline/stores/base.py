@@ -146,6 +146,13 @@ class InstanceTransaction(ABC):
         whose trigger rule and condition must be decided now."""
 
     @abstractmethod
+    def pending_among(self, keys: Sequence[str]) -> list[str]:
+        """The named steps that are still ``pending``, whatever their count of unfinished
+        upstream steps: steps whose trigger rule fires before every upstream step ended
+        (``one_success`` on a success, ``always`` at once). Like :meth:`upstream_done`, the
+        returned steps may then be passed to :meth:`start`."""
+
+    @abstractmethod
     def start(
         self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
     ) -> list[ClaimedStep]:

@@ -63,6 +63,11 @@ _PENDING_READY = HotStatement(
     " WHERE batch_instance_id = :iid AND map_index = -1 AND status = 'pending'"
     " AND upstream_pending <= 0"
 )
+_PENDING_AMONG = HotStatement(
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
+    " AND status = 'pending'"
+)
 _START = HotStatement(
     "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
     " started_at = :now, finished_at = NULL, available_at = NULL"
@@ -214,6 +219,16 @@ class SqlInstanceTransaction(InstanceTransaction):
         for row_id, key, attempt, first in _PENDING_READY.run(self.conn, {"iid": self.id}):
             self._ready[key] = (row_id, attempt, first)
             ready.append(key)
+        return ready
+
+    def pending_among(self, keys: Sequence[str]) -> list[str]:
+        ready: list[str] = []
+        for chunk in iter_chunks(list(keys), CHUNK):
+            for row_id, key, attempt, first in _PENDING_AMONG.run(
+                self.conn, {"iid": self.id, "keys": list(chunk)}
+            ).fetchall():
+                self._ready[key] = (row_id, attempt, first)
+                ready.append(key)
         return ready
 
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
