@@ -5,9 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+CLIP = 200
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """``text`` cut to ``limit`` characters for an error message, saying how long it was:
+    a 100,000-character name echoed whole would bury the message (and fill logs)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def shown(value: object, limit: int = CLIP) -> str:
+    """``repr(value)`` for an error message, clipped like :func:`clip`."""
+    return clip(repr(value), limit)
+
 
 class SteplineError(Exception):
     """Base of every error Stepline raises on purpose."""
+
+
+class InvalidSetting(SteplineError):
+    """A setting or option is invalid (e.g. a database URL that names no database):
+    refused at start, CLI exit 2."""
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,6 @@ def _build(
     app.include_router(router)
     app.include_router(dashboard_router)
     # Added last = outermost: the size limit applies before anything reads the body.
-    app.add_middleware(UnhandledErrors, secrets=service.settings.secrets)
+    app.add_middleware(UnhandledErrors, secrets=service.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     return app

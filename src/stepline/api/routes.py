@@ -35,7 +35,7 @@ from stepline.api.security import require_token
 from stepline.api.views import batch_detail, batch_summary, instance_detail, instance_out
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus
-from stepline.errors import DefinitionError, Problem, StoreUnavailable
+from stepline.errors import DefinitionError, Problem, StoreUnavailable, shown
 from stepline.service import Stepline
 
 __all__ = ["health_router", "router"]
@@ -165,7 +165,7 @@ def list_batches(service: ServiceDep) -> BatchList:
 )
 def get_batch(name: BatchName, service: ServiceDep) -> BatchDetail:
     """The current version's document, with secrets masked."""
-    return batch_detail(service.store.definition(name), service.settings.secrets())
+    return batch_detail(service.store.definition(name), service.secrets())
 
 
 @router.put(
@@ -204,7 +204,9 @@ def put_batch(
     if problem:
         raise DefinitionError([Problem(problem, source)])
     if "name" in document and document["name"] != name:
-        mismatch = f"name {document['name']!r} in the body differs from {name!r} in the path"
+        mismatch = (
+            f"name {shown(document['name'])} in the body differs from {shown(name)} in the path"
+        )
         raise DefinitionError([Problem(mismatch, source)])
     definition = parse_definition({**document, "name": name}, source=source)
     stored = service.apply(definition)
@@ -225,7 +227,7 @@ def list_instances(
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
 ) -> InstanceList:
     """Instances, newest first."""
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     found = service.store.instances(batch, status, limit)
     return InstanceList(instances=[instance_out(i, secrets) for i in found])
 
@@ -241,7 +243,7 @@ def get_instance(instance_id: InstanceId, service: ServiceDep) -> InstanceDetail
     """The instance with every step result (one per step, or per item of a mapped step)."""
     instance = service.store.instance(instance_id)
     steps = service.store.step_results(instance_id)
-    return instance_detail(instance, steps, service.settings.secrets())
+    return instance_detail(instance, steps, service.secrets())
 
 
 _ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {

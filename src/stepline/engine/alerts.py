@@ -16,6 +16,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.states import StepStatus
 from stepline.errors import Problem
 from stepline.notifiers import Alert, Notifier, notifier_from_config, notify_all
+from stepline.redact import redact_text, secret_values
 from stepline.stores.base import InstanceRecord, Store
 
 log = structlog.get_logger("stepline.alerts")
@@ -88,7 +89,9 @@ def _send(store: Store, instance: InstanceRecord, alerts: tuple[Mapping[str, Any
             failed_steps=tuple(
                 r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]" for r in failed
             ),
-            error=first_error.splitlines()[0] if first_error else None,
+            error=redact_text(first_error.splitlines()[0], secret_values(instance.params))
+            if first_error
+            else None,
             inspect_hint=f"stepline show {instance.id}   (resume: stepline retry {instance.id})",
         )
         notifiers: list[Notifier] = []

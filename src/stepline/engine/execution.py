@@ -19,6 +19,7 @@ from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
+from stepline.redact import remember_secrets, secret_values
 from stepline.stores.base import StepOutcome
 
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
@@ -47,6 +48,9 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     if args and has_templates(args):
         namespace = {"params": work.params, "results": results, "item": work.item}
         args = resolve(args, namespace)
+    # A runner may log its params or copy them anywhere: this process's log lines mask
+    # the instance's secret values from now on, whatever key or message carries them.
+    remember_secrets(secret_values(work.params))
     claimed = work.claimed
     log = _log.bind(
         batch=work.batch,
