@@ -19,9 +19,10 @@ from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
 from stepline.api.errors import install_error_handlers
+from stepline.api.health import DatabaseProbe
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
-from stepline.api.routes import health_router, router
+from stepline.api.routes import database_answers, health_router, router
 from stepline.api.security import check_token
 from stepline.logs import configure_logging
 from stepline.service import Stepline
@@ -106,6 +107,7 @@ def _build(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.probe = DatabaseProbe(lambda: database_answers(service))
     app.state.metrics = metrics or Metrics()
     app.state.metrics.watch(service.store.engine)
     install_error_handlers(app)

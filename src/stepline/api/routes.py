@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from stepline.api.dependencies import MetricsDep, ServiceDep
+from stepline.api.health import DatabaseProbe
 from stepline.api.models import (
     BATCH_NAME,
     BatchApplied,
@@ -38,7 +39,7 @@ from stepline.core.states import InstanceStatus
 from stepline.errors import DefinitionError, Problem, StoreUnavailable, shown
 from stepline.service import Stepline
 
-__all__ = ["health_router", "router"]
+__all__ = ["database_answers", "health_router", "router"]
 
 # Ids are BIGINT: a larger number would overflow the driver instead of finding nothing.
 MAX_ID = 2**63 - 1
@@ -298,7 +299,8 @@ def get_metrics(metrics: MetricsDep) -> Response:
     return Response(body, media_type=content_type)
 
 
-def _database_answers(service: Stepline) -> bool:
+def database_answers(service: Stepline) -> bool:
+    """Whether Stepline's database answers a query now (for /healthz, via DatabaseProbe)."""
     engine = service.store.engine
     try:
         # A read-only transaction: see stepline.api.metrics for why the option matters.
@@ -316,8 +318,9 @@ def _database_answers(service: Stepline) -> bool:
     tags=["operations"],
     summary="Liveness and database check (no token needed)",
 )
-def healthz(service: ServiceDep) -> Health | JSONResponse:
-    """200 ``{"status": "ok"}`` when the database answers a query, else 503."""
-    if _database_answers(service):
+def healthz(request: Request) -> Health | JSONResponse:
+    """200 ``{"status": "ok"}`` when the database answers a query, else 503 (within 2 s)."""
+    probe: DatabaseProbe = request.app.state.probe
+    if probe.answers():
         return Health(status="ok")
     return JSONResponse(Health(status="unavailable").model_dump(), status_code=503)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -104,12 +105,14 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["pool_pre_ping"] = True
-        connect_args: dict[str, Any] = {"connect_timeout": timeouts.connect}
-        if statement:
-            # PyMySQL applies the read timeout to the handshake too: keep it >= connect.
-            wait = max(statement, timeouts.connect)
-            connect_args.update(read_timeout=wait, write_timeout=wait)
-        kwargs["connect_args"] = connect_args
+        # PyMySQL times the handshake with its read timeout: the connect timeout there,
+        # then the statement timeout (see _time_mysql_statements).
+        connect = timeouts.connect
+        kwargs["connect_args"] = {
+            "connect_timeout": connect,
+            "read_timeout": connect,
+            "write_timeout": connect,
+        }
     elif backend == "postgresql":
         kwargs["pool_pre_ping"] = True
         # libpq counts whole seconds and treats 1 as 2.
@@ -138,7 +141,16 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
         raise InvalidSetting(_bad_url(url, f"cannot be used: {exc}")) from None
     if backend == "sqlite":
         _tune_sqlite(engine, statement or 30.0)
+    elif backend in ("mysql", "mariadb") and sa_url.get_driver_name() == "pymysql":
+        _time_mysql_statements(engine, statement or None)
     return engine
+
+
+def _time_mysql_statements(engine: Engine, seconds: float | None) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # PyMySQL has no public setter; it re-applies these before its next read or write.
+        dbapi_conn._read_timeout = dbapi_conn._write_timeout = seconds
 
 
 def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
@@ -160,7 +172,12 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
     def _begin(conn: Connection) -> None:
         mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
         # Straight on the driver: this runs per transaction, and on the per-step path.
-        conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
+        try:
+            conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
+        except sqlite3.OperationalError as exc:
+            # Raised in an event, SQLAlchemy would not wrap it: "database is locked" after
+            # the busy timeout must reach callers as the store's usual OperationalError.
+            raise sa.exc.OperationalError(mode, None, exc) from exc
 
 
 class SqlAlchemyStore(Store):
