@@ -116,7 +116,7 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
     elif backend == "postgresql":
         kwargs["pool_pre_ping"] = True
         # libpq counts whole seconds and treats 1 as 2.
-        connect_args = {"connect_timeout": max(2, math.ceil(timeouts.connect))}
+        connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeouts.connect))}
         if statement:
             own = f"-c statement_timeout={int(statement * 1000)}"
             given = sa_url.query.get("options")
