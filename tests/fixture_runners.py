@@ -128,3 +128,9 @@ def item_work(ctx: StepContext) -> Any:
 running: dict[str, int] = {}
 peak: dict[str, int] = {}
 healed: set[str] = set()
+
+
+def fail_with(ctx: StepContext) -> None:
+    """Fail for good with the step's ``message`` (templates resolved: it may carry params)."""
+    _count(ctx)
+    raise DoNotRetry(str(ctx.args["message"]))
