@@ -17,7 +17,9 @@ def clip(text: str, limit: int = CLIP) -> str:
 
 
 def shown(value: object, limit: int = CLIP) -> str:
-    """``repr(value)`` for an error message, clipped like :func:`clip`."""
+    """``repr(value)`` for an error message, a long string cut like :func:`clip`."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
     return clip(repr(value), limit)
 
 
@@ -40,7 +42,12 @@ class Problem:
 
     def __str__(self) -> str:
         where = ": ".join(
-            p for p in (self.source, f"step {self.step!r}" if self.step else None) if p
+            p
+            for p in (
+                clip(self.source) if self.source else None,
+                f"step {shown(self.step)}" if self.step else None,
+            )
+            if p
         )
         return f"{where}: {self.message}" if where else self.message
 

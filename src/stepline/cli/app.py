@@ -95,12 +95,20 @@ def _open(db: str | None, **kwargs: Any) -> Stepline:
 
 
 def _is_file(target: str) -> bool:
-    return target.endswith(DEFINITION_SUFFIXES) or os.sep in target or Path(target).is_file()
+    if target.endswith(DEFINITION_SUFFIXES) or os.sep in target:
+        return True
+    try:
+        return Path(target).is_file()
+    except OSError:  # e.g. a name longer than the file system allows: not a file
+        return False
 
 
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
-    folder = str((path if path.is_dir() else path.parent).resolve())
+    try:
+        folder = str((path if path.is_dir() else path.parent).resolve())
+    except OSError:
+        return  # not a readable path: loading it reports why
     if folder not in sys.path:
         sys.path.insert(1, folder)
 

@@ -338,10 +338,13 @@ def read_document(path: Path) -> object:
 
 def definition_files(path: Path) -> list[Path]:
     """A file, or every definition file directly inside a directory, sorted."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
-    if not path.exists():
-        raise DefinitionError([Problem("no such file or directory", str(path))])
+    try:
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+        if not path.exists():
+            raise DefinitionError([Problem("no such file or directory", str(path))])
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise DefinitionError([Problem(f"cannot read: {exc.strerror}", str(path))]) from None
     return [path]
 
 
