@@ -273,9 +273,32 @@ def _value_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
     candidates = {c for c in candidates if len(c) >= MIN_SECRET_LENGTH}
     if not candidates:
         return None
-    # Longest first: a secret that contains another is masked whole.
-    ordered = sorted(candidates, key=lambda c: (-len(c), c))
-    return re.compile("|".join(re.escape(c) for c in ordered))
+    return re.compile(_trie_pattern(candidates))
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One alternation of ``words`` sharing their prefixes (``ab(?:c|d)`` for abc, abd).
+
+    A flat ``abc|abd|...`` is tried word by word at every position of the text: 1,000
+    secrets cost 16 s per megabyte. Sharing prefixes, each position costs one comparison
+    per distinct first character instead. The optional groups are greedy, so a secret
+    that contains another (``abcd`` and ``abcdef``) is masked whole.
+    """
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        branches = [re.escape(c) + build(child) for c, child in sorted(node.items()) if c]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
 
 
 def _usable(secrets: Iterable[str]) -> frozenset[str]:
@@ -364,7 +387,7 @@ class _Remembered:
     params when it builds a step's context, and the log processor masks them all.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         self.lock = threading.Lock()
         self.values: dict[str, None] = {}
@@ -386,12 +409,12 @@ _remembered = _Remembered()
 
 
 def remember_secrets(values: Iterable[str]) -> None:
-    """Mask ``values`` in every log line of this process from now on (the last 1024 kept)."""
+    """Mask ``values`` in every log line of this process from now on (the last 256 kept)."""
     _remembered.add(values)
 
 
 def remembered_secrets() -> tuple[str, ...]:
-    """The values :func:`remember_secrets` was given (most recent 1024)."""
+    """The values :func:`remember_secrets` was given (most recent 256)."""
     return _remembered.snapshot
 
 

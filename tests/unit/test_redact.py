@@ -301,3 +301,9 @@ def test_the_log_processor_masks_secret_fields_and_remembered_values() -> None:
         "api_key": "***",
     }
     assert "rem-4455-zz" in remembered_secrets()
+
+
+def test_many_secrets_sharing_prefixes_are_each_masked_whole() -> None:
+    secrets = [f"tok-{i:04d}-end" for i in range(300)] + ["tok-0001", "tok-0001-end-more"]
+    text = "a tok-0001-end-more b tok-0299-end c tok-0001 d tok-0300-end"
+    assert redact_text(text, secrets) == "a *** b *** c *** d tok-0300-end"
