@@ -74,7 +74,7 @@ def create_app_from_env() -> FastAPI:
     """
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
-    check_token(settings.api_token.get_secret_value() if settings.api_token else None)
+    check_token(settings.api_token.get_secret_value() if settings.api_token is not None else None)
     # PUT validates that runners import, from the current directory as the CLI does.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
