@@ -77,7 +77,8 @@ def _errors() -> Iterator[None]:
         yield
     except DefinitionError as exc:
         for problem in exc.problems:
-            err.print(f"[red]error[/]: {escape(str(problem))}")
+            shown_problem = redact_text(str(problem), remembered_secrets())
+            err.print(f"[red]error[/]: {escape(shown_problem)}")
         raise typer.Exit(2) from None
     except (NotFound, Conflict, InvalidSetting) as exc:
         _fail(str(exc), 2)
