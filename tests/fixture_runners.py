@@ -157,6 +157,12 @@ def open_gate(ctx: StepContext) -> Any:
     return {"step": ctx.step, "upstream": sorted(ctx.results)}
 
 
+def fail_with(ctx: StepContext) -> None:
+    """Fail for good with the step's ``message`` (templates resolved: it may carry params)."""
+    _count(ctx)
+    raise DoNotRetry(str(ctx.args["message"]))
+
+
 def _unstorable_value(kind: str, args: Any) -> Any:
     if kind == "deep":
         value: list[Any] = []

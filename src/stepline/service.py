@@ -25,9 +25,10 @@ from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
 from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
 from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
+from stepline.redact import add_secret_names, remember_secrets, url_secrets
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StoredDefinition
-from stepline.stores.sqlalchemy import SqlAlchemyStore
+from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts
 
 log = structlog.get_logger("stepline")
 _ALERT_SWEEP_SECONDS = 5.0
@@ -44,7 +45,12 @@ class Stepline:
         store: SqlAlchemyStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.store = store or SqlAlchemyStore(db or self.settings.db)
+        url = store.url if store is not None else db or self.settings.db
+        add_secret_names(self.settings.secret_name_list())
+        self._secrets = list(dict.fromkeys([*self.settings.secrets(), *url_secrets(url)]))
+        remember_secrets(self._secrets)  # for log lines, which carry no list of their own
+        timeouts = Timeouts(self.settings.db_connect_timeout, self.settings.db_statement_timeout)
+        self.store = store or SqlAlchemyStore(url, timeouts=timeouts)
         self.store.initialize()
         self._dispatcher = dispatcher
         self._listener = listener
@@ -70,6 +76,10 @@ class Stepline:
                 max_result_bytes=self.settings.max_result_bytes,
             )
         return self._orchestrator
+
+    def secrets(self) -> list[str]:
+        """The secret values of settings and of the database URL in use, for redaction."""
+        return list(self._secrets)
 
     def close(self) -> None:
         if self._orchestrator is not None:

@@ -19,6 +19,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.states import StepStatus
 from stepline.errors import Problem
 from stepline.notifiers import Alert, notifier_from_config, notify_all
+from stepline.redact import redact_text, secret_values
 from stepline.stores.base import PendingAlert, Store
 
 log = structlog.get_logger("stepline.alerts")
@@ -112,7 +113,9 @@ def _send(store: Store, pending: PendingAlert) -> str | None:
         failed_steps=tuple(
             r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]" for r in failed
         ),
-        error=first_error.splitlines()[0] if first_error else None,
+        error=redact_text(first_error.splitlines()[0], secret_values(instance.params))
+        if first_error
+        else None,
         inspect_hint=f"stepline show {instance.id}   (resume: stepline retry {instance.id})",
     )
     errors = notify_all([notifier], alert, bound)
