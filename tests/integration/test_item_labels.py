@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.console import Console
 import fixture_runners as fr
 from stepline import InstanceStatus, batch
 from stepline.cli.progress import Progress
-from stepline.engine.alerts import send_alerts, step_names
+from stepline.engine.alerts import step_names
 from stepline.service import Stepline
 
 FARMS = [{"farm_id": f"F00{n}", "lat": 30 + n} for n in range(1, 6)]
@@ -46,7 +47,13 @@ def app(tmp_path: Path, forward: _Forward) -> Iterator[Stepline]:
         yield service
 
 
-def _run(app: Stepline, items: list[Any], fail: list[Any], **map_options: Any) -> Any:
+def _run(
+    app: Stepline,
+    items: list[Any],
+    fail: list[Any],
+    alerts: list[dict[str, Any]] | None = None,
+    **map_options: Any,
+) -> Any:
     steps = [
         {"key": "list_farms", "runner": "fixture_runners:work", "with": {"value": items},
          "next_steps": ["collect_weather"]},
@@ -54,7 +61,7 @@ def _run(app: Stepline, items: list[Any], fail: list[Any], **map_options: Any) -
          "with": {"fail_items": fail}, "retry": {"attempts": 2, "backoff": "10ms"},
          "map": {"over": "list_farms", "concurrency": 2, **map_options}},
     ]  # fmt: skip
-    stored = app.apply(batch(f"l{uuid.uuid4().hex[:10]}", steps))
+    stored = app.apply(batch(f"l{uuid.uuid4().hex[:10]}", steps, alerts=alerts or []))
     instance, _ = app.trigger(stored.name, owned=True)
     return app.run_instance(instance.id)
 
@@ -97,13 +104,14 @@ def test_a_scalar_item_names_itself_and_a_mapping_falls_back_to_its_position(
 
 def test_an_alert_names_the_failed_items(app: Stepline, httpserver: HTTPServer) -> None:
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
-    final = _run(app, FARMS, FAILING, label="farm {{ item.farm_id }}")
+    hook = [{"type": "webhook", "url": httpserver.url_for("/hook")}]
 
-    thread = send_alerts(
-        app.store, final, ({"type": "webhook", "url": httpserver.url_for("/hook")},), wait=True
-    )
+    final = _run(app, FARMS, FAILING, alerts=hook, label="farm {{ item.farm_id }}")
 
-    assert thread is not None
+    assert final.status is InstanceStatus.FAILED
+    deadline = time.monotonic() + 20
+    while not httpserver.log and time.monotonic() < deadline:
+        time.sleep(0.05)
     ((request, _),) = httpserver.log
     text = json.dumps(json.loads(request.data), ensure_ascii=False)
     assert "collect_weather[farm F002]" in text and "collect_weather[farm F004]" in text
