@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from stepline import batch, step
 from stepline.service import Stepline
-from stepline.stores.migrations import VERSION_TABLE, current_revision, head_revision
+from stepline.stores.migrations import (
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
 from stepline.stores.schema import metadata
 from stepline.stores.sqlalchemy import SqlAlchemyStore
 
@@ -87,7 +93,10 @@ def test_a_database_of_the_previous_release_keeps_working_with_its_data(db_url: 
     instance_id = _store_with_an_instance(db_url)
     engine = sa.create_engine(db_url)
     try:
-        # Back to what the previous release left: revision 0001 in the default table.
+        # Back to what the previous release left: the schema of revision 0001, with that
+        # revision in the default table.
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0001")
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
             conn.execute(
