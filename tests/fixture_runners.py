@@ -86,21 +86,27 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
             if engine.dialect.name == "postgresql":
                 # Only sessions on this test's own database (the server is shared).
                 sql = (
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid()"
+                    "SELECT pid, xact_start FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
                 )
             else:
                 # Only connections using this test's own database (the server is shared),
-                # idle inside a transaction, as on PostgreSQL: a heartbeat that happens to
-                # be executing right now is not a transaction held open.
+                # idle inside a transaction, as on PostgreSQL.
                 sql = (
-                    "SELECT count(*) FROM information_schema.innodb_trx t"
+                    "SELECT t.trx_mysql_thread_id, t.trx_started"
+                    " FROM information_schema.innodb_trx t"
                     " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
                     " WHERE p.db = DATABASE() AND p.command = 'Sleep'"
                     " AND t.trx_mysql_thread_id <> CONNECTION_ID()"
                 )
-            return {"open_transactions": int(conn.exec_driver_sql(sql).scalar_one())}
+            # Held open means still open, the same transaction, a moment later: a heartbeat
+            # caught between two of its statements is not counted.
+            first = {tuple(row) for row in conn.exec_driver_sql(sql)}
+            conn.rollback()
+            time.sleep(0.3)
+            second = {tuple(row) for row in conn.exec_driver_sql(sql)}
+            return {"open_transactions": len(first & second)}
     finally:
         engine.dispose()
 
