@@ -334,7 +334,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Files or director
     with _errors():
         for path in paths:
             _add_import_path(path)
-            if path.is_dir() and not definition_files(path):
+            if not definition_files(path):  # a directory without any
                 _fail(f"{path}: no .yaml, .yml or .json definition under this directory", 2)
             for file, result in load_definitions(path):
                 problems = (
