@@ -43,3 +43,7 @@ class Conflict(SteplineError):
 
 class StoreUnavailable(SteplineError):
     """The database cannot be reached; nothing was written by the failed call."""
+
+
+class ConfigurationError(SteplineError):
+    """A setting, or a combination of settings, that Stepline cannot run with."""

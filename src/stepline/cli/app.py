@@ -26,7 +26,13 @@ from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
 from stepline.core.states import InstanceStatus
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import StepEvent
-from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
+from stepline.errors import (
+    ConfigurationError,
+    Conflict,
+    DefinitionError,
+    NotFound,
+    StoreUnavailable,
+)
 from stepline.logs import configure_logging
 from stepline.service import Stepline
 from stepline.settings import Settings
@@ -58,9 +64,23 @@ Params = Annotated[
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
-    settings = Settings()
+    settings = _settings()
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
+
+
+def _settings() -> Settings:
+    """Settings from the environment; an invalid value ends the command with exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "STEPLINE_" + "__".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error[/]: invalid setting {name}: {escape(message)}")
+        raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -71,7 +91,7 @@ def _errors() -> Iterator[None]:
         for problem in exc.problems:
             err.print(f"[red]error[/]: {escape(str(problem))}")
         raise typer.Exit(2) from None
-    except (NotFound, Conflict) as exc:
+    except (NotFound, Conflict, ConfigurationError) as exc:
         _fail(str(exc), 2)
     except StoreUnavailable as exc:
         _fail(str(exc), 3)
@@ -240,6 +260,47 @@ def serve(
             ticker.join()
             driver.join()
         out.print("stopped; unfinished instances are left for recovery")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues to take steps from (default: STEPLINE_QUEUE)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CPU count)")
+    ] = None,
+    db: Db = None,
+) -> None:
+    """A Celery worker: claims, runs and records steps and advances the DAG itself."""
+    from stepline.core.definition import QUEUE_PATTERN
+    from stepline.dispatchers.celery import run_worker
+    from stepline.stores.sqlalchemy import SqlAlchemyStore
+
+    settings = _settings().model_copy(update={"dispatcher": "celery"})
+    names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_PATTERN.match(q)]
+    if not names or bad:
+        _fail(f"--queues {queues!r}: give queue names of letters, digits, '_', '-', '.', ':'", 2)
+    url = db or settings.db
+    with _errors(), _open(db, settings=settings):
+        pass  # refuses SQLite or a missing broker; brings the schema up to date
+    out.print(f"stepline worker on queues {', '.join(names)}")
+    run_worker(
+        lambda: SqlAlchemyStore(url),
+        settings.broker(),
+        queues=names,
+        default_queue=settings.queue,
+        concurrency=concurrency or os.cpu_count() or 1,
+        lease_seconds=settings.lease_seconds,
+        visibility_timeout=settings.broker_visibility_timeout,
+        loglevel=settings.log_level.upper(),
+    )
 
 
 @app.command()

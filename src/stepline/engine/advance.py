@@ -51,6 +51,7 @@ def advance(
     params: Mapping[str, Any],
     running_items: Mapping[str, int] | None = None,
     settle_pending: bool = False,
+    handoff: bool = False,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
@@ -58,15 +59,19 @@ def advance(
     unfinished step can be finalised here. ``running_items`` counts the items of each
     mapped step the caller is running, for the step's ``concurrency``. With
     ``settle_pending`` (a new owner taking the instance) pending steps with nothing left
-    upstream, roots and steps reset by a retry, are decided first.
+    upstream, roots and steps reset by a retry, are decided first. With ``handoff`` the
+    claimed steps are left without an owner, for a broker to deliver to whichever worker
+    picks them up first.
     """
     done = Advance()
+    claimer = None if handoff else owner
     items_done: Counter[str] = Counter()
     item_keys: set[str] = set()
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
-        if not o.succeeded and o.retryable and o.tries < policy.attempts:
+        allowed = max(policy.attempts, 2) if o.lost else policy.attempts
+        if not o.succeeded and o.retryable and o.tries < allowed:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue
@@ -92,10 +97,10 @@ def advance(
         initial = []
         claimed: list[ClaimedStep] = []
         if to_run:
-            claimed = tx.start(to_run, max(slots, 0), owner, now=now)
+            claimed = tx.start(to_run, max(slots, 0), claimer, now=now)
             look_for_queued = look_for_queued or len(claimed) < len(to_run)
         if slots - len(claimed) > 0 and (look_for_queued or done.queued_more):
-            claimed += tx.claim(slots - len(claimed), owner, now=now)
+            claimed += tx.claim(slots - len(claimed), claimer, now=now)
             look_for_queued = False
         frontier = []
         for c in claimed:
@@ -117,7 +122,7 @@ def advance(
         assert spec is not None
         limit = min(slots, spec.concurrency - running.get(key, 0))
         if limit > 0:
-            items = tx.claim_items(key, limit, owner, now=now)
+            items = tx.claim_items(key, limit, claimer, now=now)
             done.claimed.extend(items)
             slots -= len(items)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -20,11 +20,15 @@ from stepline.core.states import InstanceStatus, StepStatus
 from stepline.errors import NotFound, StoreUnavailable
 from stepline.stores.base import (
     AttemptRecord,
+    ClaimedStep,
     InstanceRecord,
     InstanceTransaction,
+    InstanceWatch,
+    RunningStep,
     StepResultRecord,
     Store,
     StoredDefinition,
+    iter_chunks,
 )
 from stepline.stores.hotpath import HotStatement
 from stepline.stores.schema import (
@@ -450,6 +454,70 @@ class SqlAlchemyStore(Store):
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
             yield SqlInstanceTransaction(conn, instance)
+
+    def pickup(
+        self, row_id: int, attempt: int, owner: str
+    ) -> tuple[InstanceRecord, ClaimedStep] | None:
+        now = utcnow()
+        with self._write() as conn:
+            taken = conn.execute(
+                sa.update(R)
+                .where(
+                    R.c.id == row_id,
+                    R.c.attempt == attempt,
+                    R.c.status == StepStatus.RUNNING.value,
+                    R.c.owner_id.is_(None),
+                )
+                .values(owner_id=owner, started_at=now)
+            ).rowcount
+            if not taken:
+                return None
+            row = conn.execute(
+                sa.select(
+                    R.c.batch_instance_id, R.c.step_key, R.c.map_index, R.c.first_attempt
+                ).where(R.c.id == row_id)
+            ).one()
+            found = conn.execute(sa.select(BI).where(BI.c.id == row.batch_instance_id)).one()
+            claimed = ClaimedStep(
+                row_id, row.step_key, row.map_index, attempt, now, row.first_attempt
+            )
+            return self._instance(conn, found), claimed
+
+    def running_steps(self, instance_ids: Sequence[int]) -> list[RunningStep]:
+        out: list[RunningStep] = []
+        with self._read() as conn:
+            for chunk in iter_chunks(list(instance_ids), 500):
+                query = sa.select(
+                    R.c.batch_instance_id, R.c.id, R.c.step_key, R.c.map_index, R.c.attempt,
+                    R.c.first_attempt, R.c.owner_id, R.c.started_at,
+                ).where(
+                    R.c.batch_instance_id.in_(chunk), R.c.status == StepStatus.RUNNING.value
+                )  # fmt: skip
+                out.extend(RunningStep(*r) for r in conn.execute(query))
+        return out
+
+    def watch(self, instance_ids: Sequence[int]) -> dict[int, InstanceWatch]:
+        available = sa.func.coalesce(R.c.available_at, R.c.created_at, type_=UtcDateTime())
+        nxt = (
+            sa.select(sa.func.min(available, type_=UtcDateTime()))
+            .where(
+                R.c.batch_instance_id == BI.c.id,
+                R.c.status == StepStatus.QUEUED.value,
+                sa.or_(R.c.map_index < 0, R.c.available_at.is_not(None)),
+            )
+            .scalar_subquery()
+        )
+        out: dict[int, InstanceWatch] = {}
+        with self._read() as conn:
+            for chunk in iter_chunks(list(instance_ids), 500):
+                query = sa.select(BI.c.id, BI.c.status, BI.c.cancel_requested, nxt).where(
+                    BI.c.id.in_(chunk)
+                )
+                for iid, status, cancel, at in conn.execute(query):
+                    if at is not None and at.tzinfo is None:
+                        at = at.replace(tzinfo=UTC)
+                    out[iid] = InstanceWatch(InstanceStatus(status), bool(cancel), at)
+        return out
 
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
