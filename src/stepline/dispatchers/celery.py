@@ -108,6 +108,7 @@ class CeleryDispatcher(RemoteDispatcher):
         visibility_timeout: float = 3600.0,
         app: Celery | None = None,
     ) -> None:
+        self._own_app = app is None
         if app is None:
             assert broker_url is not None
             app = celery_app(broker_url, queue=queue, visibility_timeout=visibility_timeout)
@@ -187,6 +188,8 @@ class CeleryDispatcher(RemoteDispatcher):
             pending, self._unsent = self._unsent, []
         if pending and self._publish(pending):
             log.warning("steps left unsent at exit; the owner of their instance resends them")
+        if self._own_app:
+            self.app.close()
 
 
 # -- the worker -------------------------------------------------------------------------
