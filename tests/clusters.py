@@ -92,10 +92,15 @@ class Cluster:
         return env
 
     def start_worker(
-        self, concurrency: int = 4, queues: Sequence[str] | None = None, wait: bool = True
+        self,
+        concurrency: int = 4,
+        queues: Sequence[str] | None = None,
+        wait: bool = True,
+        cwd: Path = TESTS,
     ) -> subprocess.Popen[bytes]:
         """``stepline worker`` in its own process group; returns once its processes registered."""
         store = SqlAlchemyStore(self.db_url)
+        store.initialize()
         before = {w[0] for w in store.workers() if w[3]}
         log = self.calls_dir.parent / f"worker-{len(self.workers)}.log"
         args = [str(STEPLINE), "worker", "--concurrency", str(concurrency)]
@@ -104,7 +109,7 @@ class Cluster:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 args,
-                cwd=TESTS,
+                cwd=cwd,
                 env=self.env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,

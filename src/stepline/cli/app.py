@@ -80,7 +80,7 @@ def _settings() -> Settings:
             name = "STEPLINE_" + "__".join(str(p) for p in error["loc"]).upper()
             message = str(error["msg"]).removeprefix("Value error, ")
             err.print(f"[red]error[/]: invalid setting {name}: {escape(message)}")
-        raise typer.Exit(2) from None
+        raise SystemExit(2) from None
 
 
 @contextmanager

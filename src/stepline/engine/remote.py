@@ -470,11 +470,20 @@ class RemoteOrchestrator(Orchestrator):
             for r in self.store.step_results(instance_id):
                 state = (r.status, r.attempt)
                 key = (r.step_key, r.map_index)
-                if seen.get(key) == state:
+                before = seen.get(key)
+                if before == state:
                     continue
                 seen[key] = state
                 if r.status is StepStatus.PENDING:
                     continue
+                ran = r.status.is_final and r.started_at is not None and r.attempt > 0
+                if ran and before != (StepStatus.RUNNING, r.attempt):
+                    # Polling can miss a short attempt; it ran, so say so, as direct does.
+                    self.listener(
+                        StepEvent(
+                            instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now
+                        )
+                    )
                 self.listener(
                     StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now)
                 )

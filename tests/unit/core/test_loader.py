@@ -658,3 +658,24 @@ def test_definition_lookup_by_key() -> None:
     assert definition.step("check").next_steps == ("run_report",)
     with pytest.raises(KeyError):
         definition.step("ghost")
+
+
+# --- queues (celery dispatcher) ----------------------------------------------------------------
+
+
+def test_a_step_queue_overrides_the_batch_queue() -> None:
+    definition = parse_definition(
+        minimal(s("a", "b", queue="oracle-dmz"), s("b"), queue="default.q"), "demo.yaml"
+    )
+    assert definition.queue_of("a") == "oracle-dmz"
+    assert definition.queue_of("b") == "default.q"
+    assert parse_definition(minimal(s("a"))).queue_of("a") is None
+    again = parse_definition(definition.to_document())
+    assert again == definition and again.to_document()["queue"] == "default.q"
+
+
+@pytest.mark.parametrize("bad", ["has space", "", 7, "x" * 101, "semi;colon"])
+def test_an_invalid_queue_is_refused_with_its_name(bad: object) -> None:
+    problems = problems_of(minimal(s("a", queue=bad), queue=bad))
+    assert [p.step for p in problems] == [None, "a"]
+    assert all(f"queue {bad!r} must be 1-100 characters" in p.message for p in problems)
