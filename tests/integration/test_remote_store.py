@@ -79,7 +79,7 @@ def test_claims_are_handed_over_without_an_owner_and_picked_up_once(store: SqlAl
     assert store.pickup(message.row_id, 0, "w:1:a") is None, "a stale attempt was picked up"
     assert store.pickup(message.row_id, 2, "w:1:a") is None, "an unknown attempt was picked up"
     picked = store.pickup(message.row_id, 1, "w:1:a")
-    assert picked is not None and picked[1].step_key == "a" and picked[0].id == iid
+    assert picked is not None and picked[1].step_key == "a" and picked[0] == iid
     assert store.pickup(message.row_id, 1, "w:2:b") is None, "a duplicate delivery was picked up"
     assert [r.owner_id for r in store.running_steps([iid])] == ["w:1:a"]
     owner.close()
@@ -163,7 +163,7 @@ def test_watch_reports_due_retries_and_the_cancel_flag(store: SqlAlchemyStore) -
     job = StepJob(store, "w:1:a")
     picked = store.pickup(message.row_id, 1, "w:1:a")
     assert picked is not None
-    instance, claimed = picked
+    instance, claimed = store.instance(picked[0]), picked[1]
     now = datetime.now(UTC)
     failure = StepOutcome(claimed.row_id, "a", -1, 1, False, None, "boom", now, now)
     assert job.record(instance, store.definition_for(instance), failure) == []

@@ -128,7 +128,7 @@ def advance(
 
     if idle and not done.claimed:
         if tx.has_unfinished():
-            if done.retry_at is None:
+            if done.retry_at is None and not handoff:  # with handoff the owner polls for it
                 done.retry_at = tx.next_available_at()
         else:
             done.final = instance_outcome(tx.step_statuses().values())

@@ -131,6 +131,9 @@ class StepJob:
         self.store = store
         self.owner = owner
         self._items: dict[tuple[int, str], list[Any]] = {}
+        self._definitions: dict[tuple[str, int], BatchDefinition] = {}
+        self._instances: dict[int, InstanceRecord] = {}
+        self._results: dict[tuple[int, str], Any] = {}
 
     def __call__(
         self,
@@ -152,8 +155,9 @@ class StepJob:
                 attempt=attempt,
             )
             return []
-        instance, claimed = picked
-        definition = self.store.definition(instance.batch, instance.definition_version).definition
+        instance_id, claimed = picked
+        instance = self._instance(instance_id)
+        definition = self._definition(instance)
         step = definition.step(claimed.step_key)
         work = StepWork(
             instance_id=instance.id,
@@ -175,6 +179,42 @@ class StepJob:
             result = outcome(work, started, error=exc)
         return self.record(instance, definition, result)
 
+    def _instance(self, instance_id: int) -> InstanceRecord:
+        """Batch, version and params of an instance never change: read once per process."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            if len(self._instances) > 256:
+                self._instances.clear()
+            instance = self._instances[instance_id] = self.store.instance(instance_id)
+        return instance
+
+    def _load(self, instance_id: int, keys: tuple[str, ...]) -> dict[str, Any]:
+        """Upstream results; a succeeded step's result never changes, so each is read once
+        per process (a retry in place resets only steps that did not succeed)."""
+        found = {
+            k: self._results[(instance_id, k)] for k in keys if (instance_id, k) in self._results
+        }
+        missing = [k for k in keys if k not in found]
+        if missing:
+            loaded = self.store.results_for(instance_id, missing)
+            if len(self._results) > 1024:
+                self._results.clear()
+            for key, value in loaded.items():
+                self._results[(instance_id, key)] = value
+            found.update(loaded)
+        return found
+
+    def _definition(self, instance: InstanceRecord) -> BatchDefinition:
+        """Versions never change, so each is read (and parsed) once per process."""
+        key = (instance.batch, instance.definition_version)
+        definition = self._definitions.get(key)
+        if definition is None:
+            if len(self._definitions) > 256:
+                self._definitions.clear()
+            stored = self.store.definition(instance.batch, instance.definition_version)
+            definition = self._definitions[key] = stored.definition
+        return definition
+
     def _item(self, instance: InstanceRecord, step: StepDefinition, claimed: ClaimedStep) -> Any:
         assert step.map is not None
         key = (instance.id, step.key)
@@ -182,14 +222,14 @@ class StepJob:
         if items is None:
             if len(self._items) > 64:
                 self._items.clear()
-            results = self.store.results_for(instance.id, [step.map.over])
+            results = self._load(instance.id, (step.map.over,))
             items = self._items[key] = map_items(step, instance.params, results)
         return items[claimed.map_index]
 
     def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
         started = datetime.now(UTC)
         try:
-            context = build_context(work, self.store.results_for)
+            context = build_context(work, self._load)
             runner = runner_for(work.step.runner)
             if not is_async(work.step.runner):
                 value = runner(context)
@@ -274,7 +314,7 @@ class RemoteOrchestrator(Orchestrator):
         poll_seconds: float = 1.0,
         listener: Listener | None = None,
         watch_seconds: float = 0.05,
-        redispatch_seconds: float = 60.0,
+        redispatch_seconds: float = 300.0,
     ) -> None:
         super().__init__(
             store,

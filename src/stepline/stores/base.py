@@ -353,15 +353,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def pickup(
-        self, row_id: int, attempt: int, owner: str
-    ) -> tuple[InstanceRecord, ClaimedStep] | None:
+    def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
         """A worker takes an attempt that was handed to a broker; one short transaction.
 
         Fenced on (row, attempt, ``running``, no owner yet): only the first delivery of an
         attempt gets it, so a duplicate, a late redelivery or a message of an attempt that
-        was since recovered, cancelled or retried returns None and must run nothing. The
-        row's ``started_at`` becomes now (the runner starts).
+        was since recovered, cancelled or retried returns None and must run nothing.
+        Returns the instance id and the claimed step; the row's ``started_at`` becomes now.
         """
 
     @abstractmethod
