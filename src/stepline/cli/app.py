@@ -280,7 +280,7 @@ def worker(
     """A Celery worker: claims, runs and records steps and advances the DAG itself."""
     from stepline.core.definition import QUEUE_PATTERN
     from stepline.dispatchers.celery import run_worker
-    from stepline.stores.sqlalchemy import SqlAlchemyStore
+    from stepline.stores.sqlalchemy import SqlAlchemyStore, create_engine
 
     settings = _settings().model_copy(update={"dispatcher": "celery"})
     names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
@@ -292,7 +292,8 @@ def worker(
         pass  # refuses SQLite or a missing broker; brings the schema up to date
     out.print(f"stepline worker on queues {', '.join(names)}")
     run_worker(
-        lambda: SqlAlchemyStore(url),
+        # The worker retries a failed transaction, so connections need no ping per checkout.
+        lambda: SqlAlchemyStore(url, engine=create_engine(url, pre_ping=False)),
         settings.broker(),
         queues=names,
         default_queue=settings.queue,

@@ -53,9 +53,12 @@ R = batch_step_result
 BI = batch_instance
 
 
-def create_engine(url: str) -> Engine:
+def create_engine(url: str, *, pre_ping: bool = True) -> Engine:
     """An engine tuned per database: WAL and IMMEDIATE transactions on SQLite,
-    READ COMMITTED on MariaDB/MySQL, psycopg 3 for a bare ``postgresql://`` URL."""
+    READ COMMITTED on MariaDB/MySQL, psycopg 3 for a bare ``postgresql://`` URL.
+
+    Without ``pre_ping`` a checkout costs no round trip; for callers that retry a failed
+    transaction anyway (a Celery worker), since a dropped connection fails only once."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     elif url.startswith("mysql://") or url.startswith("mariadb://"):
@@ -69,9 +72,9 @@ def create_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
-        kwargs["pool_pre_ping"] = True
+        kwargs["pool_pre_ping"] = pre_ping
     else:
-        kwargs["pool_pre_ping"] = True
+        kwargs["pool_pre_ping"] = pre_ping
     engine = sa.create_engine(sa_url, **kwargs)
     if backend == "sqlite":
         _tune_sqlite(engine)
@@ -488,7 +491,7 @@ class SqlAlchemyStore(Store):
             self._pickups = sa.create_engine(
                 self.engine.url,
                 isolation_level="AUTOCOMMIT",
-                pool_pre_ping=True,
+                pool_pre_ping=self.engine.pool._pre_ping,
                 pool_size=1,
                 connect_args={"options": "-c synchronous_commit=off"},
             )
