@@ -132,7 +132,7 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
     try:
-        final = service.run_instance(instance_id)
+        final = service.run_instance(instance_id, on_wait=lambda text: err.print(escape(text)))
     except KeyboardInterrupt:
         progress.close()
         err.print(
@@ -141,6 +141,8 @@ def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
         )
         raise typer.Exit(130) from None
     progress.close()
+    if final.status is InstanceStatus.CANCELLED and (final.error or "").startswith("skipped:"):
+        _fail(f"instance {final.id} of {final.batch} was not run: {final.error}", 2)
     colour = "green" if final.status is InstanceStatus.SUCCEEDED else "red"
     out.print(
         f"instance {final.id} of {final.batch} [{colour}]{final.status.value}[/] "
@@ -300,6 +302,7 @@ def worker(
         concurrency=concurrency or os.cpu_count() or 1,
         lease_seconds=settings.lease_seconds,
         visibility_timeout=settings.broker_visibility_timeout,
+        max_result_bytes=settings.max_result_bytes,
         loglevel=settings.log_level.upper(),
     )
 

@@ -206,7 +206,7 @@ class _Worker:
     stop: threading.Event
 
 
-_setup: tuple[Callable[[], Store], Celery, str, float] | None = None
+_setup: tuple[Callable[[], Store], Celery, str, float, int | None] | None = None
 _worker: _Worker | None = None
 
 
@@ -222,13 +222,12 @@ def _start_child(**_: Any) -> None:
     """In each worker process: its own connections, its own owner id and lease."""
     global _worker
     assert _setup is not None
-    make_store, app, queue, lease_seconds = _setup
+    make_store, app, queue, lease_seconds, max_result_bytes = _setup
     store = make_store()
     owner = process_owner_id()
     stop = threading.Event()
-    _worker = _Worker(
-        store, owner, StepJob(store, owner), CeleryDispatcher(app=app, queue=queue), stop
-    )
+    job = StepJob(store, owner, max_result_bytes=max_result_bytes)
+    _worker = _Worker(store, owner, job, CeleryDispatcher(app=app, queue=queue), stop)
     store.heartbeat(owner, lease_seconds)
     threading.Thread(
         target=_heartbeat, args=(store, owner, lease_seconds, stop), daemon=True
@@ -266,12 +265,13 @@ def run_worker(
     concurrency: int,
     lease_seconds: float,
     visibility_timeout: float,
+    max_result_bytes: int | None = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker (prefork, ``concurrency`` processes) until it is stopped."""
     global _setup
     app = celery_app(broker_url, queue=default_queue, visibility_timeout=visibility_timeout)
-    _setup = (make_store, app, default_queue, lease_seconds)
+    _setup = (make_store, app, default_queue, lease_seconds, max_result_bytes)
     signals.worker_process_init.connect(_start_child, weak=False)
     signals.worker_process_shutdown.connect(_stop_child, weak=False)
     app.worker_main(

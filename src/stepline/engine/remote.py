@@ -127,9 +127,13 @@ def timed_out(work: StepWork, started: datetime) -> StepOutcome:
 class StepJob:
     """A worker process's whole job for one message: pick up, run, record, advance."""
 
-    def __init__(self, store: Store, owner: str) -> None:
+    def __init__(self, store: Store, owner: str, *, max_result_bytes: int | None = None) -> None:
         self.store = store
         self.owner = owner
+        limit = store.payload_limit()
+        if max_result_bytes is None or (limit is not None and limit < max_result_bytes):
+            max_result_bytes = limit
+        self.max_result_bytes = max_result_bytes
         self._items: dict[tuple[int, str], list[Any]] = {}
         self._definitions: dict[tuple[str, int], BatchDefinition] = {}
         self._instances: dict[int, InstanceRecord] = {}
@@ -167,6 +171,7 @@ class StepJob:
             params=instance.params,
             results={},
             missing_results=definition.graph.predecessors.get(step.key, ()),
+            max_result_bytes=self.max_result_bytes,
         )
         started = datetime.now(UTC)
         try:
@@ -399,7 +404,9 @@ class RemoteOrchestrator(Orchestrator):
         due = self._next_heartbeat - time.monotonic()
         return max(0.0, min(self.watch_seconds, due))
 
-    def _advance(self, active: _Active, outcomes: list[StepOutcome]) -> None:
+    def _advance(self, active: _Active, outcomes: list[StepOutcome], *, split: bool = True) -> None:
+        """Record lost attempts (the only outcomes the owner sees), claim what is due and send
+        it. An error leaves everything as stored; the next look at the instance retries."""
         instance_id = active.instance.id
         definition = active.definition
         mapped = any(s.map is not None for s in definition.steps)
