@@ -382,15 +382,23 @@ class RemoteOrchestrator(Orchestrator):
         except queue.Empty:
             pass
         ids = list(self._active)
+        failure: BaseException | None = None
         if ids:
-            now = datetime.now(UTC)
+            now, clock = datetime.now(UTC), time.monotonic()
             for instance_id, seen in self.store.watch(ids).items():
                 active = self._active.get(instance_id)
                 if active is None:
                     continue
                 due = seen.next_available_at is not None and seen.next_available_at <= now
+                if due and active.wake_at is not None and active.wake_at > clock:
+                    due = False  # due but not claimable (a full map): look again shortly
                 if seen.status.is_final or seen.cancel_requested or due:
-                    self._advance(active, [])
+                    try:  # one instance's failure must not stop the others
+                        self._advance(active, [])
+                    except Exception as exc:
+                        failure = failure or exc
+        if failure is not None:
+            raise failure
         clock = time.monotonic()
         if self.listener is not None and clock >= self._next_progress:
             self._next_progress = clock + 0.2
@@ -440,6 +448,7 @@ class RemoteOrchestrator(Orchestrator):
         if done.final is not None:
             self._end(active)
             return
+        active.wake_at = None if done.claimed else time.monotonic() + self.poll_seconds / 2
         self.dispatcher.send([message_for(definition, instance_id, c) for c in done.claimed])
 
     def _end(self, active: _Active) -> None:
