@@ -422,39 +422,39 @@ class RemoteOrchestrator(Orchestrator):
             if tx.instance.owner_id != self.owner:
                 self._lose(active)
                 return
-            if tx.instance.status.is_final:
-                self._end(active)
-                return
-            if tx.instance.cancel_requested:
+            ended = tx.instance.status if tx.instance.status.is_final else None
+            if ended is None and tx.instance.cancel_requested:
                 self._cancel(active, tx)
                 self._progress([instance_id])
                 return
-            done = advance(
-                tx,
-                definition,
-                outcomes,
-                owner=self.owner,
-                now=datetime.now(UTC),
-                slots=0 if self.draining else MAX_CLAIM,
-                look_for_queued=True,
-                results={},
-                idle=True,
-                params=active.instance.params,
-                running_items=tx.running_items([o.row_id for o in outcomes]) if mapped else {},
-                settle_pending=active.settle_pending,
-                handoff=True,
-            )
+            if ended is None:
+                done = advance(
+                    tx,
+                    definition,
+                    outcomes,
+                    owner=self.owner,
+                    now=datetime.now(UTC),
+                    slots=0 if self.draining else MAX_CLAIM,
+                    look_for_queued=True,
+                    results={},
+                    idle=True,
+                    params=active.instance.params,
+                    running_items=tx.running_items([o.row_id for o in outcomes]) if mapped else {},
+                    settle_pending=active.settle_pending,
+                    handoff=True,
+                )
+                ended = done.final
         active.settle_pending = False
-        if done.final is not None:
-            self._end(active)
+        if ended is not None:  # by a worker, or just now
+            self._end(active, ended)
             return
         active.wake_at = None if done.claimed else time.monotonic() + self.poll_seconds / 2
         self.dispatcher.send([message_for(definition, instance_id, c) for c in done.claimed])
 
-    def _end(self, active: _Active) -> None:
+    def _end(self, active: _Active, final: InstanceStatus) -> None:
         self._progress([active.instance.id])
         self._seen.pop(active.instance.id, None)
-        self._finish(active)
+        self._finish(active, final)
 
     def _sweep(self, instance_ids: Sequence[int], *, resend_all: bool = False) -> None:
         """Lost attempts of dead workers go through advance(); attempts that no worker
