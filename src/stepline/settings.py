@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from stepline.errors import InvalidSetting
 
 # The dispatchers this release can run steps with; a new one is one more name here.
-DISPATCHERS = ("direct",)
+DISPATCHERS = ("direct", "celery")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("console", "json")
 # Values safe to repeat in an error message (the others may be URLs with passwords).
@@ -30,10 +30,10 @@ class SettingsError(InvalidSetting):
         super().__init__("; ".join(problems))
 
 
-def _one_of(value: str, valid: tuple[str, ...]) -> str:
+def _one_of(what: str, value: str, valid: tuple[str, ...]) -> str:
     normalized = value.strip().lower()
     if normalized not in valid:
-        raise ValueError(f"must be one of {', '.join(valid)}")
+        raise ValueError(f"unknown {what} {value!r}; valid values: {', '.join(valid)}")
     return normalized
 
 
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token of the HTTP API")
     dispatcher: str = Field("direct", description=" or ".join(DISPATCHERS))
     broker_url: SecretStr | None = Field(None, description="Celery broker URL")
+    queue: str = Field("stepline", description="Celery queue of steps that name no queue")
+    broker_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Redis broker: seconds before an unacknowledged step is resent"
+    )
     timezone: str = Field("UTC", description="Default timezone of cron schedules")
     capacity: int = Field(32, ge=1, description="Steps one process runs at once")
     lease_seconds: float = Field(30.0, gt=0, description="Owner lease, timed by the database")
@@ -80,17 +84,17 @@ class Settings(BaseSettings):
     @field_validator("dispatcher")
     @classmethod
     def _known_dispatcher(cls, value: str) -> str:
-        return _one_of(value, DISPATCHERS)
+        return _one_of("dispatcher", value, DISPATCHERS)
 
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
-        return _one_of(value, LOG_LEVELS)
+        return _one_of("log level", value, LOG_LEVELS)
 
     @field_validator("log_format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        return _one_of(value, LOG_FORMATS)
+        return _one_of("log format", value, LOG_FORMATS)
 
     @field_validator("timezone")
     @classmethod
@@ -100,6 +104,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError("must be an IANA time zone name such as UTC or Asia/Seoul") from None
         return value
+
+    def broker(self) -> str:
+        """The broker URL of the celery dispatcher; ValueError naming the fix if unset."""
+        if self.broker_url is None or not self.broker_url.get_secret_value():
+            raise ValueError(
+                "the celery dispatcher needs a broker: set STEPLINE_BROKER_URL to "
+                "redis://host:6379/0 or amqp://user:password@host:5672//"
+            )
+        return self.broker_url.get_secret_value()
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and error messages: the API
@@ -139,6 +152,7 @@ def _describe(error: Any) -> str:
     field = location[0] if location else "?"
     name = "STEPLINE_" + "__".join(location).upper()
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    if field in _ECHOED and isinstance(error.get("input"), str | int | float):
-        return f"{name}={error['input']!r} is not valid: {message}"
-    return f"{name} is not valid: {message}"
+    value = error.get("input")
+    if field in _ECHOED and isinstance(value, str | int | float) and repr(value) not in message:
+        message = f"{message} (got {value!r})"
+    return f"invalid setting {name}: {message}"
