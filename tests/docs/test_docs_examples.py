@@ -52,6 +52,7 @@ import yaml
 
 from stepline.core.loader import parse_definition, read_document
 from stepline.errors import DefinitionError
+from stepline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
@@ -187,6 +188,13 @@ def test_page_examples(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.syspath_prepend(str(tmp_path))
     for block in blocks(page):
         run_block(block, tmp_path)
+
+
+def test_every_setting_is_documented() -> None:
+    page = (REPO / "docs" / "settings.md").read_text(encoding="utf-8")
+    for name in Settings.model_fields:
+        variable = f"STEPLINE_{name.upper()}"
+        assert f"`{variable}" in page, f"settings.md does not document {variable}"
 
 
 def test_the_convention_catches_a_stale_example(tmp_path: Path) -> None:
