@@ -27,9 +27,9 @@ code block says how the block is tested. Every fenced block must have one.
     For commands that need a running service: each ``stepline ...`` line is checked to be a
     real command by running it with ``--help`` (its options are parsed too), which must exit 0.
 ``<!-- not tested: REASON -->``
-    Only for text that no test can run (a systemd unit, a Dockerfile, an HTTP transcript):
-    the reason must be given, and such blocks may not be ``yaml``, ``json``, ``python`` or
-    ``sh``.
+    Only for text that no test can run (a systemd unit, a Dockerfile, sample output, a
+    ``pip install`` line): the reason must be given, and such a block may not be ``yaml`` or
+    ``python``, nor a shell block with a ``stepline`` command (use ``test: help`` for those).
 
 Blocks of one page run in order in one scratch directory, which holds a link to the
 repository's ``examples/`` folder. Each page is one test.
@@ -60,7 +60,8 @@ STEPLINE = Path(sys.executable).parent / "stepline"
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"<!--\s*(test|not tested):\s*(.*?)\s*-->\s*$")
 _EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
-_RUNNABLE = {"yaml", "yml", "json", "python", "sh", "bash"}
+_RUNNABLE = {"yaml", "yml", "python"}
+_SHELLS = {"sh", "bash", "console"}
 _unique = count(1)
 
 
@@ -162,7 +163,10 @@ def _run_sh(block: Block, scratch: Path, *, help_only: bool = False) -> None:
 def run_block(block: Block, scratch: Path) -> None:
     if block.kind == "not tested":
         assert block.how, f"{block.where}: say why the block is not tested"
-        assert block.language not in _RUNNABLE, (
+        runnable = block.language in _RUNNABLE or (
+            block.language in _SHELLS and re.search(r"^\s*stepline\s", block.text, re.MULTILINE)
+        )
+        assert not runnable, (
             f"{block.where}: a {block.language} block can be tested; mark it <!-- test: ... -->"
         )
         return
@@ -207,10 +211,11 @@ def test_the_convention_catches_a_stale_example(tmp_path: Path) -> None:
     (block,) = blocks(page)
     with pytest.raises(AssertionError, match="exited 2, expected 0"):
         run_block(block, tmp_path)
-    page.write_text("<!-- not tested: why -->\n```python\nx = 1\n```\n")
-    (block,) = blocks(page)
-    with pytest.raises(AssertionError, match="can be tested"):
-        run_block(block, tmp_path)
+    for language, code in [("python", "x = 1"), ("sh", "pip install x\nstepline show 1")]:
+        page.write_text(f"<!-- not tested: why -->\n```{language}\n{code}\n```\n")
+        (block,) = blocks(page)
+        with pytest.raises(AssertionError, match="can be tested"):
+            run_block(block, tmp_path)
     page.write_text("```yaml\nname: x\n```\n")
     with pytest.raises(AssertionError, match="without a <!-- test"):
         blocks(page)
