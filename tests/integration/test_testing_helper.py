@@ -50,3 +50,15 @@ def test_each_run_has_its_own_database_unless_one_is_given(tmp_path: Path) -> No
     url = f"sqlite:///{tmp_path / 'kept.db'}"
     run_batch(definition, db=url)
     assert run_batch(definition, db=url).instance.id == 2
+
+
+def test_runs_on_the_given_database(db_url: str) -> None:
+    definition = batch(
+        "helper_backends",
+        [step("a", W, ["b"], with_={"value": {"n": 1}}), step("b", W, with_={"value": 2})],
+    )
+    first = run_batch(definition, db=db_url)
+    second = run_batch(definition, db=db_url)
+    assert first.status is second.status is InstanceStatus.SUCCEEDED
+    assert second.results == {"a": {"n": 1}, "b": 2}
+    assert second.instance.id == first.instance.id + 1
