@@ -112,3 +112,9 @@ def test_bad_targets_name_the_problem(
         load_python_definitions(target)
     assert message in str(caught.value)
     assert target in str(caught.value)
+
+
+def test_other_keys_pass_through_as_keywords() -> None:
+    definition = batch("queued", [step("a", W, queue="reports")], queue="default-q")
+    assert definition.step("a").queue == "reports"
+    assert definition.queue == "default-q"
