@@ -19,6 +19,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.loader import load_definitions
 from stepline.core.runners import main_module_problem
 from stepline.core.states import InstanceStatus
+from stepline.core.targets import is_python_target, load_python_definitions
 from stepline.dispatchers.base import Dispatcher, RemoteDispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
@@ -179,6 +180,16 @@ class Stepline:
             raise DefinitionError(problems)
         if not definitions:
             raise DefinitionError([Problem("no .yaml, .yml or .json definitions", str(path))])
+        return [self.store.apply(d) for d in definitions]
+
+    def apply_target(self, target: str) -> list[StoredDefinition]:
+        """Apply a definition file or directory, or a ``package.module:attribute``."""
+        if not is_python_target(target):
+            return self.apply_path(Path(target))
+        definitions = load_python_definitions(target)
+        problems = [p for d in definitions for p in alert_problems(d, target)]
+        if problems:
+            raise DefinitionError(problems)
         return [self.store.apply(d) for d in definitions]
 
     # -- instances ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.loader import DEFINITION_SUFFIXES, definition_files, load_definitions
 from stepline.core.params import parse_params
 from stepline.core.states import InstanceStatus
+from stepline.core.targets import is_python_target, load_python_definitions
 from stepline.engine.alerts import alert_problems, step_names
 from stepline.engine.orchestrator import StepEvent
 from stepline.errors import (
@@ -38,6 +39,7 @@ from stepline.logs import configure_logging
 from stepline.redact import redact_text, redact_value, remembered_secrets, secret_values
 from stepline.service import Stepline
 from stepline.settings import Settings, SettingsError, load_settings
+from stepline.stores.base import StoredDefinition
 
 app = typer.Typer(
     name="stepline",
@@ -121,6 +123,25 @@ def _is_file(target: str) -> bool:
         return False
 
 
+def _apply(service: Stepline, target: str) -> list[StoredDefinition]:
+    """Apply a file, a directory or a ``package.module:attribute``."""
+    if not is_python_target(target):
+        _add_import_path(Path(target))
+    return service.apply_target(target)
+
+
+def _definitions(target: str) -> Iterable[tuple[object, BatchDefinition | DefinitionError]]:
+    """Each definition a target names, with its definition or its problems."""
+    if is_python_target(target):
+        try:
+            return [(target, d) for d in load_python_definitions(target)]
+        except DefinitionError as exc:
+            return [(target, exc)]
+    path = Path(target)
+    _add_import_path(path)
+    return load_definitions(path)
+
+
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
     try:
@@ -176,7 +197,10 @@ class _Forward:
 
 @app.command()
 def run(
-    batch: Annotated[str, typer.Argument(help="A stored batch name, or a definition file")],
+    batch: Annotated[
+        str,
+        typer.Argument(help="A stored batch name, a definition file, or package.module:attribute"),
+    ],
     param: Params = None,
     db: Db = None,
 ) -> None:
@@ -184,7 +208,13 @@ def run(
     params = _parse_params(param)
     forward = _Forward()
     with _errors(), _open(db, listener=forward) as service:
-        if _is_file(batch):
+        if is_python_target(batch):
+            stored_list = service.apply_target(batch)
+            if len(stored_list) != 1:
+                names = ", ".join(s.name for s in stored_list)
+                _fail(f"{batch} holds {len(stored_list)} batches ({names}); run one by name", 2)
+            name = stored_list[0].name
+        elif _is_file(batch):
             path = Path(batch)
             if path.is_dir():
                 _fail(f"{batch} is a directory; `stepline run` takes one definition file", 2)
@@ -205,7 +235,8 @@ def run(
 @app.command()
 def serve(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Definition files or directories to apply")
+        list[str] | None,
+        typer.Argument(help="Definition files or directories, or package.module:attribute"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
@@ -235,9 +266,8 @@ def serve(
         _fail(str(exc), 2)
     metrics = Metrics()
     with _errors(), _open(db, listener=StepMetrics(metrics)) as service:
-        for path in paths or []:
-            _add_import_path(path)
-            for stored in service.apply_path(path):
+        for target in paths or []:
+            for stored in _apply(service, target):
                 out.print(f"{stored.name}: version {stored.version}")
         api = create_app(service, metrics=metrics)
         stop = threading.Event()
@@ -367,25 +397,34 @@ def recover(db: Db = None) -> None:
 
 @app.command()
 def apply(
-    path: Annotated[Path, typer.Argument(help="A definition file or directory")], db: Db = None
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH", help="A definition file or directory, or package.module:attribute"
+        ),
+    ],
+    db: Db = None,
 ) -> None:
     """Validate and store definitions as the batches' current versions."""
-    _add_import_path(path)
     with _errors(), _open(db) as service:
-        for stored in service.apply_path(path):
+        for stored in _apply(service, target):
             out.print(f"{stored.name}: version {stored.version}")
 
 
 @app.command()
-def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
+def validate(
+    paths: Annotated[
+        list[str], typer.Argument(help="Files or directories, or package.module:attribute")
+    ],
+) -> None:
     """Check definitions (directories recursively) without touching any database."""
     valid = invalid = 0
     with _errors():
-        for path in paths:
-            _add_import_path(path)
-            if not definition_files(path):  # a directory without any
-                _fail(f"{path}: no .yaml, .yml or .json definition under this directory", 2)
-            for file, result in load_definitions(path):
+        for target in paths:
+            path = Path(target)
+            if not is_python_target(target) and path.is_dir() and not definition_files(path):
+                _fail(f"{target}: no .yaml, .yml or .json definition under this directory", 2)
+            for file, result in _definitions(target):
                 problems = (
                     list(result.problems)
                     if isinstance(result, DefinitionError)

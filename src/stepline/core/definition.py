@@ -203,17 +203,82 @@ def step(
     key: str,
     runner: str | Callable[..., Any],
     next_steps: Sequence[str] = (),
+    *,
+    with_: Mapping[str, Any] | None = None,
+    args: Mapping[str, Any] | None = None,
+    retry: int | Mapping[str, Any] | None = None,
+    timeout: str | float | timedelta | None = None,
+    trigger_rule: str | TriggerRule | None = None,
+    condition: str | None = None,
+    map: str | Mapping[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """A step document for :func:`batch`; ``runner`` may be a module-level callable."""
+    """A step document for :func:`batch`, with the keys of a YAML step.
+
+    ``runner`` may be a module-level callable or a ``module:function`` string;
+    ``with_`` (or its alias ``args``) is YAML's ``with``. Options left at ``None`` are
+    omitted, so the loader's defaults apply. Validation happens in :func:`batch`.
+    """
     from stepline.core.runners import runner_reference
 
+    if with_ is not None and args is not None:
+        raise TypeError(f"step {key!r}: give with_ or args, not both (they are the same key)")
     ref = runner if isinstance(runner, str) else runner_reference(runner)
-    return {"key": key, "runner": ref, "next_steps": list(next_steps), **options}
+    doc: dict[str, Any] = {"key": key, "runner": ref, "next_steps": list(next_steps)}
+    given = with_ if with_ is not None else args
+    if given is not None:
+        doc["with"] = dict(given)
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(trigger_rule, TriggerRule):
+        trigger_rule = trigger_rule.value
+    optional = {
+        "retry": retry,
+        "timeout": timeout,
+        "trigger_rule": trigger_rule,
+        "condition": condition,
+        "map": map,
+    }
+    doc.update({k: v for k, v in optional.items() if v is not None})
+    doc.update(options)
+    return doc
 
 
-def batch(name: str, steps: Sequence[Mapping[str, Any]], **options: Any) -> BatchDefinition:
-    """Build and validate a definition in Python, with the same rules as YAML files."""
+def batch(
+    name: str,
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    cron: str | None = None,
+    timezone: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    max_active_instances: int | None = None,
+    on_busy: str | None = None,
+    misfire: str | None = None,
+    misfire_grace: str | float | None = None,
+    misfire_cap: int | None = None,
+    alerts: Sequence[Mapping[str, Any]] | None = None,
+    description: str | None = None,
+    **options: Any,
+) -> BatchDefinition:
+    """Build and validate a definition in Python, with the same keys and rules as YAML.
+
+    Raises :class:`~stepline.errors.DefinitionError` listing every problem.
+    """
     from stepline.core.loader import parse_definition
 
-    return parse_definition({"name": name, "steps": list(steps), **options}, source="<python>")
+    optional: dict[str, Any] = {
+        "cron": cron,
+        "timezone": timezone,
+        "params": None if params is None else dict(params),
+        "max_active_instances": max_active_instances,
+        "on_busy": on_busy,
+        "misfire": misfire,
+        "misfire_grace": misfire_grace,
+        "misfire_cap": misfire_cap,
+        "alerts": None if alerts is None else [dict(a) for a in alerts],
+        "description": description,
+    }
+    doc: dict[str, Any] = {"name": name, "steps": list(steps)}
+    doc.update({k: v for k, v in optional.items() if v is not None})
+    doc.update(options)
+    return parse_definition(doc, source="<python>")
