@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from alembic import command
@@ -46,3 +47,18 @@ def upgrade(engine: Engine) -> None:
         finally:
             if engine.dialect.name in ("mysql", "mariadb"):
                 conn.exec_driver_sql("SELECT RELEASE_LOCK('stepline_migrate')")
+
+
+def offline_sql(dialect_name: str) -> str:
+    """The DDL that ``upgrade`` would run, as an SQL script for ``dialect_name`` (no server).
+
+    Alembic's offline mode: what a DBA reviews and applies by hand where Stepline may not
+    create tables itself. On Oracle it is the 19c form (JSON in CLOB columns checked IS JSON);
+    an online upgrade against 21c or later creates native JSON columns instead.
+    """
+    buffer = io.StringIO()
+    config = alembic_config()
+    config.set_main_option("dialect_name", dialect_name)
+    config.attributes["output_buffer"] = buffer
+    command.upgrade(config, "head", sql=True)
+    return buffer.getvalue()
