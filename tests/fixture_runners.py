@@ -128,3 +128,14 @@ def item_work(ctx: StepContext) -> Any:
 running: dict[str, int] = {}
 peak: dict[str, int] = {}
 healed: set[str] = set()
+
+
+def coded(ctx: StepContext) -> Any:
+    """Fail the first ``fail_times`` attempts with a database error carrying ``code``."""
+    from stepline.sql import DatabaseError
+
+    n = _count(ctx)
+    if n <= int(ctx.args.get("fail_times", 0)):
+        code = str(ctx.args["code"])
+        raise DatabaseError(f"{code}: planned failure {n} of {ctx.step}", code)
+    return {"attempt": ctx.attempt}

@@ -66,7 +66,12 @@ def advance(
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
-        if not o.succeeded and o.retryable and o.tries < policy.attempts:
+        if (
+            not o.succeeded
+            and o.retryable
+            and o.tries < policy.attempts
+            and policy.retries(o.error_codes)
+        ):
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue

@@ -99,6 +99,8 @@ class StepOutcome:
     finished_at: datetime
     retryable: bool = True
     first_attempt: int = 1
+    error_codes: tuple[str, ...] = ()
+    """The failed attempt's error codes and exception class names, for ``retry.on``."""
 
     @property
     def tries(self) -> int:
