@@ -501,12 +501,18 @@ def _read_oracle(url: str, owner: str | None, read: Any) -> Any:
     schema = (owner or engine.url.username or "").upper()
     if not schema:
         _fail("--owner is required when the URL names no user", 2)
+    import oracledb
+
     try:
         raw = engine.raw_connection()
-    except sa.exc.DBAPIError as exc:
-        _fail(f"cannot connect to {engine.url.render_as_string(hide_password=True)}: {exc.orig}", 3)
+    except (sa.exc.DBAPIError, oracledb.Error) as exc:
+        reason = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        where = engine.url.render_as_string(hide_password=True)
+        _fail(f"cannot connect to {where}: {' '.join(str(reason).split())}", 3)
     try:
         return read(raw, schema)
+    except oracledb.Error as exc:
+        _fail(f"cannot read the scheduler views of {schema}: {' '.join(str(exc).split())}", 2)
     finally:
         raw.close()
         engine.dispose()
