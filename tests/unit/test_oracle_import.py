@@ -370,3 +370,17 @@ def test_a_json_export_round_trips_and_bad_input_is_named(tmp_path: Path) -> Non
     path.write_text("{", encoding="utf-8")
     with pytest.raises(CatalogError, match="is not JSON"):
         load_catalog(path)
+
+
+def test_a_job_without_start_date_needs_a_rule_that_names_every_field() -> None:
+    complete = {**SEED_JOB, "start_date": None, "start_timezone": None}
+    partial = {**complete, "job_name": "JOB_PARTIAL", "repeat_interval": "FREQ=DAILY"}
+    catalog = catalog_from_document(export(jobs=[complete, partial]))
+    done, refused = convert_catalog(catalog, now=NOW)
+    assert done.document is not None
+    assert (done.document["cron"], done.document["timezone"]) == ("0 0 2 * * 1", "Asia/Seoul")
+    assert done.disagreements == 0
+    assert refused.document is None and "no start_date" in refused.refused[0]
+    catalog.default_timezone = "+09:00"  # an offset: a fixed zone
+    done, _ = convert_catalog(catalog, now=NOW)
+    assert done.document is not None and done.document["timezone"] == "Etc/GMT-9"

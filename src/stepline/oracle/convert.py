@@ -180,17 +180,33 @@ def _schedule(context: _Context, job: Row) -> tuple[str, str, CalendarRule, date
         context.result.mapped.append("no repeat_interval -> no cron (run with `stepline run`)")
         return None
     rule = parse_calendar(str(interval))
-    timezone, start = _start(str(start_text) if start_text else None, region, context.catalog)
+    if not start_text:
+        return _without_start(context, rule)
+    timezone, start = _start(str(start_text), region)
     return to_cron(rule, start), timezone, rule, start
 
 
-def _start(text: str | None, region: str | None, catalog: Catalog) -> tuple[str, datetime]:
-    if not text:
+def _without_start(
+    context: _Context, rule: CalendarRule
+) -> tuple[str, str, CalendarRule, datetime]:
+    """A job without start_date: convertible if the rule names every field itself (two very
+    different start dates give the same cron) and the scheduler's time zone is known."""
+    probes = [datetime(2001, 1, 1, 0, 0, 0), datetime(2002, 7, 17, 13, 47, 29)]
+    crons = {to_cron(rule, probe) for probe in probes}
+    default = context.catalog.default_timezone
+    if len(crons) > 1 or not default:
         raise Unconvertible(
-            "the job has no start_date, from which Oracle takes the time zone and any "
-            "missing BY... fields",
-            "set a start_date on the job (or schedule) and export again",
+            "the job has no start_date, from which Oracle takes the time zone and the "
+            "fields the rule leaves out",
+            "set a start_date on the job (or its schedule), or name every field "
+            "(BYHOUR, BYMINUTE, BYSECOND...) in the rule, and export again",
         )
+    timezone = _zone_name(str(default), probes[0])
+    context.result.mapped.append(f"no start_date: time zone {timezone} (DEFAULT_TIMEZONE)")
+    return crons.pop(), timezone, rule, probes[0]
+
+
+def _start(text: str, region: str | None) -> tuple[str, datetime]:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -200,24 +216,36 @@ def _start(text: str | None, region: str | None, catalog: Catalog) -> tuple[str,
 
 
 def _zone_name(region: str | None, moment: datetime) -> str:
+    """An IANA name for ``region``, or for a fixed offset (``region`` or ``moment``'s)."""
     if region and region.upper() not in ("UNKNOWN", ""):
         try:
             ZoneInfo(region)
             return region
         except (ZoneInfoNotFoundError, ValueError):
             pass
-    offset = moment.utcoffset()
+    offset = _offset(region) if region else None
+    offset = offset if offset is not None else moment.utcoffset()
     if offset is None:
-        raise Unconvertible("start_date has no time zone", "give it a region such as Asia/Seoul")
+        raise Unconvertible(
+            f"no time zone (a start_date without offset, scheduler time zone {region!r})",
+            "give the job's start_date a region such as Asia/Seoul",
+        )
     hours, rest = divmod(int(offset.total_seconds()), 3600)
     if rest:
         raise Unconvertible(
-            f"start_date has the fixed offset {moment.strftime('%z')}, which no IANA zone name "
-            "holds as a whole-hour Etc/GMT zone",
+            f"the time zone is a fixed offset of {offset}, which no whole-hour Etc/GMT zone holds",
             "give the job's start_date a region name (e.g. Asia/Kolkata)",
         )
     # POSIX-style names: Etc/GMT-9 is nine hours ahead of UTC.
     return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
+
+
+def _offset(text: str) -> timedelta | None:
+    match = re.fullmatch(r"\s*([+-])(\d{1,2}):(\d{2})\s*", text)
+    if match is None:
+        return None
+    sign = -1 if match.group(1) == "-" else 1
+    return sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3)))
 
 
 def _side_by_side(

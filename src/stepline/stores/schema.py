@@ -48,6 +48,11 @@ class _NativeJson(sa.types.UserDefinedType[Any]):
     def get_col_spec(self, **kw: Any) -> str:
         return "JSON"
 
+    def get_dbapi_type(self, dbapi: Any) -> Any:
+        # Bound as a CLOB: a long text bound as VARCHAR2 would become a LONG, which Oracle
+        # does not convert into JSON; CLOB text it does.
+        return dbapi.DB_TYPE_CLOB
+
 
 class _OracleJson(sa.TypeDecorator[Any]):
     """JSON on Oracle: a CLOB of JSON text (19c) or the native JSON type (21c and later).
