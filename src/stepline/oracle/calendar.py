@@ -354,10 +354,8 @@ def _number(value: str, key: str, low: int, high: int, *, nonzero: bool = False)
 
 
 def _month(value: str) -> int:
-    if value[:3] in _MONTHS and _MONTHS[0] != value:
+    if value.isalpha() and value[:3] in _MONTHS:  # JAN or JANUARY
         return _MONTHS.index(value[:3]) + 1
-    if value in _MONTHS:
-        return _MONTHS.index(value) + 1
     return _number(value, "BYMONTH", 1, 12)
 
 
