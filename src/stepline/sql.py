@@ -363,7 +363,8 @@ def call_procedure(ctx: StepContext) -> dict[str, Any]:
     JSON-safe. On PostgreSQL the CALL runs outside an explicit transaction (autocommit) so
     that a procedure may COMMIT itself, as Oracle and MariaDB procedures commonly do.
     Configuration errors (unknown connection, bad name, unsupported database) fail the step
-    at once (DoNotRetry); database errors raise and follow the step's retry policy.
+    at once (DoNotRetry); database errors raise DatabaseError (its message starts with the
+    database's code, e.g. ORA-00060) and follow the step's retry policy (``retry.on``).
     """
     args = ctx.args
     name = _text_arg(args, "connection")
@@ -448,7 +449,7 @@ def oracle_call(connection: Any, plan: CallStatement, values: Sequence[Any]) -> 
     except BaseException as exc:
         raw.rollback()
         if isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.startswith("oracledb"):
-            raise database_error(exc, f"procedure {plan.sql}") from exc
+            raise database_error(exc, f"calling {plan.sql}") from exc
         raise
 
 
