@@ -102,9 +102,14 @@ def _full_run(app: Stepline) -> None:
     instance, _ = app.trigger(stored.name, owned=True)
     assert app.run_instance(instance.id).status is InstanceStatus.SUCCEEDED
 
-    failing = app.apply(batch(name + "f", [_step("x", ["y"], fatal=True), _step("y", [])]))
+    alerts = [{"type": "webhook", "url": "http://127.0.0.1:9/alerts"}]  # a closed port
+    failing = app.apply(
+        batch(name + "f", [_step("x", ["y"], fatal=True), _step("y", [])], alerts=alerts)
+    )
     instance, _ = app.trigger(failing.name, owned=True)
     assert app.run_instance(instance.id).status is InstanceStatus.FAILED
+    for alert in app.store.claim_alerts("probe", 30):  # the alert outbox's statements
+        app.store.alert_done(alert, "probe", "refused")
     app.retry(instance.id)
 
     queued, _ = app.trigger(stored.name)  # unowned: admitted by serve's driver
@@ -177,6 +182,7 @@ def test_every_statement_of_a_full_run_follows_oracles_rules(
     assert any("FOR UPDATE" in sql for sql in checked), "the instance lock was not recorded"
     assert any("FETCH FIRST" in sql for sql in checked), "no limited query was recorded"
     assert any('"trigger"' in sql for sql in checked), "the reserved column was not quoted"
+    assert any("stepline_alert_outbox" in sql for sql in checked), "no alert was recorded"
 
 
 def test_the_rules_catch_what_oracle_refuses() -> None:
