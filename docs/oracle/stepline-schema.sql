@@ -5,9 +5,9 @@
 -- JSON columns on 21c and later; this file is the 19c form (CLOB checked IS JSON).
 -- No Oracle server runs in Stepline's CI: this DDL has been compiled, not executed.
 
-CREATE TABLE alembic_version (
+CREATE TABLE stepline_alembic_version (
     version_num VARCHAR2(32 CHAR) NOT NULL, 
-    CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+    CONSTRAINT stepline_alembic_version_pkc PRIMARY KEY (version_num)
 )
 
 /
@@ -143,7 +143,7 @@ CREATE TABLE batch_step_attempt (
 
 /
 
-INSERT INTO alembic_version (version_num) VALUES ('0001')
+INSERT INTO stepline_alembic_version (version_num) VALUES ('0001')
 
 /
 
@@ -170,7 +170,7 @@ CREATE INDEX ix_stepline_alert_outbox_status_available_at ON stepline_alert_outb
 
 /
 
-UPDATE alembic_version SET version_num='0002_alert_outbox' WHERE alembic_version.version_num = '0001'
+UPDATE stepline_alembic_version SET version_num='0002_alert_outbox' WHERE stepline_alembic_version.version_num = '0001'
 
 /
 

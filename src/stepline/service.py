@@ -17,6 +17,7 @@ import structlog
 
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import load_definitions
+from stepline.core.runners import main_module_problem
 from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher, RemoteDispatcher
 from stepline.dispatchers.direct import DirectDispatcher
@@ -150,7 +151,15 @@ class Stepline:
         )
 
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
-        problems = alert_problems(definition) + self._broker_problems(definition)
+        problems = (
+            alert_problems(definition)
+            + self._broker_problems(definition)
+            + [
+                Problem(problem, step=s.key)
+                for s in definition.steps
+                if (problem := main_module_problem(s.runner))
+            ]
+        )
         if problems:
             raise DefinitionError(problems)
         return self.store.apply(definition)

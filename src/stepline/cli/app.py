@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from stepline.cli.progress import Progress
 from stepline.core.definition import BatchDefinition
-from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
+from stepline.core.loader import DEFINITION_SUFFIXES, definition_files, load_definitions
+from stepline.core.params import parse_params
 from stepline.core.states import InstanceStatus
-from stepline.engine.alerts import alert_problems
+from stepline.engine.alerts import alert_problems, step_names
 from stepline.engine.orchestrator import StepEvent
 from stepline.errors import (
     Conflict,
@@ -37,7 +37,7 @@ from stepline.errors import (
 from stepline.logs import configure_logging
 from stepline.redact import redact_text, redact_value, remembered_secrets, secret_values
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="stepline",
@@ -59,7 +59,14 @@ Db = Annotated[
 ]
 Params = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="k=v, repeatable; v is read as YAML (5, true, [a, b])"),
+    typer.Option(
+        "--param",
+        "-p",
+        help=(
+            "k=v, repeatable. v is read as YAML and stored as JSON: 5, true, null, [a, b]; "
+            "a date or timestamp becomes ISO text (2024-06-05); quote to keep text ('k=\"5\"')"
+        ),
+    ),
 ]
 
 
@@ -73,15 +80,11 @@ def main() -> None:
 
 def _settings() -> Settings:
     """Settings from the environment; an invalid value ends the command with exit 2."""
-    from pydantic import ValidationError
-
     try:
-        return Settings()
-    except ValidationError as exc:
-        for error in exc.errors():
-            name = "STEPLINE_" + "__".join(str(p) for p in error["loc"]).upper()
-            message = str(error["msg"]).removeprefix("Value error, ")
-            err.print(f"[red]error[/]: invalid setting {name}: {escape(message)}")
+        return load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/]: {escape(problem)}")
         raise SystemExit(2) from None
 
 
@@ -121,24 +124,21 @@ def _is_file(target: str) -> bool:
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
     try:
-        folder = str((path if path.is_dir() else path.parent).resolve())
-    except OSError:
+        files = definition_files(path) if path.is_dir() else [path]
+        folders = [path if path.is_dir() else path.parent, *(f.parent for f in files)]
+        resolved = [str(folder.resolve()) for folder in folders]
+    except (DefinitionError, OSError):
         return  # not a readable path: loading it reports why
-    if folder not in sys.path:
-        sys.path.insert(1, folder)
+    for folder in resolved:
+        if folder not in sys.path:
+            sys.path.insert(1, folder)
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--param {item!r} must be key=value", 2)
-        try:
-            params[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            params[key] = value
-    return params
+    try:
+        return parse_params(items or [])
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
@@ -378,11 +378,13 @@ def apply(
 
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
-    """Check definitions without touching any database; print every problem."""
-    bad = 0
+    """Check definitions (directories recursively) without touching any database."""
+    valid = invalid = 0
     with _errors():
         for path in paths:
             _add_import_path(path)
+            if not definition_files(path):  # a directory without any
+                _fail(f"{path}: no .yaml, .yml or .json definition under this directory", 2)
             for file, result in load_definitions(path):
                 problems = (
                     list(result.problems)
@@ -390,14 +392,18 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Files or director
                     else alert_problems(result, str(file))
                 )
                 if problems:
-                    bad += 1
+                    invalid += 1
                     for problem in problems:
                         err.print(f"[red]error[/]: {escape(str(problem))}")
                 else:
                     assert isinstance(result, BatchDefinition)
+                    valid += 1
                     out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
-    if bad:
+    summary = f"{valid} definition{'' if valid == 1 else 's'} valid"
+    if invalid:
+        out.print(f"{summary}, {invalid} invalid")
         raise typer.Exit(2)
+    out.print(summary)
 
 
 @app.command()
@@ -475,8 +481,8 @@ def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = Non
         if i.error:
             out.print(f"error: {escape(redact_text(i.error, secrets))}")
         table = Table("step", "status", "attempt", "duration", "result / error")
-        for r in service.store.step_results(instance_id):
-            key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
+        rows = service.store.step_results(instance_id)
+        for r, key in zip(rows, step_names(service.store, i, rows), strict=True):
             detail = (
                 _short(_first_line(redact_text(r.error, secrets)))
                 if r.error

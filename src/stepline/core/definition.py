@@ -69,9 +69,35 @@ class MapSpec:
 
     over: str
     concurrency: int = 16
+    label: str | None = None
+    """A template naming an item in alerts, errors and progress, e.g. ``{{ item.farm_id }}``."""
 
     def to_document(self) -> dict[str, Any]:
-        return {"over": self.over, "concurrency": self.concurrency}
+        doc: dict[str, Any] = {"over": self.over, "concurrency": self.concurrency}
+        if self.label is not None:
+            doc["label"] = self.label
+        return doc
+
+    def item_label(self, item: Any, index: int, params: Mapping[str, Any]) -> str:
+        """How users name item ``index``: its ``label`` template rendered, else the item
+        itself when it is a plain value (``F002``, ``42``), else its position."""
+        if self.label is not None:
+            from stepline.core.templates import TemplateError, resolve
+
+            try:
+                rendered = resolve(self.label, {"item": item, "params": params})
+            except TemplateError:
+                rendered = None
+            if rendered is not None and rendered != "":
+                return str(rendered)
+        if isinstance(item, str | int | float) and not isinstance(item, bool) and item != "":
+            return str(item)
+        return str(index)
+
+
+def item_name(step_key: str, label: str) -> str:
+    """``collect_weather[F002]``: a mapped step's item as alerts, errors and progress show it."""
+    return f"{step_key}[{label}]"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from stepline.core.definition import (
 )
 from stepline.core.durations import parse_duration
 from stepline.core.expressions import ExpressionError, check_expression
-from stepline.core.runners import resolve_runner
+from stepline.core.runners import main_module_problem, resolve_runner
 from stepline.core.states import TriggerRule
 from stepline.core.templates import check_templates
 from stepline.errors import DefinitionError, Problem, shown
@@ -168,10 +168,14 @@ def _parse_step(
         out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
         runner = ""
     elif check_runners:
+        problem = main_module_problem(runner)
         try:
-            resolve_runner(runner)
+            if problem is None:
+                resolve_runner(runner)
         except ImportError as exc:
-            out.add(str(exc), key)
+            problem = str(exc)
+        if problem:
+            out.add(problem, key)
     nexts = raw.get("next_steps", raw.get("nextSteps", []))
     if isinstance(nexts, str):
         nexts = [nexts]
@@ -295,13 +299,25 @@ def _parse_map(raw: object, key: str, out: _Collector) -> MapSpec | None:
     if isinstance(raw, str):
         raw = {"over": raw}
     if not isinstance(raw, Mapping) or not isinstance(raw.get("over"), str):
-        out.add("map must be {over: <upstream step or params key>, concurrency: N}", key)
+        out.add(
+            "map must be {over: <upstream step or params key>, concurrency: N, label: ...}", key
+        )
         return None
     concurrency = raw.get("concurrency", 16)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         out.add(f"map.concurrency {shown(concurrency)} must be a whole number >= 1", key)
         concurrency = 16
-    return MapSpec(over=raw["over"], concurrency=concurrency)
+    label = raw.get("label")
+    if label is not None:
+        if not isinstance(label, str) or not label.strip():
+            out.add("map.label must be a template such as '{{ item.farm_id }}'", key)
+            label = None
+        else:
+            for message in check_templates(label, names=("item", "params")):
+                out.add(f"map.label: {message}", key)
+    for unknown in sorted(set(raw) - {"over", "concurrency", "label"}):
+        out.add(f"unknown map field {unknown!r} (known: concurrency, label, over)", key)
+    return MapSpec(over=raw["over"], concurrency=concurrency, label=label)
 
 
 def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _Collector) -> None:
@@ -391,15 +407,28 @@ def read_document(path: Path) -> object:
 
 
 def definition_files(path: Path) -> list[Path]:
-    """A file, or every definition file directly inside a directory, sorted."""
+    """A file, or every definition file under a directory (recursively), sorted.
+
+    Hidden directories (``.git``, ``.venv``) and ``__pycache__`` are not entered.
+    """
     try:
         if path.is_dir():
-            return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+            return sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in DEFINITION_SUFFIXES
+                and p.is_file()
+                and not any(_skipped(part) for part in p.relative_to(path).parts[:-1])
+            )
         if not path.exists():
             raise DefinitionError([Problem("no such file or directory", str(path))])
     except OSError as exc:  # e.g. a name longer than the file system allows
         raise DefinitionError([Problem(f"cannot read: {exc.strerror}", str(path))]) from None
     return [path]
+
+
+def _skipped(directory: str) -> bool:
+    return directory.startswith(".") or directory == "__pycache__"
 
 
 def load_definitions(

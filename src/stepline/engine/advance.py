@@ -12,7 +12,7 @@ of item results as its payload, so the rest of the DAG sees an ordinary step.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,8 @@ class Advance:
     queued_more: bool = False
     retry_at: datetime | None = None
     final: InstanceStatus | None = None
+    retrying: set[tuple[str, int]] = field(default_factory=set)
+    """(step key, map_index) of failed attempts that go back to the queue for a retry."""
 
 
 def advance(
@@ -59,6 +61,7 @@ def advance(
     running_items: Mapping[str, int] | None = None,
     settle_pending: bool = False,
     handoff: bool = False,
+    item_labels: Callable[[str], Sequence[str]] | None = None,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
@@ -69,7 +72,8 @@ def advance(
     upstream, roots and steps reset by a retry, are decided first, and so are pending
     steps whose rule may fire early (``always``, or a ``one_*`` rule whose upstream step
     already ended). With ``handoff`` the claimed steps are left without an owner, for a
-    broker to deliver to whichever worker picks them up first.
+    broker to deliver to whichever worker picks them up first. ``item_labels`` names the
+    items of a mapped step (see MapSpec.item_label) for the error of a failed one.
     """
     done = Advance()
     claimer = None if handoff else owner
@@ -88,6 +92,7 @@ def advance(
         if o.map_index >= 0:
             item_keys.add(o.step_key)
         if retry_at is not None:
+            done.retrying.add((o.step_key, o.map_index))
             done.queued_more = True
             done.retry_at = retry_at if done.retry_at is None else min(done.retry_at, retry_at)
         elif o.map_index >= 0:
@@ -96,7 +101,7 @@ def advance(
             done.finished[o.step_key] = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
     for key, count in items_done.items():
         if tx.items_done(key, count):
-            _finish_mapped(tx, key, done)
+            _finish_mapped(tx, key, done, item_labels)
 
     known: dict[str, StepStatus] = dict(done.finished)
     frontier = list(done.finished)
@@ -283,8 +288,19 @@ def step_upstream(
     return {**results, **tx.results([over])}
 
 
-def _finish_mapped(tx: InstanceTransaction, key: str, done: Advance) -> None:
-    status, payload = tx.finish_mapped(key)
+def _finish_mapped(
+    tx: InstanceTransaction,
+    key: str,
+    done: Advance,
+    item_labels: Callable[[str], Sequence[str]] | None,
+) -> None:
+    labels = None
+    if item_labels is not None:
+        try:
+            labels = item_labels(key)
+        except Exception:  # naming is a courtesy: positions are shown instead
+            labels = None
+    status, payload = tx.finish_mapped(key, labels=labels)
     done.finished[key] = status
     if status is StepStatus.SUCCEEDED:
         done.mapped_results[key] = payload

@@ -232,10 +232,13 @@ class InstanceTransaction(ABC):
         """Count ``count`` more items of a mapped step as final; True when none is left."""
 
     @abstractmethod
-    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
+    def finish_mapped(
+        self, key: str, *, error: str | None = None, labels: Sequence[str] | None = None
+    ) -> tuple[StepStatus, list[Any]]:
         """Make a mapped step final from its items: succeeded with the list of item
         results (map_index order) if every item succeeded, else failed naming the failed
-        items. With ``error`` (its list could not be read) it fails with that error."""
+        items (``key[label]`` with ``labels`` by map_index, else ``key[map_index]``). With
+        ``error`` (its list could not be read) it fails with that error."""
 
     @abstractmethod
     def next_available_at(self) -> datetime | None:

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from stepline.core.definition import item_name
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.stores.base import (
     ClaimedStep,
@@ -366,7 +367,9 @@ class SqlInstanceTransaction(InstanceTransaction):
         left = _PARENT_PENDING.run(self.conn, params).fetchone()
         return left is not None and left[0] <= 0
 
-    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
+    def finish_mapped(
+        self, key: str, *, error: str | None = None, labels: Sequence[str] | None = None
+    ) -> tuple[StepStatus, list[Any]]:
         payloads: list[Any] = []
         failed: list[int] = []
         if error is None:
@@ -379,10 +382,11 @@ class SqlInstanceTransaction(InstanceTransaction):
                 if status != StepStatus.SUCCEEDED.value:
                     failed.append(index)
             if failed:
-                shown = ", ".join(str(i) for i in failed[:20]) + (
-                    ", ..." if len(failed) > 20 else ""
-                )
-                error = f"{len(failed)} of {len(payloads)} items failed (map_index {shown})"
+                named = labels is not None and len(labels) == len(payloads)
+                shown = ", ".join(
+                    item_name(key, labels[i] if named and labels else str(i)) for i in failed[:20]
+                ) + (", ..." if len(failed) > 20 else "")
+                error = f"{len(failed)} of {len(payloads)} items failed: {shown}"
         status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
         self.conn.execute(
             sa.update(R)

@@ -485,6 +485,9 @@ def test_load_definitions_from_a_directory(tmp_path: Path) -> None:
     write(tmp_path / "notes.txt", "name: ignored")
     (tmp_path / "nested").mkdir()
     write(tmp_path / "nested" / "deeper.yaml", yaml.safe_dump(minimal(s("x"))))
+    for skipped in (".venv", "__pycache__", "nested/.git"):
+        (tmp_path / skipped).mkdir()
+        write(tmp_path / skipped / "ignored.yaml", "name: [")
 
     loaded = dict(load_definitions(tmp_path))
     assert list(loaded) == [
@@ -492,6 +495,7 @@ def test_load_definitions_from_a_directory(tmp_path: Path) -> None:
         tmp_path / "b_weekly.yaml",
         tmp_path / "c_broken.yml",
         tmp_path / "d_invalid.yaml",
+        tmp_path / "nested" / "deeper.yaml",
     ]
     daily, weekly = loaded[tmp_path / "a_daily.json"], loaded[tmp_path / "b_weekly.yaml"]
     assert isinstance(daily, BatchDefinition) and daily.name == "daily"
