@@ -234,3 +234,14 @@ async def aunstorable(ctx: StepContext) -> Any:
 def raises_odd_text(ctx: StepContext) -> None:
     _count(ctx)
     raise RuntimeError("odd \x00 text \udcff here")
+
+
+def coded(ctx: StepContext) -> Any:
+    """Fail the first ``fail_times`` attempts with a database error carrying ``code``."""
+    from stepline.sql import DatabaseError
+
+    n = _count(ctx)
+    if n <= int(ctx.args.get("fail_times", 0)):
+        code = str(ctx.args["code"])
+        raise DatabaseError(f"{code}: planned failure {n} of {ctx.step}", code)
+    return {"attempt": ctx.attempt}

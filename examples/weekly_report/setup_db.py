@@ -4,9 +4,16 @@
     python -m examples.weekly_report.setup_db --sample        # ... and the five sample farms
     python -m examples.weekly_report.setup_db --url sqlite:///weekly_report.db --sample
 
+    python -m examples.weekly_report.setup_db --schema REPORT_DEMO     # in a schema of its own
+
 Runs ``schema/<dialect>.sql`` statement by statement. The splitter understands what the
 databases' own clients do: PostgreSQL dollar quotes (``$$ ... $$``), the MariaDB/MySQL
 client's ``DELIMITER`` lines, and SQL*Plus's ``/`` line after each Oracle PL/SQL unit.
+
+It never replaces what is already there: existing tables are kept, and if a procedure of
+the same name exists (the real SP_INS_WEEK_MAIN of a production schema) it stops before
+running anything, unless ``--force`` is given. ``--schema`` works in another schema
+(Oracle: CURRENT_SCHEMA; PostgreSQL: search_path; MariaDB: the database).
 """
 
 from __future__ import annotations
@@ -142,19 +149,123 @@ def schema_statements(dialect: str) -> list[str]:
     return split_sql_script((SCHEMA_DIR / name).read_text(encoding="utf-8"), dialect)
 
 
-def apply_schema(engine: sa.Engine) -> int:
+class ObjectExists(Exception):
+    """The schema already holds a procedure the script would create."""
+
+
+_CREATE = re.compile(
+    r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:NON)?EDITIONABLE\s+)?"
+    r"(TABLE|PROCEDURE|FUNCTION|INDEX)\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w$#]+)"
+    r"(?:\s+ON\s+([\w$#]+))?",
+    re.IGNORECASE,
+)
+
+
+def plan_statements(
+    statements: Sequence[str],
+    dialect: str,
+    existing: dict[str, set[str]],
+    *,
+    force: bool = False,
+) -> list[str]:
+    """The statements to run, given the objects that ``existing`` lists (kind -> UPPER names).
+
+    Tables that exist are kept (their CREATE, and on Oracle their indexes, are skipped).
+    A procedure or function that exists raises ObjectExists, or with ``force`` is replaced
+    (Oracle/PostgreSQL: CREATE OR REPLACE; MariaDB: DROP then CREATE).
+    """
+    tables = existing.get("TABLE", set())
+    routines = existing.get("PROCEDURE", set()) | existing.get("FUNCTION", set())
+    planned: list[str] = []
+    clashes: list[str] = []
+    for statement in statements:
+        match = _CREATE.match(statement)
+        if match is None:
+            planned.append(statement)
+            continue
+        kind, name, on = match.group(1).upper(), match.group(2).upper(), match.group(3)
+        if kind == "TABLE" and name in tables:
+            continue
+        if kind == "INDEX" and on and on.upper() in tables:
+            continue
+        if kind in ("PROCEDURE", "FUNCTION") and name in routines:
+            if not force:
+                clashes.append(f"{name} ({kind.lower()})")
+                continue
+            if dialect in ("mysql", "mariadb"):
+                planned.append(f"DROP {kind} IF EXISTS {name}")
+            else:
+                statement = re.sub(
+                    r"(?i)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?", "CREATE OR REPLACE ", statement
+                )
+        planned.append(statement)
+    if clashes:
+        raise ObjectExists(
+            f"{', '.join(clashes)} already exist(s) here and would be replaced; setup_db never "
+            "replaces an existing procedure. Run it in a schema of its own (--schema, or a "
+            "URL of another database), or pass --force to replace them"
+        )
+    return planned
+
+
+def existing_objects(conn: sa.Connection, schema: str | None = None) -> dict[str, set[str]]:
+    """Tables, procedures and functions in ``schema`` (default: the connection's own)."""
+    dialect = conn.dialect.name
+    found: dict[str, set[str]] = {"TABLE": set(), "PROCEDURE": set(), "FUNCTION": set()}
+    found["TABLE"] = {t.upper() for t in sa.inspect(conn).get_table_names(schema=schema)}
+    query = {
+        "oracle": "SELECT object_name, object_type FROM all_objects WHERE owner = "
+        "NVL(:schema, SYS_CONTEXT('USERENV', 'CURRENT_SCHEMA'))"
+        " AND object_type IN ('PROCEDURE', 'FUNCTION')",
+        "postgresql": "SELECT p.proname, CASE p.prokind WHEN 'p' THEN 'PROCEDURE'"
+        " ELSE 'FUNCTION' END FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = COALESCE(:schema, current_schema())",
+        "mysql": "SELECT routine_name, routine_type FROM information_schema.routines"
+        " WHERE routine_schema = COALESCE(:schema, DATABASE())",
+    }.get("mysql" if dialect == "mariadb" else dialect)
+    if query is not None:
+        for name, kind in conn.execute(sa.text(query), {"schema": schema}):
+            found.setdefault(str(kind).upper(), set()).add(str(name).upper())
+    return found
+
+
+def apply_schema(engine: sa.Engine, *, force: bool = False, schema: str | None = None) -> int:
     """Create the tables and procedures on ``engine``; return the number of statements run.
 
-    Each statement runs and commits on its own, as a client would run the script (the
-    PostgreSQL procedure is created outside any transaction).
+    Checks what exists first (see plan_statements) and raises ObjectExists before running
+    anything. Each statement runs and commits on its own, as a client would run the script
+    (the PostgreSQL procedure is created outside any transaction).
     """
-    statements = schema_statements(engine.dialect.name)
+    dialect = engine.dialect.name
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if schema is not None:
+            _use_schema(conn, dialect, schema)
+        owner = schema.upper() if schema and dialect == "oracle" else schema
+        existing = existing_objects(conn, owner)
+        statements = plan_statements(schema_statements(dialect), dialect, existing, force=force)
         for statement in statements:
             # no_parameters: the driver must not read '%' in the text as a placeholder.
             conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
     return len(statements)
+
+
+def _use_schema(conn: sa.Connection, dialect: str, schema: str) -> None:
+    conn.exec_driver_sql(_schema_statement(dialect, schema))
+
+
+def _schema_statement(dialect: str, schema: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w$#]{0,127}", schema):
+        raise ValueError(f"--schema {schema!r} is not a plain identifier")
+    statement = {
+        "oracle": f"ALTER SESSION SET CURRENT_SCHEMA = {schema}",
+        "postgresql": f"SET search_path TO {schema}",
+        "mysql": f"USE {schema}",
+        "mariadb": f"USE {schema}",
+    }.get(dialect)
+    if statement is None:
+        raise ValueError(f"--schema is not supported on {dialect}")
+    return statement
 
 
 def seed_farms(engine: sa.Engine, farms: Sequence[dict[str, Any]] = SAMPLE_FARMS) -> int:
@@ -169,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", help="SQLAlchemy URL (default: the Stepline connection)")
     parser.add_argument("--connection", default="report", help="Stepline connection name")
     parser.add_argument("--sample", action="store_true", help="load the sample farms")
+    parser.add_argument("--schema", help="work in this schema (it must exist)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace procedures that exist already"
+    )
     args = parser.parse_args(argv)
     connections = Connections({"target": args.url}) if args.url else Connections.from_settings()
     try:
@@ -176,8 +291,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if args.schema:
+        # Every connection of this engine works in that schema (seed_farms too).
+        schema = args.schema
+        try:
+            _schema_statement(engine.dialect.name, schema)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            connections.dispose()
+            return 2
+
+        @sa.event.listens_for(engine, "connect")
+        def _schema(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(_schema_statement(engine.dialect.name, schema))
+            cursor.close()
+            dbapi_connection.commit()  # psycopg opened a transaction for it
+
     try:
-        count = apply_schema(engine)
+        try:
+            count = apply_schema(engine, force=args.force, schema=args.schema)
+        except (ObjectExists, ValueError) as exc:
+            print(f"{safe_url(str(engine.url))}: {exc}", file=sys.stderr)
+            return 2
         print(f"{safe_url(str(engine.url))}: {count} schema statements applied")
         if args.sample:
             print(f"{seed_farms(engine)} sample farms loaded into TA_FARM")

@@ -13,6 +13,11 @@ Usable from YAML without code::
         args: ["{{ params.period }}", {value: "{{ results.check.week_start }}", type: date}]
         out: ["rows_written:integer"]
 
+``stepline.sql:run_block`` (PL/SQL and other anonymous blocks) and
+``stepline.sql:call_function`` (a function's value or returned cursor) live in
+:mod:`stepline.sql_blocks`. Database errors fail the step as :class:`DatabaseError`, whose
+message starts with the database's code (``ORA-00060: ...``), for ``retry: {on: [...]}``.
+
 Connections are the named business databases of :mod:`stepline.connections`
 (``STEPLINE_CONNECTIONS__REPORT=...``). The dialect-specific SQL is built by pure functions
 (:func:`call_slots`, :func:`call_statement`) that need no server.
@@ -34,16 +39,21 @@ import sqlalchemy as sa
 
 from stepline.connections import UnknownConnection, connections_for
 from stepline.core.context import DoNotRetry, StepContext
+from stepline.sql_errors import DatabaseError, database_error
 
 __all__ = [
     "CallStatement",
+    "DatabaseError",
     "OutParam",
+    "call_function",
     "call_procedure",
     "call_slots",
     "call_statement",
     "convert_value",
     "execute",
     "json_safe",
+    "oracle_call",
+    "run_block",
     "run_call",
     "validate_procedure_name",
 ]
@@ -323,6 +333,13 @@ def execute(ctx: StepContext) -> dict[str, Any]:
     if engine.dialect.name == "oracle":
         sql = _strip_oracle_terminator(sql)
     ctx.log.info("sql execute", connection=name, statement=_first_line(sql))
+    try:
+        return _execute(engine, sql, params, max_rows)
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, f"statement on connection {name!r}") from exc
+
+
+def _execute(engine: sa.Engine, sql: str, params: Any, max_rows: int) -> dict[str, Any]:
     with engine.begin() as conn:
         result = conn.execute(sa.text(sql), params if params else None)
         if result.returns_rows:
@@ -346,7 +363,8 @@ def call_procedure(ctx: StepContext) -> dict[str, Any]:
     JSON-safe. On PostgreSQL the CALL runs outside an explicit transaction (autocommit) so
     that a procedure may COMMIT itself, as Oracle and MariaDB procedures commonly do.
     Configuration errors (unknown connection, bad name, unsupported database) fail the step
-    at once (DoNotRetry); database errors raise and follow the step's retry policy.
+    at once (DoNotRetry); database errors raise DatabaseError (its message starts with the
+    database's code, e.g. ORA-00060) and follow the step's retry policy (``retry.on``).
     """
     args = ctx.args
     name = _text_arg(args, "connection")
@@ -361,7 +379,10 @@ def call_procedure(ctx: StepContext) -> dict[str, Any]:
     except ValueError as exc:
         raise DoNotRetry(f"connection {name!r}: {exc}") from None
     ctx.log.info("calling procedure", connection=name, procedure=procedure, dialect=plan.dialect)
-    out = run_call(engine, plan, values)
+    try:
+        out = run_call(engine, plan, values)
+    except sa.exc.DBAPIError as exc:
+        raise database_error(exc, f"procedure {procedure} on connection {name!r}") from exc
     return {"procedure": procedure, "out": {key: json_safe(v) for key, v in out.items()}}
 
 
@@ -393,6 +414,19 @@ def _call_oracle(engine: sa.Engine, plan: CallStatement, values: Sequence[Any]) 
     # OUT parameters need driver variables (cursor.var), so this uses the raw connection.
     raw = engine.raw_connection()
     try:
+        return oracle_call(raw, plan, values)
+    finally:
+        raw.close()
+
+
+def oracle_call(connection: Any, plan: CallStatement, values: Sequence[Any]) -> dict[str, Any]:
+    """Run an Oracle ``plan`` on a connection with python-oracledb's API, then commit.
+
+    IN values bind positionally; OUT and INOUT slots bind ``cursor.var`` variables whose
+    values are returned. Driver errors become DatabaseError (ORA code first), rolled back.
+    """
+    raw = connection
+    try:
         cursor = raw.cursor()
         try:
             binds: list[Any] = []
@@ -412,11 +446,11 @@ def _call_oracle(engine: sa.Engine, plan: CallStatement, values: Sequence[Any]) 
             cursor.close()
         raw.commit()
         return out
-    except BaseException:
+    except BaseException as exc:
         raw.rollback()
+        if isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.startswith("oracledb"):
+            raise database_error(exc, f"calling {plan.sql}") from exc
         raise
-    finally:
-        raw.close()
 
 
 def _oracle_type(kind: ParamType) -> Any:
@@ -516,3 +550,7 @@ def _strip_oracle_terminator(sql: str) -> str:
 def _first_line(sql: str) -> str:
     line = sql.strip().splitlines()[0] if sql.strip() else ""
     return line if len(line) <= 120 else line[:117] + "..."
+
+
+# Runner names stay under stepline.sql; imported last, as they use the helpers above.
+from stepline.sql_blocks import call_function, run_block  # noqa: E402

@@ -23,7 +23,7 @@ from databases import create_database, drop_database
 from stepline import DoNotRetry, StepContext
 from stepline.connections import Connections, reset_default_connections
 from stepline.http import HttpError, request
-from stepline.sql import call_procedure, execute
+from stepline.sql import DatabaseError, call_function, call_procedure, execute, run_block
 
 SECRET = "SECRET-5erv1ce-KEY-42"
 
@@ -70,6 +70,15 @@ PROCEDURES = {
                INSERT INTO calls (name) VALUES (p_name);
                RAISE EXCEPTION 'refused %', p_name;
            END $$""",
+        """CREATE FUNCTION count_calls(p_prefix VARCHAR) RETURNS INTEGER LANGUAGE sql AS $$
+           SELECT count(*)::int FROM calls WHERE name LIKE p_prefix || '%' $$""",
+        """CREATE FUNCTION calls_cursor(p_prefix VARCHAR) RETURNS refcursor
+           LANGUAGE plpgsql AS $$
+           DECLARE c refcursor;
+           BEGIN
+               OPEN c FOR SELECT id, name FROM calls WHERE name LIKE p_prefix || '%' ORDER BY id;
+               RETURN c;
+           END $$""",
     ],
     "mariadb": [
         "CREATE TABLE calls (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20), at DATE)",
@@ -91,6 +100,8 @@ PROCEDURES = {
                INSERT INTO calls (name) VALUES (p_name);
                SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused';
            END""",
+        """CREATE FUNCTION count_calls(p_prefix VARCHAR(20)) RETURNS INT READS SQL DATA
+           RETURN (SELECT count(*) FROM calls WHERE name LIKE CONCAT(p_prefix, '%'))""",
     ],
 }
 
@@ -208,10 +219,51 @@ def test_call_procedure_lets_the_procedure_commit_itself(business: Connections) 
 def test_a_failing_procedure_raises_a_retryable_error_and_commits_nothing(
     business: Connections,
 ) -> None:
-    with pytest.raises(sa.exc.DBAPIError, match="refused") as caught:
+    with pytest.raises(DatabaseError, match="refused") as caught:
         call_procedure(ctx({"connection": "biz", "procedure": "failing", "args": ["y"]}, business))
     assert not isinstance(caught.value, DoNotRetry)
+    # the database's own code leads the message: SQLSTATE on PostgreSQL, errno on MariaDB
+    code = {"postgresql": "P0001", "mysql": "1644"}[business.dialect("biz")]
+    assert caught.value.code == code
+    assert str(caught.value).startswith(f"{code}: ")
+    assert isinstance(caught.value.__cause__, sa.exc.DBAPIError)
     assert names_in(business) == []
+
+
+def test_a_block_runs_and_commits(business: Connections) -> None:
+    dialect = business.dialect("biz")
+    body = {
+        "postgresql": "BEGIN INSERT INTO calls (name) VALUES ('b1'); "
+        "INSERT INTO calls (name) VALUES ('b2'); END",
+        "mysql": "BEGIN INSERT INTO calls (name) VALUES ('b1'); "
+        "INSERT INTO calls (name) VALUES ('b2'); END",
+    }[dialect]
+    assert run_block(ctx({"connection": "biz", "block": body}, business)) == {"out": {}}
+    assert names_in(business) == ["b1", "b2"]
+    broken = body.replace("calls", "no_such_table", 1)
+    with pytest.raises(DatabaseError) as caught:
+        run_block(ctx({"connection": "biz", "block": broken}, business))
+    assert caught.value.code == {"postgresql": "42P01", "mysql": "1146"}[dialect]
+    assert names_in(business) == ["b1", "b2"]
+    with pytest.raises(DoNotRetry, match="Oracle only"):
+        run_block(ctx({"connection": "biz", "block": body, "params": {"a": 1}}, business))
+
+
+def test_a_function_returns_its_value_or_its_cursor_rows(business: Connections) -> None:
+    call_procedure(ctx({"connection": "biz", "procedure": "committing", "args": ["f"]}, business))
+    args = {"connection": "biz", "function": "count_calls", "args": ["f-"]}
+    assert call_function(ctx(args, business)) == {"function": "count_calls", "value": 2}
+    cursor = {"connection": "biz", "function": "calls_cursor", "args": ["f-"], "returns": "cursor"}
+    if business.dialect("biz") == "mysql":
+        with pytest.raises(DoNotRetry, match="cannot return a cursor"):
+            call_function(ctx(cursor, business))
+        return
+    result = call_function(ctx(cursor, business))
+    assert [r["name"] for r in result["rows"]] == ["f-1", "f-2"]
+    with pytest.raises(DoNotRetry, match="more than max_rows=1"):
+        call_function(ctx({**cursor, "max_rows": 1}, business))
+    with pytest.raises(DoNotRetry, match="IN arguments only"):
+        call_function(ctx({**args, "args": [{"out": "x"}]}, business))
 
 
 def test_configuration_mistakes_fail_at_once(business: Connections) -> None:

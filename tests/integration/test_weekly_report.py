@@ -31,7 +31,7 @@ from stepline import InstanceStatus, StepContext, StepStatus
 from stepline.connections import Connections, reset_default_connections
 from stepline.core.loader import parse_definition
 from stepline.service import Stepline
-from stepline.sql import call_procedure
+from stepline.sql import DatabaseError, call_procedure
 from stepline.stores.base import InstanceRecord, StepResultRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -428,7 +428,7 @@ def test_a_failing_procedure_logs_failed_and_raises(business: sa.Engine) -> None
         connections=connections,
     )
     try:
-        with pytest.raises(sa.exc.DBAPIError, match="SP_INS_WEEK_MAIN failed"):
+        with pytest.raises(DatabaseError, match="SP_INS_WEEK_MAIN failed"):
             call_procedure(context)
     finally:
         connections.dispose()

@@ -547,6 +547,10 @@ def test_every_schema_file_defines_the_tables_and_the_procedure() -> None:
         if dialect != "sqlite":
             assert "PROCEDURE SP_INS_WEEK_MAIN" in text, dialect
     oracle = schema_statements("oracle")
-    assert oracle[-1].startswith("CREATE OR REPLACE PROCEDURE SP_INS_WEEK_MAIN")
+    # never CREATE OR REPLACE: the real SP_INS_WEEK_MAIN of a production schema is safe
+    assert oracle[-1].startswith("CREATE PROCEDURE SP_INS_WEEK_MAIN")
+    for dialect in ("postgresql", "mariadb", "oracle"):
+        text = "\n".join(schema_statements(dialect)).upper()
+        assert "OR REPLACE" not in text and "DROP " not in text, dialect
     assert oracle[-1].endswith("END SP_INS_WEEK_MAIN;")
     assert "PRAGMA AUTONOMOUS_TRANSACTION" in oracle[-2]

@@ -3,7 +3,8 @@
 -- Apply with the mariadb/mysql client (it understands DELIMITER) or
 -- `python -m examples.weekly_report.setup_db` (which does too).
 -- Table names are case-sensitive on Linux: always write them in capitals, as here.
--- Re-running this file is safe: tables are created only if missing, the procedure replaced.
+-- Tables are created only if missing; the procedure is never replaced (CREATE fails if
+-- SP_INS_WEEK_MAIN exists). The helper (setup_db) replaces it only with --force.
 
 CREATE TABLE IF NOT EXISTS TA_FARM (
     farm_id     VARCHAR(20)   NOT NULL PRIMARY KEY,
@@ -63,8 +64,6 @@ CREATE TABLE IF NOT EXISTS TR_WEEKLY_FARM_REPORT (
     created_at   DATETIME       NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (period_type, week_start, farm_id, item_code)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
-
-DROP PROCEDURE IF EXISTS SP_INS_WEEK_MAIN;
 
 -- SP_INS_WEEK_MAIN(p_period, p_base_date): build TR_WEEKLY_FARM_REPORT for one week.
 --   p_period     only 'WEEK'

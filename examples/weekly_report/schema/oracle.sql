@@ -3,8 +3,10 @@
 -- SQL*Plus / SQLcl script: each PL/SQL unit ends with a line holding only "/".
 --   sqlplus report_owner@//db-host:1521/ORCLPDB1 @examples/weekly_report/schema/oracle.sql
 -- `python -m examples.weekly_report.setup_db` understands the same "/" terminators.
--- Run the CREATE TABLE part once (Oracle before 23ai has no CREATE TABLE IF NOT EXISTS);
--- the procedures are CREATE OR REPLACE and may be re-run.
+-- Nothing here replaces an existing object: every CREATE fails with ORA-00955 if the name
+-- is taken, so running it against a schema that holds the real SP_INS_WEEK_MAIN changes
+-- nothing. Run it in a schema of its own. The helper (setup_db) checks first, skips tables
+-- that exist and replaces procedures only with --force.
 --
 -- After the Stepline batch runs in production, disable the old scheduler job:
 --   EXEC DBMS_SCHEDULER.DISABLE('JOB_INS_WEEKLY_REPORT');
@@ -71,7 +73,7 @@ CREATE TABLE TR_WEEKLY_FARM_REPORT (
 -- Writes or finishes one TS_INS_JOB_LOG row in its own (autonomous) transaction, so the
 -- log survives the caller's ROLLBACK. p_log_id NULL: insert a row and return its id;
 -- otherwise update that row.
-CREATE OR REPLACE PROCEDURE SP_INS_JOB_LOG_WRITE (
+CREATE PROCEDURE SP_INS_JOB_LOG_WRITE (
     p_log_id    IN OUT NUMBER,
     p_job_name  IN     VARCHAR2,
     p_period    IN     VARCHAR2,
@@ -107,7 +109,7 @@ END SP_INS_JOB_LOG_WRITE;
 -- Idempotent: the week's report rows are deleted and rebuilt in one transaction.
 -- TS_INS_JOB_LOG gets a RUNNING row, then SUCCESS with the row count, or FAILED with the
 -- error, which is raised again.
-CREATE OR REPLACE PROCEDURE SP_INS_WEEK_MAIN (
+CREATE PROCEDURE SP_INS_WEEK_MAIN (
     p_period     IN VARCHAR2,
     p_base_date  IN DATE DEFAULT NULL
 ) IS

@@ -3,7 +3,9 @@
 -- Apply with psql (autocommit, the default) or `python -m examples.weekly_report.setup_db`.
 -- Table names are written in capitals like the Oracle original; PostgreSQL folds unquoted
 -- names to lower case, so TA_FARM and ta_farm are the same table. Never quote them.
--- Re-running this file is safe: every object is created only if missing or replaced.
+-- Tables are created only if missing; the procedure is never replaced (CREATE fails if
+-- SP_INS_WEEK_MAIN exists), so the real one in a production schema is safe. The helper
+-- (setup_db) replaces it only with --force.
 
 CREATE TABLE IF NOT EXISTS TA_FARM (
     farm_id     VARCHAR(20)   NOT NULL PRIMARY KEY,
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS TR_WEEKLY_FARM_REPORT (
 -- SUCCESS with the row count, or FAILED with the error (and the error is raised again).
 -- The COMMITs need CALL outside an explicit transaction block (psql's default autocommit;
 -- stepline.sql:call_procedure calls it that way).
-CREATE OR REPLACE PROCEDURE SP_INS_WEEK_MAIN(p_period VARCHAR, p_base_date DATE DEFAULT NULL)
+CREATE PROCEDURE SP_INS_WEEK_MAIN(p_period VARCHAR, p_base_date DATE DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE

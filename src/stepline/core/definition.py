@@ -25,6 +25,20 @@ class RetryPolicy:
     backoff: timedelta = timedelta(seconds=1)
     max_backoff: timedelta = timedelta(minutes=5)
     jitter: bool = True
+    on: tuple[str, ...] = ()
+    """Which errors are transient: database codes (``ORA-00060``, SQLSTATE ``40P01``,
+    MariaDB ``1213``) or exception class names (``TimeoutError``, ``OperationalError``).
+    Empty: every error is retried. Otherwise an error matching none of them fails the step."""
+
+    def retries(self, identifiers: Sequence[str]) -> bool:
+        """Whether an error known by ``identifiers`` (its codes and class names) is transient.
+
+        Codes and names compare case-insensitively; a policy without ``on`` retries all.
+        """
+        if not self.on:
+            return True
+        wanted = {o.upper() for o in self.on}
+        return any(i.upper() in wanted for i in identifiers)
 
     def delay_before(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before ``attempt`` (2, 3, ...): exponential, capped, jittered.
@@ -45,6 +59,7 @@ class RetryPolicy:
             "backoff": self.backoff.total_seconds(),
             "max_backoff": self.max_backoff.total_seconds(),
             "jitter": self.jitter,
+            **({"on": list(self.on)} if self.on else {}),
         }
 
 

@@ -7,6 +7,7 @@ so that one `stepline validate` run shows everything that needs fixing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,9 @@ def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
         out.add(f"retry.attempts {shown(attempts)} must be a whole number >= 1", key)
         attempts = 1
-    policy = RetryPolicy(attempts=attempts, jitter=bool(raw.get("jitter", True)))
+    policy = RetryPolicy(
+        attempts=attempts, jitter=bool(raw.get("jitter", True)), on=_retry_on(raw, key, out)
+    )
     for name in ("backoff", "max_backoff"):
         if name in raw:
             try:
@@ -259,6 +262,29 @@ def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:
             except ValueError as exc:
                 out.add(f"retry.{name}: {exc}", key)
     return policy
+
+
+def _retry_on(raw: Mapping[str, Any], key: str, out: _Collector) -> tuple[str, ...]:
+    value = raw.get("on")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        out.add(
+            "retry.on must be a list of error codes or exception class names, "
+            "like [ORA-00060, ORA-12541, TimeoutError]",
+            key,
+        )
+        return ()
+    bad = [i for i in items if not isinstance(i, str) or not re.fullmatch(r"[\w.-]{1,100}", i)]
+    if bad:
+        out.add(
+            f"retry.on: {bad[0]!r} is not an error code or exception class name "
+            "(letters, digits, '_', '-', '.')",
+            key,
+        )
+        return ()
+    return tuple(items)
 
 
 def _replace(policy: RetryPolicy, name: str, value: Any) -> RetryPolicy:

@@ -83,7 +83,9 @@ def advance(
         policy = definition.step(o.step_key).retry
         retry_at = None
         allowed = max(policy.attempts, 2) if o.lost else policy.attempts
-        if not o.succeeded and o.retryable and o.tries < allowed:
+        # retry.on names the transient errors; a lost attempt (a dead worker) has no error.
+        transient = o.lost or policy.retries(o.error_codes)
+        if not o.succeeded and o.retryable and o.tries < allowed and transient:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue

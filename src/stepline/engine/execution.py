@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import threading
 import time
 import traceback
@@ -122,6 +123,7 @@ def outcome(
     payload: str | None = None
     retryable = True
     message: str | None = None
+    codes: tuple[str, ...] = ()
     if error is None:
         try:
             payload = encode_result(value, work.max_result_bytes)
@@ -131,6 +133,7 @@ def outcome(
     else:
         message = describe(error)
         retryable = not isinstance(error, DoNotRetry | ImportError)
+        codes = error_identifiers(error)
     return StepOutcome(
         row_id=claimed.row_id,
         step_key=claimed.step_key,
@@ -143,7 +146,36 @@ def outcome(
         finished_at=datetime.now(UTC),
         retryable=retryable,
         first_attempt=claimed.first_attempt,
+        error_codes=codes,
     )
+
+
+_CODE = re.compile(r"\b(?:ORA|PLS|DPY)-\d{4,5}\b")
+
+
+def error_identifiers(error: BaseException) -> tuple[str, ...]:
+    """What ``retry.on`` can match: along the chain of causes, each exception's class names
+    (its own and its bases'), its ``code`` attribute if text, and the database codes its
+    message names (``ORA-00060``)."""
+    found: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found += [cls.__name__ for cls in type(current).__mro__ if cls not in (object,)]
+        for attribute in ("code", "sqlstate", "codes"):  # DatabaseError's, psycopg's
+            code = getattr(current, attribute, None)
+            if isinstance(code, str) and code:
+                found.append(code)
+            elif isinstance(code, tuple):
+                found += [c for c in code if isinstance(c, str)]
+        found += _CODE.findall(str(current))
+        wrapped = getattr(current, "orig", None)  # SQLAlchemy's wrapper of a driver error
+        if isinstance(wrapped, BaseException) and id(wrapped) not in seen:
+            current = wrapped
+        else:
+            current = current.__cause__ or current.__context__
+    return tuple(dict.fromkeys(found))
 
 
 class UnstorableResult(ValueError):

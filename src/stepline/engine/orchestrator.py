@@ -586,6 +586,7 @@ class Orchestrator:
                     f"of {inflight.step.timeout.total_seconds():g} s",
                     started_at=finished - inflight.step.timeout,
                     finished_at=finished,
+                    error_codes=("TimeoutError",),
                 )
             )
         return expired

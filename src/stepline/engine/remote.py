@@ -121,6 +121,7 @@ def timed_out(work: StepWork, started: datetime) -> StepOutcome:
         started_at=started,
         finished_at=datetime.now(UTC),
         first_attempt=claimed.first_attempt,
+        error_codes=("TimeoutError",),
     )
 
 

@@ -112,6 +112,8 @@ class StepOutcome:
     lost: bool = False
     """The attempt's worker died before it reported (remote dispatchers): retried per the
     policy, but at least once, so one crash does not fail a step that allows no retry."""
+    error_codes: tuple[str, ...] = ()
+    """The failed attempt's error codes and exception class names, for ``retry.on``."""
 
     @property
     def tries(self) -> int:

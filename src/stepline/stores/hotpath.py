@@ -2,7 +2,8 @@
 
 SQLAlchemy's per-execute work (parameter processing, result setup) costs several times
 what SQLite spends on these statements, so the per-step path binds plain values itself.
-Oracle keeps SQLAlchemy's typed path: its CLOB binds need the dialect's handling.
+Oracle keeps SQLAlchemy's typed path (:meth:`HotStatement.oracle_clause`): its CLOB and
+TIMESTAMP binds need the dialect's handling.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class HotStatement:
         return cursor
 
     def _run_typed(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+        return conn.execute(self.oracle_clause(params), dict(params)).cursor
+
+    def oracle_clause(self, params: Mapping[str, Any]) -> sa.TextClause:
+        """The statement as Oracle runs it: typed binds (CLOB JSON, TIMESTAMP), an expanding
+        bind per list (``IN (:keys_1, ...)``, callers keep lists under 1,000 entries) and
+        ``FETCH FIRST n ROWS ONLY`` for ``LIMIT``."""
         binds: list[sa.BindParameter[Any]] = []
         for name, value in params.items():
             if isinstance(value, list | tuple):
@@ -61,4 +68,4 @@ class HotStatement:
             elif name in self.times:
                 binds.append(sa.bindparam(name, type_=UtcDateTime()))
         sql = self.sql.replace(" LIMIT :limit", " FETCH FIRST :limit ROWS ONLY")
-        return conn.execute(sa.text(sql).bindparams(*binds), dict(params)).cursor
+        return sa.text(sql).bindparams(*binds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ metadata = sa.MetaData(
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
     }
 )
 
@@ -31,22 +33,112 @@ def json_serializer(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def oracle_native_json(dialect: sa.Dialect) -> bool:
+    """Oracle 21c and later have a JSON type; before that, JSON is a CLOB checked IS JSON.
+
+    Decided by the connected server's version; without one (offline SQL), the 19c form.
+    """
+    version = getattr(dialect, "server_version_info", None)
+    return dialect.name == "oracle" and version is not None and version >= (21,)
+
+
+class _NativeJson(sa.types.UserDefinedType[Any]):
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "JSON"
+
+    def get_dbapi_type(self, dbapi: Any) -> Any:
+        # Bound as a CLOB: a long text bound as VARCHAR2 would become a LONG, which Oracle
+        # does not convert into JSON; CLOB text it does.
+        return dbapi.DB_TYPE_CLOB
+
+
 class _OracleJson(sa.TypeDecorator[Any]):
-    """Oracle has no JSON type in SQLAlchemy 2.0: a CLOB holding JSON text."""
+    """JSON on Oracle: a CLOB of JSON text (19c) or the native JSON type (21c and later).
+
+    Bound as JSON text in both cases (Oracle parses text into a JSON column); python-oracledb
+    returns a native JSON column as Python values, where numbers may come back as Decimal.
+    """
 
     impl = oracle.CLOB
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if oracle_native_json(dialect):
+            return dialect.type_descriptor(_NativeJson())
+        return dialect.type_descriptor(oracle.CLOB())
 
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
         return None if value is None else json_serializer(value)
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
-        return None if value is None else json.loads(value)
+        if value is None:
+            return None
+        if oracle_native_json(dialect):
+            return _plain_json(value)
+        read = getattr(value, "read", None)  # a LOB handle, if the driver returned one
+        return json.loads(read() if callable(read) else value)
+
+
+def _plain_json(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return value
 
 
 JsonDocument = (
     sa.JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(_OracleJson(), "oracle")
 )
+
+
+def _oracle_clob_json(*_: Any, dialect: sa.Dialect, **__: Any) -> bool:
+    return dialect.name == "oracle" and not oracle_native_json(dialect)
+
+
+def is_json_check(column: str) -> sa.CheckConstraint:
+    """``CHECK (column IS JSON)``: emitted only on Oracle when JSON is stored as a CLOB."""
+    check = sa.CheckConstraint(f"{column} IS JSON", name=f"{column}_json")
+    return check.ddl_if(callable_=_oracle_clob_json)
+
+
+def declared_for(item: Any, dialect: sa.Dialect) -> bool:
+    """Whether the constraint or index ``item`` exists on ``dialect`` (see ``ddl_if``)."""
+    condition = getattr(item, "_ddl_if", None)
+    if condition is None:
+        return True
+    if condition.dialect is not None and condition.dialect != dialect.name:
+        return False
+    decide = condition.callable_
+    return decide is None or bool(decide(None, item, None, dialect=dialect))
+
+
+def _not_oracle(*_: Any, dialect: sa.Dialect, **__: Any) -> bool:
+    return dialect.name != "oracle"
+
+
+def null_tolerant_unique(table: str, key: str, column: str) -> list[Any]:
+    """``UNIQUE (key, column)`` where a NULL ``column`` never conflicts, on every database.
+
+    Oracle treats two rows with equal ``key`` and NULL ``column`` as duplicates under a
+    composite unique constraint; there a function-based unique index indexes only the rows
+    whose ``column`` is set (an all-NULL index entry is not stored, so it cannot collide).
+    """
+    name = f"uq_{table}_{key}_{column}"
+    when = sa.text(f"{column} IS NOT NULL")
+    return [
+        sa.UniqueConstraint(key, column, name=name).ddl_if(callable_=_not_oracle),
+        sa.Index(
+            name,
+            sa.case((when, sa.literal_column(key)), else_=sa.null()),
+            sa.case((when, sa.literal_column(column)), else_=sa.null()),
+            unique=True,
+        ).ddl_if(dialect="oracle"),
+    ]
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -58,6 +150,9 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        if dialect.name == "oracle":
+            # Oracle's DATE has no fractions of a second; leases and timings need them.
+            return dialect.type_descriptor(oracle.TIMESTAMP())
         return dialect.type_descriptor(sa.DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
@@ -93,6 +188,7 @@ batch_definition = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    is_json_check("steps"),
 )
 
 batch_definition_version = sa.Table(
@@ -104,6 +200,7 @@ batch_definition_version = sa.Table(
     sa.Column("document", JsonDocument, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("definition_id", "version"),
+    is_json_check("document"),
 )
 
 batch_instance = sa.Table(
@@ -124,9 +221,10 @@ batch_instance = sa.Table(
     sa.Column("finished_at", UtcDateTime),
     sa.Column("error", sa.Text),
     # The database, not a leader lease, guarantees one instance per cron fire time.
-    sa.UniqueConstraint("definition_id", "scheduled_for"),
-    sa.UniqueConstraint("definition_id", "idempotency_key"),
+    *null_tolerant_unique("batch_instance", "definition_id", "scheduled_for"),
+    *null_tolerant_unique("batch_instance", "definition_id", "idempotency_key"),
     sa.Index(None, "status"),
+    is_json_check("params"),
 )
 
 batch_step_result = sa.Table(
@@ -156,6 +254,7 @@ batch_step_result = sa.Table(
     sa.Column("available_at", UtcDateTime),
     sa.UniqueConstraint("batch_instance_id", "step_key", "map_index"),
     sa.Index(None, "batch_instance_id", "status"),
+    is_json_check("result_payload"),
 )
 
 batch_step_attempt = sa.Table(

@@ -50,6 +50,7 @@ from stepline.stores.transaction import (
     SqlInstanceTransaction,
     db_now,
     load_results,
+    not_in_chunks,
     utcnow,
 )
 
@@ -103,8 +104,12 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
     database we can open."""
     timeouts = timeouts or Timeouts()
     sa_url = _driver_url(url)
-    kwargs: dict[str, Any] = {"json_serializer": json_serializer}
     backend = sa_url.get_backend_name()
+    kwargs: dict[str, Any] = {}
+    if backend != "oracle":
+        # Oracle's dialect has no JSON type to take a serializer: schema.JsonDocument's
+        # Oracle variant serialises with the same json_serializer itself.
+        kwargs["json_serializer"] = json_serializer
     statement = timeouts.statement
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": statement or 30.0, "check_same_thread": False}
@@ -923,7 +928,7 @@ class SqlAlchemyStore(Store):
         live = sa.select(w.c.id).where(w.c.expires_at > sa.bindparam("now", type_=UtcDateTime()))
         dead = list(dead)
         if dead:
-            live = live.where(w.c.id.not_in(dead))
+            live = live.where(not_in_chunks(w.c.id, dead))
         query = (
             sa.select(BI.c.id, BI.c.owner_id)
             .where(

@@ -35,7 +35,7 @@ from stepline.stores.schema import (
 
 R = batch_step_result
 BI = batch_instance
-CHUNK = 500  # bound for IN lists: Oracle allows 1000, SQLite 32766 parameters
+CHUNK = 500  # bound for IN lists: Oracle allows at most 1000 expressions in one list
 
 
 def utcnow() -> datetime:
@@ -105,14 +105,26 @@ _QUEUE = HotStatement(
 )
 
 
+def not_in_chunks(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """``column NOT IN (values)`` as an AND of lists of at most CHUNK (Oracle: 1000 max)."""
+    return sa.and_(*(column.not_in(chunk) for chunk in iter_chunks(values, CHUNK)))
+
+
+# The database's clock in UTC, as naive or text timestamps, per dialect.
+CLOCK_SQL = {
+    "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
+    "mysql": "SELECT UTC_TIMESTAMP(6)",
+    "mariadb": "SELECT UTC_TIMESTAMP(6)",
+    # SYSTIMESTAMP carries the server's offset; SYS_EXTRACT_UTC makes it UTC whatever the
+    # server's or the session's time zone is.
+    "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
 def db_now(conn: Connection) -> datetime:
     """The database's clock: leases must not depend on the clocks of the machines."""
-    sql = {
-        "postgresql": "SELECT (now() AT TIME ZONE 'UTC')",
-        "mysql": "SELECT UTC_TIMESTAMP(6)",
-        "mariadb": "SELECT UTC_TIMESTAMP(6)",
-        "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
-    }.get(conn.dialect.name, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+    sql = CLOCK_SQL.get(conn.dialect.name, CLOCK_SQL["sqlite"])
     value = conn.exec_driver_sql(sql).scalar_one()
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -286,18 +298,19 @@ class SqlInstanceTransaction(InstanceTransaction):
         for c in claimed:
             by_attempt.setdefault(c.attempt, []).append(c.row_id)
         for attempt, ids in by_attempt.items():
-            self.conn.execute(
-                sa.update(R)
-                .where(R.c.id.in_(ids), R.c.status == StepStatus.QUEUED.value)
-                .values(
-                    status=StepStatus.RUNNING.value,
-                    attempt=attempt,
-                    owner_id=owner,
-                    started_at=now,
-                    finished_at=None,
-                    available_at=None,
+            for chunk in iter_chunks(ids, CHUNK):
+                self.conn.execute(
+                    sa.update(R)
+                    .where(R.c.id.in_(chunk), R.c.status == StepStatus.QUEUED.value)
+                    .values(
+                        status=StepStatus.RUNNING.value,
+                        attempt=attempt,
+                        owner_id=owner,
+                        started_at=now,
+                        finished_at=None,
+                        available_at=None,
+                    )
                 )
-            )
         return claimed
 
     def expand(self, key: str, count: int) -> None:
@@ -464,7 +477,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         )
         skip = list(exclude_keys)
         if skip:  # a mapped step's own row stays running while its items run
-            query = query.where(sa.or_(R.c.map_index >= 0, R.c.step_key.not_in(skip)))
+            query = query.where(sa.or_(R.c.map_index >= 0, not_in_chunks(R.c.step_key, skip)))
         return query
 
     def _requeue(self, rows: Sequence[Row[Any]], reason: str) -> list[str]:
@@ -519,13 +532,13 @@ class SqlInstanceTransaction(InstanceTransaction):
                     self._reset_row(item.id, StepStatus.QUEUED, 0, item.attempt + 1)
                 self._reset_row(parent.id, StepStatus.RUNNING, len(unfinished), parent.attempt)
                 continue
-            if key in items:
+            for chunk in iter_chunks([i.id for i in items.get(key, [])], CHUNK):
                 self.conn.execute(
                     sa.delete(batch_step_attempt).where(
-                        batch_step_attempt.c.step_result_id.in_([i.id for i in items[key]])
+                        batch_step_attempt.c.step_result_id.in_(chunk)
                     )
                 )
-                self.conn.execute(sa.delete(R).where(R.c.id.in_([i.id for i in items[key]])))
+                self.conn.execute(sa.delete(R).where(R.c.id.in_(chunk)))
             # Pending even when its upstream all succeeded: the next advance decides it again
             # (trigger rule, condition), so a step skipped on purpose stays skipped.
             self._reset_row(parent.id, StepStatus.PENDING, waiting, parent.attempt + 1)

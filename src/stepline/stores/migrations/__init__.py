@@ -8,6 +8,8 @@ revision in ``alembic_version``; such a database is taken over on the first upgr
 
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -91,3 +93,40 @@ def upgrade(engine: Engine) -> None:
         finally:
             if engine.dialect.name in ("mysql", "mariadb"):
                 conn.exec_driver_sql("SELECT RELEASE_LOCK('stepline_migrate')")
+
+
+def offline_sql(dialect_name: str) -> str:
+    """The DDL that ``upgrade`` would run, as an SQL script for ``dialect_name`` (no server).
+
+    Alembic's offline mode: what a DBA reviews and applies by hand where Stepline may not
+    create tables itself. On Oracle it is the 19c form (JSON in CLOB columns checked IS JSON);
+    an online upgrade against 21c or later creates native JSON columns instead.
+    """
+    buffer = io.StringIO()
+    config = alembic_config()
+    config.set_main_option("dialect_name", dialect_name)
+    config.attributes["output_buffer"] = buffer
+    command.upgrade(config, "head", sql=True)
+    script = buffer.getvalue()
+    if dialect_name == "oracle":
+        # SQLAlchemy's Oracle dialect adds RETURNING ... INTO :bind to the version insert; a
+        # script run in SQL*Plus has no bind to return into. The insert must be committed.
+        script = re.sub(r" RETURNING \w+\.version_num INTO :\w+", "", script)
+        script += "COMMIT\n\n/\n"
+    return script
+
+
+ORACLE_SCRIPT_HEADER = """\
+-- Stepline's tables for Oracle Database 19c and later (12.2 should work; untested).
+-- Generated from the Alembic migrations (offline mode) by scripts/oracle-schema-sql;
+-- a test fails when it drifts. Review it, then run it in SQL*Plus or SQLcl as the owner
+-- of Stepline's tables. `stepline db upgrade` creates the same tables itself, with native
+-- JSON columns on 21c and later; this file is the 19c form (CLOB checked IS JSON).
+-- No Oracle server runs in Stepline's CI: this DDL has been compiled, not executed.
+
+"""
+
+
+def oracle_schema_script() -> str:
+    """The reviewed ``docs/oracle/stepline-schema.sql``: a header and offline_sql("oracle")."""
+    return ORACLE_SCRIPT_HEADER + offline_sql("oracle")

@@ -11,7 +11,18 @@ from stepline.stores.schema import metadata
 config = context.config
 connection = config.attributes.get("connection")
 
-if connection is None:
+if context.is_offline_mode():
+    # `alembic upgrade --sql`: the DDL as text for a DBA (see offline_sql), no connection.
+    context.configure(
+        dialect_name=config.get_main_option("dialect_name"),
+        target_metadata=metadata,
+        literal_binds=True,
+        output_buffer=config.attributes["output_buffer"],
+        version_table=VERSION_TABLE,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+elif connection is None:
     url = config.get_main_option("sqlalchemy.url") or "sqlite:///stepline.db"
     with create_engine(url).begin() as conn:
         context.configure(

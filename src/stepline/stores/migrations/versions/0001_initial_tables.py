@@ -9,12 +9,46 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from stepline.stores.schema import JsonDocument, UtcDateTime
+from stepline.stores.schema import JsonDocument, UtcDateTime, oracle_native_json
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+
+def _oracle() -> bool:
+    return op.get_context().dialect.name == "oracle"
+
+
+def _json_checks(*columns: str, table: str) -> list[sa.CheckConstraint]:
+    """``CHECK (c IS JSON)`` on Oracle before 21c, where JSON columns are CLOBs."""
+    dialect = op.get_context().dialect
+    if dialect.name != "oracle" or oracle_native_json(dialect):
+        return []
+    return [sa.CheckConstraint(f"{c} IS JSON", name=op.f(f"ck_{table}_{c}_json")) for c in columns]
+
+
+def _unique_unless_null(table: str, key: str, column: str) -> list[sa.UniqueConstraint]:
+    """A composite unique constraint, except on Oracle (see _oracle_unique_indexes)."""
+    if _oracle():
+        return []
+    return [sa.UniqueConstraint(key, column, name=op.f(f"uq_{table}_{key}_{column}"))]
+
+
+def _oracle_unique_indexes(table: str, key: str, *columns: str) -> None:
+    # Oracle's composite unique constraint treats (key, NULL) rows as equal; a
+    # function-based index leaves rows with a NULL column out of the index entirely.
+    if not _oracle():
+        return
+    for column in columns:
+        when = f"CASE WHEN {column} IS NOT NULL THEN"
+        op.create_index(
+            op.f(f"uq_{table}_{key}_{column}"),
+            table,
+            [sa.text(f"{when} {key} ELSE NULL END"), sa.text(f"{when} {column} ELSE NULL END")],
+            unique=True,
+        )
 
 
 def upgrade() -> None:
@@ -35,6 +69,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_definition")),
         sa.UniqueConstraint("name", name=op.f("uq_batch_definition_name")),
+        *_json_checks("steps", table="batch_definition"),
     )
     op.create_table(
         "stepline_lease",
@@ -76,6 +111,7 @@ def upgrade() -> None:
             "version",
             name=op.f("uq_batch_definition_version_definition_id_version"),
         ),
+        *_json_checks("document", table="batch_definition_version"),
     )
     op.create_table(
         "batch_instance",
@@ -104,17 +140,11 @@ def upgrade() -> None:
             name=op.f("fk_batch_instance_definition_id_batch_definition"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batch_instance")),
-        sa.UniqueConstraint(
-            "definition_id",
-            "idempotency_key",
-            name=op.f("uq_batch_instance_definition_id_idempotency_key"),
-        ),
-        sa.UniqueConstraint(
-            "definition_id",
-            "scheduled_for",
-            name=op.f("uq_batch_instance_definition_id_scheduled_for"),
-        ),
+        *_unique_unless_null("batch_instance", "definition_id", "idempotency_key"),
+        *_unique_unless_null("batch_instance", "definition_id", "scheduled_for"),
+        *_json_checks("params", table="batch_instance"),
     )
+    _oracle_unique_indexes("batch_instance", "definition_id", "scheduled_for", "idempotency_key")
     with op.batch_alter_table("batch_instance", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_batch_instance_status"), ["status"], unique=False)
 
@@ -152,6 +182,7 @@ def upgrade() -> None:
             "map_index",
             name=op.f("uq_batch_step_result_batch_instance_id_step_key_map_index"),
         ),
+        *_json_checks("result_payload", table="batch_step_result"),
     )
     with op.batch_alter_table("batch_step_result", schema=None) as batch_op:
         batch_op.create_index(
@@ -195,6 +226,9 @@ def downgrade() -> None:
     op.drop_table("batch_step_result")
     with op.batch_alter_table("batch_instance", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_batch_instance_status"))
+        if _oracle():
+            batch_op.drop_index(batch_op.f("uq_batch_instance_definition_id_scheduled_for"))
+            batch_op.drop_index(batch_op.f("uq_batch_instance_definition_id_idempotency_key"))
 
     op.drop_table("batch_instance")
     op.drop_table("batch_definition_version")
