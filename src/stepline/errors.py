@@ -41,5 +41,9 @@ class Conflict(SteplineError):
     """The request is valid but the stored state does not allow it (e.g. retry of a success)."""
 
 
+class Paused(Conflict):
+    """The batch is paused: it takes no new instance until it is resumed."""
+
+
 class StoreUnavailable(SteplineError):
     """The database cannot be reached; nothing was written by the failed call."""

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,22 @@ import structlog
 
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import load_definitions
+from stepline.core.params import instance_params
 from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import Listener, Orchestrator
-from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
+from stepline.errors import (
+    Conflict,
+    DefinitionError,
+    NotFound,
+    Paused,
+    Problem,
+    StoreUnavailable,
+)
 from stepline.settings import Settings
-from stepline.stores.base import InstanceRecord, StoredDefinition
+from stepline.stores.base import InstanceRecord, PurgeFilter, StepLogRecord, StoredDefinition
 from stepline.stores.sqlalchemy import SqlAlchemyStore
 
 log = structlog.get_logger("stepline")
@@ -123,6 +132,14 @@ class Stepline:
         skip``: a cancelled instance whose error says why, so no trigger is lost).
         """
         stored = self.store.definition(batch)
+        if stored.paused:
+            raise Paused(f"batch {batch!r} is paused: it takes no new instance until resumed")
+        params = instance_params(
+            stored.definition,
+            params or {},
+            scheduled_for,
+            stored.definition.timezone or self.settings.timezone,
+        )
         skipped = None
         if limited and stored.definition.extra.get("on_busy", "queue") == "skip":
             limit = stored.definition.max_active_instances
@@ -133,13 +150,67 @@ class Stepline:
                 )
         return self.store.create_instance(
             stored,
-            params or {},
+            params,
             trigger,
             scheduled_for=scheduled_for,
             idempotency_key=idempotency_key,
             owner=self.orchestrator.owner if owned else None,
             skipped=skipped,
         )
+
+    # -- schedule control and retention ------------------------------------------------------
+
+    def pause(self, batch: str) -> StoredDefinition:
+        """Pause a batch: no cron instance and no trigger until :meth:`resume`. Instances
+        already queued or running go on."""
+        stored = self.store.set_paused(batch, True)
+        log.info("batch paused", batch=batch)
+        return stored
+
+    def resume(self, batch: str) -> StoredDefinition:
+        """Resume a paused batch; its ``misfire`` policy decides about the fire times that
+        passed meanwhile (``once``: the latest runs; ``all``: each runs; ``skip``: none)."""
+        stored = self.store.set_paused(batch, False)
+        log.info("batch resumed", batch=batch)
+        return stored
+
+    def delete(self, batch: str, *, purge: bool = False) -> int:
+        """Delete a batch (see :meth:`Store.delete_definition`); returns instances deleted."""
+        deleted = self.store.delete_definition(batch, purge=purge)
+        log.info("batch deleted", batch=batch, purged_instances=deleted if purge else None)
+        return deleted
+
+    def purge(
+        self,
+        which: PurgeFilter,
+        *,
+        chunk: int = 500,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Delete the finished instances ``which`` names, ``chunk`` per transaction, so a
+        busy database is never locked for long; returns how many were deleted."""
+        total = 0
+        while stop is None or not stop.is_set():
+            deleted = self.store.purge_chunk(which, chunk)
+            total += deleted
+            if deleted < chunk:
+                break
+        if total:
+            log.info("purged instances", count=total, before=which.before.isoformat())
+        return total
+
+    def logs(
+        self, instance_id: int, step: str | None = None, *, after_id: int = 0
+    ) -> list[StepLogRecord]:
+        """The logs of an instance's attempts, redacted again with today's secrets."""
+        from stepline.redact import redact_text
+
+        self.store.instance(instance_id)  # NotFound for an unknown instance
+        secrets = self.settings.secrets()
+        return [
+            replace(r, text=redact_text(r.text, secrets))
+            for r in self.store.step_logs(instance_id, step, after_id=after_id)
+        ]
 
     def wake(self) -> None:
         """Tell this process's driver that there is new work (a trigger, a retry)."""

@@ -430,3 +430,7 @@ def _short(value: object, width: int = 60) -> str:
 
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return escape(text if len(text) <= width else text[: width - 1] + "…")
+
+
+# Registers the operators' commands (pause, resume, backfill, delete, logs, purge) on `app`.
+from stepline.cli import operations  # noqa: E402, F401

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.errors import NotFound, StoreUnavailable
+from stepline.errors import Conflict, NotFound, StoreUnavailable
 from stepline.stores.base import (
     AttemptRecord,
     InstanceRecord,
@@ -27,10 +27,12 @@ from stepline.stores.base import (
     StoredDefinition,
 )
 from stepline.stores.hotpath import HotStatement
+from stepline.stores.maintenance import SqlMaintenance
 from stepline.stores.schema import (
     UtcDateTime,
     batch_definition,
     batch_definition_version,
+    batch_fire_time,
     batch_instance,
     batch_step_attempt,
     batch_step_result,
@@ -96,7 +98,7 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
 
 
-class SqlAlchemyStore(Store):
+class SqlAlchemyStore(SqlMaintenance, Store):
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         self.url = url
         self.engine = engine or create_engine(url)
@@ -151,6 +153,11 @@ class SqlAlchemyStore(Store):
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def _forget(self, definition_id: int) -> None:
+        self._names.pop(definition_id, None)
+        for key in [k for k in self._definitions if k[0] == definition_id]:
+            del self._definitions[key]
+
     # -- definitions ----------------------------------------------------------------------
 
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
@@ -191,6 +198,13 @@ class SqlAlchemyStore(Store):
                         batch_definition_version.c.version == row.version,
                     )
                 ).scalar_one()
+                if row.deleted_at is not None:
+                    # Applying a deleted batch revives it (its history was kept).
+                    conn.execute(
+                        sa.update(batch_definition)
+                        .where(batch_definition.c.id == row.id)
+                        .values(deleted_at=None)
+                    )
                 if current == document:
                     return self._stored(row.id, row.name, row.version, document, row)
                 definition_id, version, created = row.id, row.version + 1, row.created_at
@@ -225,7 +239,13 @@ class SqlAlchemyStore(Store):
             definition = parse_definition(document, f"batch {name} v{version}", check_runners=False)
             self._definitions[(definition_id, version)] = definition
         return StoredDefinition(
-            definition_id, name, version, definition, row.created_at, row.updated_at
+            definition_id,
+            name,
+            version,
+            definition,
+            row.created_at,
+            row.updated_at,
+            row.paused_at,
         )
 
     def definition(self, name: str, version: int | None = None) -> StoredDefinition:
@@ -235,7 +255,10 @@ class SqlAlchemyStore(Store):
             .join(v, v.c.definition_id == d.c.id)
             .where(d.c.name == name)
         )
-        query = query.where(v.c.version == (version if version is not None else d.c.version))
+        if version is None:
+            query = query.where(v.c.version == d.c.version, d.c.deleted_at.is_(None))
+        else:
+            query = query.where(v.c.version == version)
         with self._read() as conn:
             row = conn.execute(query).first()
         if row is None:
@@ -248,6 +271,7 @@ class SqlAlchemyStore(Store):
         query = (
             sa.select(d, v.c.document)
             .join(v, (v.c.definition_id == d.c.id) & (v.c.version == d.c.version))
+            .where(d.c.deleted_at.is_(None))
             .order_by(d.c.name)
         )
         with self._read() as conn:
@@ -287,6 +311,14 @@ class SqlAlchemyStore(Store):
         status = InstanceStatus.CANCELLED if skipped else InstanceStatus.QUEUED
         try:
             with self._write() as conn:
+                if scheduled_for is not None:
+                    # The fire time's own row outlives a purge of its instance: a fire time
+                    # that ran once, purged or not, refuses a second instance.
+                    conn.execute(
+                        sa.insert(batch_fire_time).values(
+                            definition_id=stored.id, scheduled_for=scheduled_for
+                        )
+                    )
                 instance_id = conn.execute(
                     sa.insert(BI).values(
                         definition_id=stored.id,
@@ -330,7 +362,11 @@ class SqlAlchemyStore(Store):
             with self._read() as conn:
                 existing = conn.execute(
                     sa.select(BI).where(BI.c.definition_id == stored.id, column == value)
-                ).one()
+                ).first()
+                if existing is None:
+                    raise Conflict(
+                        f"{stored.name} already ran for {value}; that instance was purged"
+                    ) from None
                 return self._instance(conn, existing), False
         self._names[stored.id] = stored.name
         return (
@@ -598,8 +634,8 @@ class SqlAlchemyStore(Store):
     def last_scheduled(self, definition_id: int) -> datetime | None:
         with self._read() as conn:
             value: datetime | None = conn.execute(
-                sa.select(sa.func.max(BI.c.scheduled_for)).where(
-                    BI.c.definition_id == definition_id
+                sa.select(sa.func.max(batch_fire_time.c.scheduled_for)).where(
+                    batch_fire_time.c.definition_id == definition_id
                 )
             ).scalar()
         if value is not None and value.tzinfo is None:
