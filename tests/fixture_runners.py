@@ -128,3 +128,17 @@ def item_work(ctx: StepContext) -> Any:
 running: dict[str, int] = {}
 peak: dict[str, int] = {}
 healed: set[str] = set()
+
+
+def chatty(ctx: StepContext) -> Any:
+    """Log through ctx.log and Python logging: ``lines`` lines of ``width`` characters."""
+    import logging
+
+    _count(ctx)
+    width = int(ctx.args.get("width", 20))
+    for n in range(int(ctx.args.get("lines", 1))):
+        ctx.log.info("line", n=n, text="x" * width)
+    logging.getLogger("chatty.lib").warning("from logging, token %s", ctx.params.get("api_token"))
+    if ctx.args.get("fail"):
+        raise RuntimeError("chatty failed on purpose")
+    return "done"

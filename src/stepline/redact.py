@@ -173,3 +173,8 @@ def redact_processor(secrets_provider: Callable[[], Iterable[str]]) -> Processor
         return {key: _redact_value(value, secrets) for key, value in event_dict.items()}
 
     return processor
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a key, query parameter or param name marks its value as a secret."""
+    return _is_secret_key(name)

@@ -26,6 +26,7 @@ from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import Listener, Orchestrator
+from stepline.engine.steplogs import configure_step_logs
 from stepline.errors import (
     Conflict,
     DefinitionError,
@@ -51,6 +52,7 @@ class Stepline:
         listener: Listener | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        configure_step_logs(self.settings.step_log_limit, self.settings.secrets)
         self.store = SqlAlchemyStore(db or self.settings.db)
         self.store.initialize()
         self._dispatcher = dispatcher

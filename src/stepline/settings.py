@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="Owner lease, timed by the database")
     log_format: str = Field("console", description="console or json")
     log_level: str = Field("info")
+    step_log_limit: int = Field(
+        65_536, ge=0, description="Bytes of log stored per step attempt; 0 stores none"
+    )
     connections: dict[str, SecretStr] = Field(
         default_factory=dict, description="Named business databases: STEPLINE_CONNECTIONS__NAME"
     )

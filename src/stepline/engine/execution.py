@@ -13,18 +13,17 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
+from stepline.engine import steplogs
+from stepline.engine.steplogs import AttemptLog, RunnerLogger
 from stepline.stores.base import StepOutcome
 
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
 
 _runners: dict[str, Runner] = {}
-_log = structlog.get_logger("stepline.runner")
 _MAX_ERROR = 8000
 
 
@@ -39,7 +38,9 @@ def is_async(reference: str) -> bool:
     return inspect.iscoroutinefunction(runner_for(reference))
 
 
-def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
+def build_context(
+    work: StepWork, load: ResultLoader | None, sink: AttemptLog | None = None
+) -> StepContext:
     results: Mapping[str, Any] = work.results
     if work.missing_results and load is not None:
         results = {**results, **load(work.instance_id, work.missing_results)}
@@ -48,13 +49,15 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
         namespace = {"params": work.params, "results": results, "item": work.item}
         args = resolve(args, namespace)
     claimed = work.claimed
-    log = _log.bind(
-        batch=work.batch,
-        instance_id=work.instance_id,
-        step=claimed.step_key,
-        attempt=claimed.attempt,
-        **({"map_index": claimed.map_index} if claimed.map_index >= 0 else {}),
-    )
+    context = {
+        "batch": work.batch,
+        "instance_id": work.instance_id,
+        "step": claimed.step_key,
+        "attempt": claimed.attempt,
+    }
+    if claimed.map_index >= 0:
+        context["map_index"] = claimed.map_index
+    log = RunnerLogger(sink, context)
     return StepContext(
         batch=work.batch,
         instance_id=work.instance_id,
@@ -70,7 +73,11 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
 
 
 def outcome(
-    work: StepWork, started: datetime, value: Any = None, error: BaseException | None = None
+    work: StepWork,
+    started: datetime,
+    value: Any = None,
+    error: BaseException | None = None,
+    log: AttemptLog | None = None,
 ) -> StepOutcome:
     """The outcome of an attempt that returned ``value`` or raised ``error``."""
     claimed = work.claimed
@@ -89,6 +96,7 @@ def outcome(
     else:
         message = describe(error)
         retryable = not isinstance(error, DoNotRetry | ImportError)
+    text, truncated = log.text() if log is not None else (None, False)
     return StepOutcome(
         row_id=claimed.row_id,
         step_key=claimed.step_key,
@@ -101,6 +109,8 @@ def outcome(
         finished_at=datetime.now(UTC),
         retryable=retryable,
         first_attempt=claimed.first_attempt,
+        log=text,
+        log_truncated=truncated,
     )
 
 
@@ -114,8 +124,10 @@ def describe(error: BaseException) -> str:
 
 def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     started = datetime.now(UTC)
+    log = steplogs.capture(work.params)
+    token = steplogs.active(log)
     try:
-        context = build_context(work, load)
+        context = build_context(work, load, log)
         value = runner_for(work.step.runner)(context)
         if inspect.isawaitable(value):
             raise TypeError(
@@ -123,15 +135,21 @@ def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
                 "def; declare it `async def`"
             )
     except BaseException as exc:  # SystemExit in a runner must still end its attempt
-        return outcome(work, started, error=exc)
-    return outcome(work, started, value)
+        return outcome(work, started, error=exc, log=log)
+    finally:
+        steplogs.release(token)
+    return outcome(work, started, value, log=log)
 
 
 async def run_async(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     started = datetime.now(UTC)
+    log = steplogs.capture(work.params)
+    token = steplogs.active(log)  # the task's own context: other tasks are not affected
     try:
-        context = build_context(work, load)
+        context = build_context(work, load, log)
         value = await runner_for(work.step.runner)(context)
     except Exception as exc:
-        return outcome(work, started, error=exc)
-    return outcome(work, started, value)
+        return outcome(work, started, error=exc, log=log)
+    finally:
+        steplogs.release(token)
+    return outcome(work, started, value, log=log)

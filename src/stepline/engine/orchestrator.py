@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -52,9 +52,31 @@ class StepEvent:
     status: StepStatus
     attempt: int
     at: datetime
+    batch: str = ""
+    duration: float | None = None
+    """Set on the one event that ends an attempt (final, an item's end, or queued again
+    for a retry): how long the attempt ran, in seconds."""
+
+
+@dataclass(frozen=True)
+class InstanceEvent:
+    """An instance this process drove reached a final status."""
+
+    instance_id: int
+    batch: str
+    status: InstanceStatus
+    duration: float
+    at: datetime
 
 
 Listener = Callable[[StepEvent], None]
+
+
+@runtime_checkable
+class InstanceListener(Protocol):
+    """A listener that also wants to hear when instances end (metrics)."""
+
+    def instance_ended(self, event: InstanceEvent) -> None: ...
 
 
 @dataclass
@@ -300,7 +322,7 @@ class Orchestrator:
         active.wake_at = wake
         self._emit(active, done, outcomes, now)
         if done.final is not None:
-            self._finish(active)
+            self._finish(active, done.final)
             return
         for claimed in done.claimed:
             step = active.definition.step(claimed.step_key)
@@ -344,32 +366,70 @@ class Orchestrator:
     def _emit(
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
     ) -> None:
+        instance, batch = active.instance.id, active.instance.batch
+        ended: dict[str, StepOutcome] = {}
+        for o, retrying in done.recorded:
+            status = (
+                StepStatus.SUCCEEDED
+                if o.succeeded
+                else StepStatus.QUEUED
+                if retrying
+                else StepStatus.FAILED
+            )
+            log_attempt(batch, instance, o, status)
+            if o.map_index < 0 and not retrying:
+                ended[o.step_key] = o
         if self.listener is None:
             return
-        attempts = {o.step_key: o.attempt for o in outcomes}
+        listener = self.listener
         for key, status in done.finished.items():
-            self.listener(StepEvent(active.instance.id, key, -1, status, attempts.get(key, 0), now))
-        for o in outcomes:
+            last = ended.get(key)
+            listener(
+                StepEvent(
+                    instance,
+                    key,
+                    -1,
+                    status,
+                    last.attempt if last is not None else 0,
+                    now,
+                    batch,
+                    _seconds(last) if last is not None else None,
+                )
+            )
+        for o, retrying in done.recorded:
             if o.map_index >= 0:
                 status = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
-                self.listener(
-                    StepEvent(active.instance.id, o.step_key, o.map_index, status, o.attempt, now)
-                )
-            elif not o.succeeded and o.step_key not in done.finished:
-                self.listener(
+                if retrying:
+                    status = StepStatus.QUEUED
+                listener(
                     StepEvent(
-                        active.instance.id,
+                        instance,
+                        o.step_key,
+                        o.map_index,
+                        status,
+                        o.attempt,
+                        now,
+                        batch,
+                        _seconds(o),
+                    )
+                )
+            elif retrying:
+                listener(
+                    StepEvent(
+                        instance,
                         o.step_key,
                         o.map_index,
                         StepStatus.QUEUED,
                         o.attempt,
                         now,
+                        batch,
+                        _seconds(o),
                     )
                 )
         for c in done.claimed:
-            self.listener(
+            listener(
                 StepEvent(
-                    active.instance.id, c.step_key, c.map_index, StepStatus.RUNNING, c.attempt, now
+                    instance, c.step_key, c.map_index, StepStatus.RUNNING, c.attempt, now, batch
                 )
             )
 
@@ -403,7 +463,7 @@ class Orchestrator:
         active.inflight.clear()
         tx.cancel_unfinished()
         tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
-        self._finish(active)
+        self._finish(active, InstanceStatus.CANCELLED)
 
     def _lose(self, active: _Active) -> None:
         """The instance is no longer ours (recovered by another process, or final)."""
@@ -414,8 +474,22 @@ class Orchestrator:
         self._active.pop(active.instance.id, None)
         active.done.set()
 
-    def _finish(self, active: _Active) -> None:
+    def _finish(self, active: _Active, status: InstanceStatus) -> None:
         del self._active[active.instance.id]
+        record = active.instance
+        now = datetime.now(UTC)
+        duration = (now - (record.started_at or record.created_at)).total_seconds()
+        log.info(
+            "instance ended",
+            batch=record.batch,
+            instance_id=record.id,
+            status=status.value,
+            duration=round(duration, 3),
+        )
+        if isinstance(self.listener, InstanceListener):
+            self.listener.instance_ended(
+                InstanceEvent(record.id, record.batch, status, duration, now)
+            )
         if active.definition.alerts:
             final = self.store.instance(active.instance.id)
             if final.status is InstanceStatus.FAILED:
@@ -443,6 +517,29 @@ class Orchestrator:
         if force or now >= self._next_heartbeat:
             self.store.heartbeat(self.owner, self.lease_seconds)
             self._next_heartbeat = now + self.lease_seconds / 3
+
+
+def _seconds(o: StepOutcome) -> float:
+    return max(0.0, (o.finished_at - o.started_at).total_seconds())
+
+
+def log_attempt(batch: str, instance_id: int, o: StepOutcome, status: StepStatus) -> None:
+    """The engine's one line per recorded attempt: what ``serve``'s log tells of a run."""
+    error_class = None
+    if o.error:
+        head = o.error.split("\n", 1)[0]
+        error_class = head.split(":", 1)[0] if ":" in head else head
+    log.info(
+        "step attempt ended",
+        batch=batch,
+        instance_id=instance_id,
+        step=o.step_key,
+        **({"map_index": o.map_index} if o.map_index >= 0 else {}),
+        attempt=o.attempt,
+        status="retrying" if status is StepStatus.QUEUED else status.value,
+        duration=round(_seconds(o), 3),
+        error_class=error_class,
+    )
 
 
 def _decode(payload: str | None) -> Any:
