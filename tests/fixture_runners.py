@@ -142,3 +142,15 @@ def chatty(ctx: StepContext) -> Any:
     if ctx.args.get("fail"):
         raise RuntimeError("chatty failed on purpose")
     return "done"
+
+
+async def achatty(ctx: StepContext) -> Any:
+    """An async runner that logs, yielding between lines so other tasks interleave."""
+    import logging
+
+    _count(ctx)
+    for n in range(3):
+        ctx.log.info("async line", n=n, step=ctx.step)
+        logging.getLogger("achatty").warning("record of %s", ctx.step)
+        await asyncio.sleep(0.01)
+    return "done"

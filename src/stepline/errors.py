@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 
 class SteplineError(Exception):
-    """Base of every error Stepline raises on purpose."""
+    """Base of every error Stepline raises on purpose.
+
+    The message says what is wrong in words every shell can show; ``hint`` may name the
+    command that helps, which only the CLI prints (an API answer never suggests a command).
+    """
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 @dataclass(frozen=True)

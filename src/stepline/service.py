@@ -236,12 +236,14 @@ class Stepline:
             if status is InstanceStatus.SUCCEEDED:
                 raise Conflict(
                     f"instance {instance_id} of {instance.batch!r} succeeded and is final; "
-                    f"run the batch anew with `stepline run {instance.batch}`"
+                    "run the batch anew instead",
+                    hint=f"`stepline run {instance.batch}` runs it anew",
                 )
             if not status.is_final:
                 raise Conflict(
                     f"instance {instance_id} is {status.value}; only a failed or cancelled "
-                    "instance can be retried (`stepline recover` resumes a crashed one)"
+                    "instance can be retried",
+                    hint="`stepline recover` resumes a crashed one",
                 )
             reset = tx.reset_unsuccessful(
                 definition.graph.predecessors,

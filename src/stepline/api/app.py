@@ -21,6 +21,7 @@ from stepline.api.dashboard import router as dashboard_router
 from stepline.api.errors import install_error_handlers
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
+from stepline.api.operations import router as operations_router
 from stepline.api.routes import health_router, router
 from stepline.api.security import check_token
 from stepline.logs import configure_logging
@@ -111,6 +112,7 @@ def _build(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
+    app.include_router(operations_router)
     app.include_router(dashboard_router)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(UnhandledErrors, secrets=service.settings.secrets)

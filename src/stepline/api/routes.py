@@ -151,9 +151,18 @@ def run_batch_seed(
 
 
 @router.get("/api/batches", response_model=BatchList, tags=["batches"], summary="List batches")
-def list_batches(service: ServiceDep) -> BatchList:
-    """Every batch at its current version, by name."""
-    return BatchList(batches=[batch_summary(s) for s in service.store.definitions()])
+def list_batches(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 1000,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Skip this many first.")] = 0,
+) -> BatchList:
+    """Batches at their current version, by name, a page at a time (``limit``, ``offset``)."""
+    stored = service.store.definitions()
+    page = stored[offset : offset + limit]
+    more = offset + limit < len(stored)
+    return BatchList(
+        batches=[batch_summary(s) for s in page], next_offset=offset + limit if more else None
+    )
 
 
 @router.get(
@@ -223,11 +232,21 @@ def list_instances(
         InstanceStatus | None, Query(description="Only instances in this status.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    cursor: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="The next_cursor of the previous page."),
+    ] = None,
 ) -> InstanceList:
-    """Instances, newest first."""
+    """Instances, newest first, a page at a time: pass ``next_cursor`` as ``cursor`` for
+    the next page (null when there is none)."""
     secrets = service.settings.secrets()
-    found = service.store.instances(batch, status, limit)
-    return InstanceList(instances=[instance_out(i, secrets) for i in found])
+    found = service.store.instances(batch, status, limit + 1, before=cursor)
+    more = len(found) > limit
+    found = found[:limit]
+    return InstanceList(
+        instances=[instance_out(i, secrets) for i in found],
+        next_cursor=found[-1].id if more else None,
+    )
 
 
 @router.get(

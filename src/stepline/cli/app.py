@@ -26,7 +26,7 @@ from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
 from stepline.core.states import InstanceStatus
 from stepline.engine.alerts import alert_problems
 from stepline.engine.orchestrator import StepEvent
-from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
+from stepline.errors import Conflict, DefinitionError, NotFound, SteplineError, StoreUnavailable
 from stepline.logs import configure_logging
 from stepline.service import Stepline
 from stepline.settings import Settings
@@ -72,9 +72,11 @@ def _errors() -> Iterator[None]:
             err.print(f"[red]error[/]: {escape(str(problem))}")
         raise typer.Exit(2) from None
     except (NotFound, Conflict) as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc) + (f"; {exc.hint}" if exc.hint else ""), 2)
     except StoreUnavailable as exc:
         _fail(str(exc), 3)
+    except SteplineError as exc:
+        _fail(str(exc), 2)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -183,8 +183,8 @@ class Orchestrator:
                 return False  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
                 raise Conflict(
-                    f"instance {instance_id} is being run by {current.owner_id}; "
-                    f"`stepline cancel {instance_id}` stops it"
+                    f"instance {instance_id} is being run by {current.owner_id}",
+                    hint=f"`stepline cancel {instance_id}` stops it",
                 )
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
             requeued = tx.requeue_running(

@@ -349,9 +349,14 @@ class Store(ABC):
 
     @abstractmethod
     def instances(
-        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+        self,
+        batch: str | None = None,
+        status: InstanceStatus | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
     ) -> list[InstanceRecord]:
-        """Newest first."""
+        """Newest first; with ``before`` (an instance id, the cursor) only older ones."""
 
     @abstractmethod
     def step_results(self, instance_id: int) -> list[StepResultRecord]:

@@ -263,7 +263,9 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             row = conn.execute(query).first()
         if row is None:
             what = f"batch {name!r}" + (f" version {version}" if version is not None else "")
-            raise NotFound(f"{what} does not exist; `stepline apply FILE` stores a definition")
+            raise NotFound(
+                f"{what} does not exist", hint="`stepline apply FILE` stores a definition"
+            )
         return self._stored(row.id, row.name, row.doc_version, row.document, row)
 
     def definitions(self) -> list[StoredDefinition]:
@@ -492,14 +494,21 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
             if row is None:
                 raise NotFound(
-                    f"instance {instance_id} does not exist; `stepline instances` lists them"
+                    f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
                 )
             return self._instance(conn, row)
 
     def instances(
-        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+        self,
+        batch: str | None = None,
+        status: InstanceStatus | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
     ) -> list[InstanceRecord]:
         query = sa.select(BI).order_by(BI.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(BI.c.id < before)
         if batch is not None:
             query = query.join(batch_definition, batch_definition.c.id == BI.c.definition_id).where(
                 batch_definition.c.name == batch
