@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,22 @@ class Stepline:
         if total:
             log.info("purged instances", count=total, before=which.before.isoformat())
         return total
+
+    def purge_forever(
+        self, stop: threading.Event, retention: timedelta, *, every_seconds: float = 3600.0
+    ) -> None:
+        """``serve``'s retention thread: purge what finished longer than ``retention`` ago,
+        soon after start and then every ``every_seconds``, until ``stop``."""
+        from stepline.core.states import InstanceStatus as Status
+
+        final = tuple(s for s in Status if s.is_final)
+        wait = min(5.0, every_seconds)
+        while not stop.wait(wait):
+            wait = every_seconds
+            try:
+                self.purge(PurgeFilter(datetime.now(UTC) - retention, final), stop=stop)
+            except Exception as exc:  # the next round tries again
+                log.warning("retention purge failed", error=f"{type(exc).__name__}: {exc}")
 
     def logs(
         self, instance_id: int, step: str | None = None, *, after_id: int = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,9 +23,23 @@ class Settings(BaseSettings):
     step_log_limit: int = Field(
         65_536, ge=0, description="Bytes of log stored per step attempt; 0 stores none"
     )
+    retention: str | None = Field(
+        None,
+        description="serve purges finished instances older than this (e.g. 90d); unset: keep all",
+    )
     connections: dict[str, SecretStr] = Field(
         default_factory=dict, description="Named business databases: STEPLINE_CONNECTIONS__NAME"
     )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str | None) -> str | None:
+        if value is not None:
+            from stepline.core.durations import parse_duration
+
+            if parse_duration(value).total_seconds() <= 0:
+                raise ValueError("must be a positive duration such as 90d")
+        return value
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and error messages."""

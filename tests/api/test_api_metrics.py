@@ -22,9 +22,7 @@ DURATION_SUM = "stepline_step_duration_seconds_sum"
 ATTEMPTS = "stepline_step_attempts_total"
 
 
-def event(
-    status: StepStatus, seconds: float | None, key: str = "a", index: int = -1
-) -> StepEvent:
+def event(status: StepStatus, seconds: float | None, key: str = "a", index: int = -1) -> StepEvent:
     return StepEvent(7, key, index, status, 1, T0, "weekly", seconds)
 
 
@@ -57,9 +55,7 @@ def test_a_mapped_step_counts_every_item_attempt(tmp_path: Path) -> None:
     """The soak test's shortfall: the last items of a map ended in the same transaction as
     the mapped step itself, and the step's final event made their ends uncountable."""
     metrics = Metrics()
-    with Stepline(
-        db=f"sqlite:///{tmp_path / 'map.db'}", listener=StepMetrics(metrics)
-    ) as service:
+    with Stepline(db=f"sqlite:///{tmp_path / 'map.db'}", listener=StepMetrics(metrics)) as service:
         service.apply(
             batch(
                 "weekly",
@@ -104,9 +100,9 @@ def test_real_runs_are_counted_per_batch_and_step(tmp_path: Path) -> None:
     assert sample(metrics, "stepline_instances_total", status="succeeded") == 1
     assert 'stepline_instances_current{batch="weekly",status="succeeded"} 1.0' in text
     assert finished is not None
-    assert sample(
-        metrics, "stepline_batch_last_success_timestamp_seconds"
-    ) == pytest.approx(finished.timestamp())
+    assert sample(metrics, "stepline_batch_last_success_timestamp_seconds") == pytest.approx(
+        finished.timestamp()
+    )
 
 
 def test_scheduler_lag_through_the_metrics_or_their_registry() -> None:

@@ -51,9 +51,10 @@ def test_a_log_over_the_cap_is_cut_and_says_so(app: Stepline) -> None:
     (log,) = app.logs(instance_id)
     assert log.truncated
     assert len(log.text.encode()) < 2048 + 200
-    assert log.text.endswith(
-        "bytes per attempt (STEPLINE_STEP_LOG_LIMIT)]"
-    ) and "[log truncated:" in log.text
+    assert (
+        log.text.endswith("bytes per attempt (STEPLINE_STEP_LOG_LIMIT)]")
+        and "[log truncated:" in log.text
+    )
 
 
 def test_secrets_in_logs_are_masked(app: Stepline) -> None:

@@ -58,7 +58,15 @@ Params = Annotated[
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
-    settings = Settings()
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(p) for p in problem["loc"])
+            err.print(f"[red]error[/]: setting STEPLINE_{where.upper()}: {escape(problem['msg'])}")
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
 
@@ -222,6 +230,15 @@ def serve(
         ticker = threading.Thread(target=scheduler.run, args=(stop,), name="stepline-scheduler")
         driver.start()
         ticker.start()
+        if settings.retention:
+            from stepline.core.durations import parse_duration
+
+            threading.Thread(
+                target=service.purge_forever,
+                args=(stop, parse_duration(settings.retention)),
+                name="stepline-retention",
+                daemon=True,
+            ).start()
         out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
         config = uvicorn.Config(
             create_app(service, metrics=metrics),
