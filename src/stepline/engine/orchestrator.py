@@ -25,6 +25,7 @@ import structlog
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
+from stepline.engine import outcome_log
 from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import send_alerts
 from stepline.errors import Conflict
@@ -252,6 +253,7 @@ class Orchestrator:
         return list(self._active)
 
     def close(self) -> None:
+        outcome_log.flush()
         self.dispatcher.shutdown(wait=False)
         self.store.release(self.owner)
 
@@ -368,15 +370,22 @@ class Orchestrator:
     ) -> None:
         instance, batch = active.instance.id, active.instance.batch
         ended: dict[str, StepOutcome] = {}
+        outcome_log.attempts_ended(
+            batch,
+            instance,
+            [
+                (
+                    o,
+                    StepStatus.SUCCEEDED
+                    if o.succeeded
+                    else StepStatus.QUEUED
+                    if retrying
+                    else StepStatus.FAILED,
+                )
+                for o, retrying in done.recorded
+            ],
+        )
         for o, retrying in done.recorded:
-            status = (
-                StepStatus.SUCCEEDED
-                if o.succeeded
-                else StepStatus.QUEUED
-                if retrying
-                else StepStatus.FAILED
-            )
-            log_attempt(batch, instance, o, status)
             if o.map_index < 0 and not retrying:
                 ended[o.step_key] = o
         if self.listener is None:
@@ -479,13 +488,7 @@ class Orchestrator:
         record = active.instance
         now = datetime.now(UTC)
         duration = (now - (record.started_at or record.created_at)).total_seconds()
-        log.info(
-            "instance ended",
-            batch=record.batch,
-            instance_id=record.id,
-            status=status.value,
-            duration=round(duration, 3),
-        )
+        outcome_log.instance_ended(record.batch, record.id, status, duration)
         if isinstance(self.listener, InstanceListener):
             self.listener.instance_ended(
                 InstanceEvent(record.id, record.batch, status, duration, now)
@@ -521,25 +524,6 @@ class Orchestrator:
 
 def _seconds(o: StepOutcome) -> float:
     return max(0.0, (o.finished_at - o.started_at).total_seconds())
-
-
-def log_attempt(batch: str, instance_id: int, o: StepOutcome, status: StepStatus) -> None:
-    """The engine's one line per recorded attempt: what ``serve``'s log tells of a run."""
-    error_class = None
-    if o.error:
-        head = o.error.split("\n", 1)[0]
-        error_class = head.split(":", 1)[0] if ":" in head else head
-    log.info(
-        "step attempt ended",
-        batch=batch,
-        instance_id=instance_id,
-        step=o.step_key,
-        **({"map_index": o.map_index} if o.map_index >= 0 else {}),
-        attempt=o.attempt,
-        status="retrying" if status is StepStatus.QUEUED else status.value,
-        duration=round(_seconds(o), 3),
-        error_class=error_class,
-    )
 
 
 def _decode(payload: str | None) -> Any:

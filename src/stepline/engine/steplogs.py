@@ -43,7 +43,8 @@ def configure_step_logs(
 ) -> None:
     """Set the per-attempt cap in bytes (0 stores no logs) and the process's secrets."""
     _Config.limit = limit
-    _Config.secrets = secrets
+    known = list(secrets())  # settings do not change while the process runs
+    _Config.secrets = lambda: known
 
 
 class AttemptLog:
