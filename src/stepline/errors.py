@@ -53,5 +53,28 @@ class Paused(Conflict):
     """The batch is paused: it takes no new instance until it is resumed."""
 
 
+_EXTRAS = {
+    "postgresql": ("PostgreSQL", "psycopg", "postgres"),
+    "mysql": ("MariaDB/MySQL", "PyMySQL", "mysql"),
+    "mariadb": ("MariaDB/MySQL", "PyMySQL", "mysql"),
+    "oracle": ("Oracle", "python-oracledb", "oracle"),
+}
+
+
+class MissingDriver(SteplineError):
+    """The database driver a URL needs is not installed (the base install has SQLite only)."""
+
+    @classmethod
+    def for_backend(cls, backend: str, error: ImportError) -> SteplineError:
+        known = _EXTRAS.get(backend)
+        if known is None:
+            return cls(f"no driver for {backend!r} URLs: {error}")
+        database, driver, extra = known
+        return cls(
+            f"{database} needs the {driver} driver, which is not installed: "
+            f"pip install 'stepline[{extra}]'"
+        )
+
+
 class StoreUnavailable(SteplineError):
     """The database cannot be reached; nothing was written by the failed call."""

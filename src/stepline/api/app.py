@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
+from stepline.api.docs import install_docs
 from stepline.api.errors import install_error_handlers
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
@@ -105,6 +106,8 @@ def _build(
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from our own files below, not from a CDN
+        redoc_url=None,
     )
     app.state.service = service
     app.state.metrics = metrics or Metrics()
@@ -114,6 +117,7 @@ def _build(
     app.include_router(router)
     app.include_router(operations_router)
     app.include_router(dashboard_router)
+    install_docs(app)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(UnhandledErrors, secrets=service.settings.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.errors import Conflict, NotFound, StoreUnavailable
+from stepline.errors import Conflict, MissingDriver, NotFound, StoreUnavailable
 from stepline.stores.base import (
     AttemptRecord,
     InstanceRecord,
@@ -70,7 +70,10 @@ def create_engine(url: str) -> Engine:
         kwargs["pool_pre_ping"] = True
     else:
         kwargs["pool_pre_ping"] = True
-    engine = sa.create_engine(sa_url, **kwargs)
+    try:
+        engine = sa.create_engine(sa_url, **kwargs)
+    except ImportError as exc:
+        raise MissingDriver.for_backend(backend, exc) from None
     if backend == "sqlite":
         _tune_sqlite(engine)
     return engine
