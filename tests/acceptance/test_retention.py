@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from test_serve import Serve, _engine, _env, _instances, root, spawn  # noqa: F401
+from test_serve import Serve, _engine, _env, _instances
+from test_serve import root as root
+from test_serve import spawn as spawn
 
 from databases import create_database, drop_database
 from stepline import batch, step

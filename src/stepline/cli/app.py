@@ -494,7 +494,10 @@ def show(
                 }
                 for r in service.store.step_results(instance_id)
             ]
-            _json(document, service.settings.secrets())
+            from stepline.redact import is_secret_name
+
+            hidden = [str(v) for k, v in i.params.items() if is_secret_name(k) and v]
+            _json(document, [*service.settings.secrets(), *hidden])
             return
         out.print(
             f"instance {i.id}  batch {i.batch} v{i.definition_version}  {i.status.value}  "
@@ -579,13 +582,15 @@ def _batch_zones(service: Stepline, forced: Any) -> Any:
 
 
 def _instance_json(service: Stepline, i: Any, zone: Any) -> dict[str, Any]:
+    from stepline.redact import MASK, is_secret_name
+
     return {
         "id": i.id,
         "batch": i.batch,
         "version": i.definition_version,
         "status": i.status.value,
         "trigger": i.trigger,
-        "params": dict(i.params),
+        "params": {k: MASK if is_secret_name(k) else v for k, v in i.params.items()},
         "scheduled_for": _when(i.scheduled_for, zone) or None,
         "created_at": _when(i.created_at, zone),
         "started_at": _when(i.started_at, zone) or None,
