@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     log_format: str = Field("console", description="console or json")
     log_level: str = Field("info")
     step_log_limit: int = Field(
-        65_536, ge=0, description="Bytes of log stored per step attempt; 0 stores none"
+        65_536,
+        ge=0,
+        le=4_194_304,
+        description="Bytes of log stored per step attempt (up to 4 MiB); 0 stores none",
     )
     retention: str | None = Field(
         None,

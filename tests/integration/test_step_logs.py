@@ -104,3 +104,13 @@ def test_a_zero_cap_stores_no_logs(tmp_path: Path) -> None:
     with Stepline(settings, db=f"sqlite:///{tmp_path / 'z.db'}") as app:
         instance_id = run(app, [s("a", runner="chatty")])
         assert app.logs(instance_id) == []
+
+
+def test_a_log_at_the_default_cap_fits_every_database(db_url: str) -> None:
+    with Stepline(db=db_url) as app:
+        instance_id = run(app, [s("a", runner="chatty", lines=1000, width=200)])
+        (log,) = app.logs(instance_id)
+        final = app.store.instance(instance_id)
+    assert final.status.value == "succeeded"
+    assert log.truncated
+    assert 60_000 < len(log.text.encode()) < 65_536 + 200

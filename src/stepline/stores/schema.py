@@ -194,6 +194,9 @@ batch_step_attempt = sa.Table(
     sa.UniqueConstraint("step_result_id", "attempt"),
 )
 
+# MySQL's TEXT holds 64 KiB, less than a capped log with its truncation note.
+LogText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
 # What a runner logged during one attempt (ctx.log and Python logging from its thread),
 # redacted and capped; written in the transaction that records the attempt's outcome.
 batch_step_log = sa.Table(
@@ -204,7 +207,7 @@ batch_step_log = sa.Table(
         "step_result_id", sa.BigInteger, sa.ForeignKey("batch_step_result.id"), nullable=False
     ),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("text", LogText, nullable=False),
     sa.Column("truncated", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("step_result_id", "attempt"),

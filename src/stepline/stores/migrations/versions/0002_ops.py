@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from stepline.stores.schema import UtcDateTime
+from stepline.stores.schema import LogText, UtcDateTime
 
 revision = "0002_ops"
 down_revision = "0001"
@@ -51,7 +51,7 @@ def upgrade() -> None:
         ),
         sa.Column("step_result_id", sa.BigInteger(), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("text", LogText, nullable=False),
         sa.Column("truncated", sa.Boolean(), nullable=False),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
