@@ -109,7 +109,7 @@ def main() -> None:
         from stepline.logs import configure_logging
         from stepline.settings import Settings
 
-        configure_logging("info", "json", Settings().secrets)
+        configure_logging("info", "json", Settings().secrets, outcome_lines=True)
     dbs = args.db or [
         "sqlite",
         os.environ.get("STEPLINE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),

@@ -13,8 +13,14 @@ from stepline.redact import redact_processor
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "console", secrets: Callable[[], Iterable[str]] = list
+    level: str = "info",
+    fmt: str = "console",
+    secrets: Callable[[], Iterable[str]] = list,
+    *,
+    outcome_lines: bool = False,
 ) -> None:
+    """Log on stderr; with ``outcome_lines`` (``serve``) also the engine's line per step
+    attempt and per instance."""
     # Settings do not change while the process runs: find the secrets once, not per line.
     known = list(secrets())
     renderer: structlog.typing.Processor = (
@@ -23,7 +29,7 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     threshold = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    outcome_log.configure(fmt, threshold <= logging.INFO, sys.stderr)
+    outcome_log.configure(fmt, outcome_lines and threshold <= logging.INFO, sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -128,3 +128,11 @@ def test_serve_purges_100k_old_instances_while_it_runs_a_cron_batch(
     assert len(ticks) >= took / 2, f"the cron batch stalled during the purge\n{serve}"
     purged = serve.events("purged instances")
     assert sum(e["count"] for e in purged) == OLD - 20
+    # serve's log tells the story of each run: a line per attempt and per instance
+    attempts = [e for e in serve.events("step attempt ended") if e["batch"] == "ticker"]
+    ended = [e for e in serve.events("instance ended") if e["batch"] == "ticker"]
+    assert len(attempts) >= len(ticks) and len(ended) >= len(ticks)
+    assert {"instance_id", "step", "attempt", "status", "duration", "error_class"} <= set(
+        attempts[0]
+    )
+    assert attempts[0]["step"] == "tick" and attempts[0]["status"] == "succeeded"

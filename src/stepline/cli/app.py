@@ -240,6 +240,7 @@ def serve(
     from stepline.scheduling.scheduler import Scheduler
 
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.secrets, outcome_lines=True)
     try:
         check_bind(host, settings.api_token is not None)
         check_token(settings.api_token.get_secret_value() if settings.api_token else None)

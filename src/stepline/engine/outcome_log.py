@@ -35,15 +35,16 @@ class _Output:
     """Set by :func:`configure` (``configure_logging`` does): render lines here and write a
     group of them at once; unset, each line goes through structlog's configuration."""
 
-    enabled = True
+    enabled = False
     fmt: str | None = None
     stream: TextIO | None = None
 
 
-def configure(fmt: str, enabled: bool, stream: TextIO) -> None:
-    """Lines in ``fmt`` (``json`` or ``console``) on ``stream``, or none if not ``enabled``
-    (the log level is above info). Batch and step names, statuses, numbers and error class
-    names are all these lines hold, so they need no redaction."""
+def configure(fmt: str, enabled: bool, stream: TextIO | None) -> None:
+    """Write the lines in ``fmt`` (``json`` or ``console``) on ``stream`` (None: through
+    structlog) if ``enabled``. Off by default: ``serve`` turns them on, while ``stepline
+    run`` shows its progress instead. Batch and step names, statuses, numbers and error
+    class names are all these lines hold, so they need no redaction."""
     _Output.enabled, _Output.fmt, _Output.stream = enabled, fmt, stream
 
 
