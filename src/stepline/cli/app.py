@@ -381,7 +381,7 @@ def batches(as_json: Json = False, tz: Tz = None, db: Db = None) -> None:
 
     zone = _tz_option(tz)
     with _errors(), _open(db) as service:
-        table = Table("name", "version", "cron", "timezone", "steps", "state", "next fire")
+        table = Table("name", "version", "cron", "timezone", "steps", "next fire", "state")
         rows = []
         now = datetime.now(UTC)
         for stored in service.store.definitions():
@@ -402,7 +402,7 @@ def batches(as_json: Json = False, tz: Tz = None, db: Db = None) -> None:
                 }
             )
             row = (d.name, str(stored.version), d.cron or "", batch_tz, str(len(d.steps)))
-            table.add_row(*row, state, "" if stored.paused else shown)
+            table.add_row(*row, "" if stored.paused else shown, state)
         if as_json:
             _json({"batches": rows})
         else:

@@ -48,8 +48,7 @@ def configure(fmt: str, enabled: bool, stream: TextIO | None) -> None:
     _Output.enabled, _Output.fmt, _Output.stream = enabled, fmt, stream
 
 
-def _render(event: str, fields: dict[str, Any]) -> str:
-    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def _render(event: str, fields: dict[str, Any], stamp: str) -> str:
     if _Output.fmt == "json":
         return json.dumps({**fields, "event": event, "level": "info", "timestamp": stamp})
     pairs = " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
@@ -69,7 +68,9 @@ def _writer() -> None:
                 for event, fields in lines:
                     log.info(event, **fields)
             else:
-                stream.write("".join(_render(e, f) + "\n" for e, f in lines))
+                # One time for a group: its lines were recorded in one transaction.
+                stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                stream.write("".join(_render(e, f, stamp) + "\n" for e, f in lines))
                 stream.flush()
 
 
