@@ -71,6 +71,11 @@ PROTECTED: list[tuple[str, str, Any]] = [
     ("POST", "/api/instances/{instance_id}/retry", None),
     ("POST", "/api/instances/{instance_id}/cancel", None),
     ("GET", "/metrics", None),
+    ("POST", "/api/batches/{name}/pause", None),
+    ("POST", "/api/batches/{name}/resume", None),
+    ("POST", "/api/batches/{name}/backfill", {"from": "2026-01-01", "to": "2026-01-01"}),
+    ("DELETE", "/api/batches/{name}", None),
+    ("GET", "/api/instances/{instance_id}/logs", None),
 ]
 
 

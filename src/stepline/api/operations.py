@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stepline.api.dependencies import ServiceDep
 from stepline.api.models import BATCH_NAME, ErrorResponse
+from stepline.api.routes import PROTECTED_RESPONSES
 from stepline.api.security import require_token
 from stepline.scheduling.backfill import backfill
 from stepline.stores.base import StoredDefinition
@@ -28,7 +29,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such batch or instance")}
-router = APIRouter(dependencies=[Depends(require_token)])
+router = APIRouter(dependencies=[Depends(require_token)], responses=PROTECTED_RESPONSES)
 
 
 class _Out(BaseModel):

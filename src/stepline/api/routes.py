@@ -73,6 +73,7 @@ _PROTECTED: dict[int | str, dict[str, Any]] = {
     422: _error("Invalid request: the message names the field", ValidationErrorResponse),
     503: _error("Stepline's database is unavailable; try again later"),
 }
+PROTECTED_RESPONSES = _PROTECTED  # every router behind the token documents these
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such batch or instance")}
 
 router = APIRouter(dependencies=[Depends(require_token)], responses=_PROTECTED)
