@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from stepline.redact import is_secret_name, redact_text
+from stepline.redact import redact_text, remembered_secrets
 
 __all__ = ["DEFAULT_LIMIT", "AttemptLog", "RunnerLogger", "capture", "configure_step_logs"]
 
@@ -76,10 +76,8 @@ class AttemptLog:
                 f"\n[log truncated: {self.dropped} more bytes were not stored; the cap is "
                 f"{_Config.limit} bytes per attempt (STEPLINE_STEP_LOG_LIMIT)]"
             )
-        secrets = list(_Config.secrets())
-        secrets += [
-            str(v) for k, v in self.params.items() if is_secret_name(k) and isinstance(v, str)
-        ]
+        # The instance's secret params are among the remembered ones (execution.py).
+        secrets = [*_Config.secrets(), *remembered_secrets()]
         return redact_text(text, secrets), bool(self.dropped)
 
 
