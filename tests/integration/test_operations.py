@@ -16,7 +16,12 @@ from stepline.scheduling.backfill import BackfillError, backfill
 from stepline.scheduling.scheduler import LEASE
 from stepline.service import Stepline
 from stepline.stores.base import PurgeFilter
-from stepline.stores.schema import batch_step_attempt, batch_step_log, batch_step_result
+from stepline.stores.schema import (
+    batch_step_attempt,
+    batch_step_log,
+    batch_step_result,
+    stepline_alert_outbox,
+)
 
 T0 = datetime(2026, 11, 23, 0, 0, 30, tzinfo=UTC)
 FINAL = (InstanceStatus.SUCCEEDED, InstanceStatus.FAILED, InstanceStatus.CANCELLED)
@@ -211,6 +216,25 @@ def test_purge_deletes_finished_instances_with_everything_they_own(app: Stepline
     assert rows == 3  # two kept instances and the unfinished one, one step each
     old = PurgeFilter(datetime.now(UTC) - timedelta(days=1), FINAL)
     assert app.purge(old) == 0  # nothing is that old
+
+
+def test_purge_takes_the_alerts_of_failed_instances_along(app: Stepline) -> None:
+    batch_name = name()
+    app.apply(
+        batch(
+            batch_name,
+            [s("a", fatal=True)],
+            alerts=[{"type": "webhook", "url": "http://127.0.0.1:9/unreachable"}],
+        )
+    )
+    (instance_id,) = _finish(app, batch_name, 1)
+    assert app.store.instance(instance_id).status is InstanceStatus.FAILED
+    with app.store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(stepline_alert_outbox)).scalar()
+    assert app.purge(PurgeFilter(datetime.now(UTC) + timedelta(seconds=1), FINAL)) == 1
+    with app.store.engine.connect() as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(stepline_alert_outbox))
+        assert left.scalar() == 0
 
 
 def test_a_purged_fire_time_never_gets_a_second_instance(app: Stepline) -> None:

@@ -25,6 +25,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_log,
     batch_step_result,
+    stepline_alert_outbox,
 )
 from stepline.stores.transaction import CHUNK, utcnow
 
@@ -178,6 +179,8 @@ def _delete_instances(conn: Connection, ids: list[int]) -> None:
     conn.execute(sa.delete(batch_step_log).where(batch_step_log.c.step_result_id.in_(rows)))
     conn.execute(sa.delete(batch_step_attempt).where(batch_step_attempt.c.step_result_id.in_(rows)))
     conn.execute(sa.delete(R).where(R.c.batch_instance_id.in_(ids)))
+    outbox = stepline_alert_outbox
+    conn.execute(sa.delete(outbox).where(outbox.c.batch_instance_id.in_(ids)))
     conn.execute(sa.delete(BI).where(BI.c.id.in_(ids)))
 
 

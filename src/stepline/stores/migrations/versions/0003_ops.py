@@ -1,7 +1,7 @@
 """operations: pause/delete columns, fire times kept across purges, per-attempt step logs
 
-Revision ID: 0002_ops
-Revises: 0001
+Revision ID: 0003_ops
+Revises: 0002_alert_outbox
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from stepline.stores.schema import LogText, UtcDateTime
 
-revision = "0002_ops"
-down_revision = "0001"
+revision = "0003_ops"
+down_revision = "0002_alert_outbox"
 branch_labels = None
 depends_on = None
 
