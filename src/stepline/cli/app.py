@@ -102,17 +102,23 @@ Params = Annotated[
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format, settings.secrets)
+    app()
+
+
+def _settings() -> Settings:
+    """Settings from the environment; an invalid value ends the command with exit 2."""
     from pydantic import ValidationError
 
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
-        for problem in exc.errors():
-            where = ".".join(str(p) for p in problem["loc"])
-            err.print(f"[red]error[/]: setting STEPLINE_{where.upper()}: {escape(problem['msg'])}")
+        for error in exc.errors():
+            name = "STEPLINE_" + "__".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error[/]: invalid setting {name}: {escape(message)}")
         raise SystemExit(2) from None
-    configure_logging(settings.log_level, settings.log_format, settings.secrets)
-    app()
 
 
 @contextmanager
@@ -321,6 +327,50 @@ def serve(
             if driver.is_alive():
                 driver.join()
         out.print("stopped; unfinished instances are left for recovery")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues to take steps from (default: STEPLINE_QUEUE)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CPU count)")
+    ] = None,
+    db: Db = None,
+) -> None:
+    """A Celery worker: claims, runs and records steps and advances the DAG itself."""
+    from stepline.core.definition import QUEUE_PATTERN
+    from stepline.dispatchers.celery import run_worker
+    from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts, create_engine
+
+    settings = _settings().model_copy(update={"dispatcher": "celery"})
+    names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_PATTERN.match(q)]
+    if not names or bad:
+        _fail(f"--queues {queues!r}: give queue names of letters, digits, '_', '-', '.', ':'", 2)
+    url = db or settings.db
+    timeouts = Timeouts(settings.db_connect_timeout, settings.db_statement_timeout)
+    with _errors(), _open(db, settings=settings):
+        pass  # refuses SQLite or a missing broker; brings the schema up to date
+    out.print(f"stepline worker on queues {', '.join(names)}")
+    run_worker(
+        # The worker retries a failed transaction, so connections need no ping per checkout.
+        lambda: SqlAlchemyStore(url, engine=create_engine(url, timeouts, pool_pre_ping=False)),
+        settings.broker(),
+        queues=names,
+        default_queue=settings.queue,
+        concurrency=concurrency or os.cpu_count() or 1,
+        lease_seconds=settings.lease_seconds,
+        visibility_timeout=settings.broker_visibility_timeout,
+        max_result_bytes=settings.max_result_bytes,
+        loglevel=settings.log_level.upper(),
+    )
 
 
 @app.command()
