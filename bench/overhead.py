@@ -1,6 +1,7 @@
 """Orchestration overhead per step: wall time of W1-W3 on SQLite and PostgreSQL.
 
     python bench/overhead.py [--db sqlite] [--db postgresql+psycopg://postgres@127.0.0.1/test]
+    python bench/overhead.py --serve-logging 2>/dev/null   # with serve's logging (JSON lines)
 
 W1: a chain of 100 no-op steps.  W2: one step fanning out to 500 no-op steps joined by one
 step that reads all 500 results.  W3: two parallel 0.2 s steps, a join, a final step.
@@ -98,7 +99,17 @@ def main() -> None:
     parser.add_argument("--db", action="append", help="sqlite, or a database URL")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", help="run one workload, e.g. W4 (peak MB is then its own)")
+    parser.add_argument(
+        "--serve-logging",
+        action="store_true",
+        help="log as `serve` does (a JSON line per step attempt, on stderr)",
+    )
     args = parser.parse_args()
+    if args.serve_logging:
+        from stepline.logs import configure_logging
+        from stepline.settings import Settings
+
+        configure_logging("info", "json", Settings().secrets, outcome_lines=True)
     dbs = args.db or [
         "sqlite",
         os.environ.get("STEPLINE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),

@@ -168,6 +168,32 @@ peak: dict[str, int] = {}
 healed: set[str] = set()
 
 
+def chatty(ctx: StepContext) -> Any:
+    """Log through ctx.log and Python logging: ``lines`` lines of ``width`` characters."""
+    import logging
+
+    _count(ctx)
+    width = int(ctx.args.get("width", 20))
+    for n in range(int(ctx.args.get("lines", 1))):
+        ctx.log.info("line", n=n, text="x" * width)
+    logging.getLogger("chatty.lib").warning("from logging, token %s", ctx.params.get("api_token"))
+    if ctx.args.get("fail"):
+        raise RuntimeError("chatty failed on purpose")
+    return "done"
+
+
+async def achatty(ctx: StepContext) -> Any:
+    """An async runner that logs, yielding between lines so other tasks interleave."""
+    import logging
+
+    _count(ctx)
+    for n in range(3):
+        ctx.log.info("async line", n=n, step=ctx.step)
+        logging.getLogger("achatty").warning("record of %s", ctx.step)
+        await asyncio.sleep(0.01)
+    return "done"
+
+
 def _gate(ctx: StepContext) -> threading.Event:
     return gates.setdefault(str(ctx.args["gate"]), threading.Event())
 

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import SecretStr
 
+from stepline.errors import MissingDriver
 from stepline.redact import redact_url
 from stepline.settings import Settings
 
@@ -107,7 +108,11 @@ class Connections:
             if engine is None:
                 if key not in self._urls:
                     raise UnknownConnection(self._unknown_message(name))
-                engine = sa.create_engine(self._urls[key], **self._options)
+                url = sa.make_url(self._urls[key])
+                try:
+                    engine = sa.create_engine(url, **self._options)
+                except ImportError as exc:
+                    raise MissingDriver.for_backend(url.get_backend_name(), exc) from None
                 self._engines[key] = engine
             return engine
 

@@ -24,7 +24,15 @@ def shown(value: object, limit: int = CLIP) -> str:
 
 
 class SteplineError(Exception):
-    """Base of every error Stepline raises on purpose."""
+    """Base of every error Stepline raises on purpose.
+
+    The message says what is wrong in words every shell can show; ``hint`` may name the
+    command that helps, which only the CLI prints (an API answer never suggests a command).
+    """
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        self.hint = hint
 
 
 class InvalidSetting(SteplineError):
@@ -66,6 +74,33 @@ class NotFound(SteplineError):
 
 class Conflict(SteplineError):
     """The request is valid but the stored state does not allow it (e.g. retry of a success)."""
+
+
+class Paused(Conflict):
+    """The batch is paused: it takes no new instance until it is resumed."""
+
+
+_EXTRAS = {
+    "postgresql": ("PostgreSQL", "psycopg", "postgres"),
+    "mysql": ("MariaDB/MySQL", "PyMySQL", "mysql"),
+    "mariadb": ("MariaDB/MySQL", "PyMySQL", "mysql"),
+    "oracle": ("Oracle", "python-oracledb", "oracle"),
+}
+
+
+class MissingDriver(SteplineError):
+    """The database driver a URL needs is not installed (the base install has SQLite only)."""
+
+    @classmethod
+    def for_backend(cls, backend: str, error: ImportError) -> SteplineError:
+        known = _EXTRAS.get(backend)
+        if known is None:
+            return cls(f"no driver for {backend!r} URLs: {error}")
+        database, driver, extra = known
+        return cls(
+            f"{database} needs the {driver} driver, which is not installed: "
+            f"pip install 'stepline[{extra}]'"
+        )
 
 
 class StoreUnavailable(SteplineError):

@@ -9,13 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from stepline.core.definition import BatchDefinition
+from stepline.core.instance_params import instance_params
 from stepline.core.loader import load_definitions
 from stepline.core.runners import main_module_problem
 from stepline.core.states import InstanceStatus
@@ -25,17 +27,19 @@ from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
 from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
 from stepline.engine.remote import RemoteOrchestrator, dead_owners
+from stepline.engine.steplogs import configure_step_logs
 from stepline.errors import (
     Conflict,
     DefinitionError,
     InvalidSetting,
     NotFound,
+    Paused,
     Problem,
     StoreUnavailable,
 )
 from stepline.redact import add_secret_names, remember_secrets, url_secrets
 from stepline.settings import Settings
-from stepline.stores.base import InstanceRecord, StoredDefinition
+from stepline.stores.base import InstanceRecord, PurgeFilter, StepLogRecord, StoredDefinition
 from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts
 
 log = structlog.get_logger("stepline")
@@ -59,6 +63,7 @@ class Stepline:
         remember_secrets(self._secrets)  # for log lines, which carry no list of their own
         timeouts = Timeouts(self.settings.db_connect_timeout, self.settings.db_statement_timeout)
         self.store = store or SqlAlchemyStore(url, timeouts=timeouts)
+        configure_step_logs(self.settings.step_log_limit, lambda: self._secrets)
         if self.settings.dispatcher == "celery":
             self._check_celery()
         self.store.initialize()
@@ -213,6 +218,14 @@ class Stepline:
         skip``: a cancelled instance whose error says why, so no trigger is lost).
         """
         stored = self.store.definition(batch)
+        if stored.paused:
+            raise Paused(f"batch {batch!r} is paused: it takes no new instance until resumed")
+        params = instance_params(
+            stored.definition,
+            params or {},
+            scheduled_for,
+            stored.definition.timezone or self.settings.timezone,
+        )
         skipped = None
         if limited and stored.definition.extra.get("on_busy", "queue") == "skip":
             limit = stored.definition.max_active_instances
@@ -223,13 +236,83 @@ class Stepline:
                 )
         return self.store.create_instance(
             stored,
-            params or {},
+            params,
             trigger,
             scheduled_for=scheduled_for,
             idempotency_key=idempotency_key,
             owner=self.orchestrator.owner if owned else None,
             skipped=skipped,
         )
+
+    # -- schedule control and retention ------------------------------------------------------
+
+    def pause(self, batch: str) -> StoredDefinition:
+        """Pause a batch: no cron instance and no trigger until :meth:`resume`. Instances
+        already queued or running go on."""
+        stored = self.store.set_paused(batch, True)
+        log.info("batch paused", batch=batch)
+        return stored
+
+    def resume(self, batch: str) -> StoredDefinition:
+        """Resume a paused batch; its ``misfire`` policy decides about the fire times that
+        passed meanwhile (``once``: the latest runs; ``all``: each runs; ``skip``: none)."""
+        stored = self.store.set_paused(batch, False)
+        log.info("batch resumed", batch=batch)
+        return stored
+
+    def delete(self, batch: str, *, purge: bool = False) -> int:
+        """Delete a batch (see :meth:`Store.delete_definition`); returns instances deleted."""
+        deleted = self.store.delete_definition(batch, purge=purge)
+        log.info("batch deleted", batch=batch, purged_instances=deleted if purge else None)
+        return deleted
+
+    def purge(
+        self,
+        which: PurgeFilter,
+        *,
+        chunk: int = 500,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Delete the finished instances ``which`` names, ``chunk`` per transaction, so a
+        busy database is never locked for long; returns how many were deleted."""
+        total = 0
+        while stop is None or not stop.is_set():
+            deleted = self.store.purge_chunk(which, chunk)
+            total += deleted
+            if deleted < chunk:
+                break
+        if total:
+            log.info("purged instances", count=total, before=which.before.isoformat())
+        return total
+
+    def purge_forever(
+        self, stop: threading.Event, retention: timedelta, *, every_seconds: float = 3600.0
+    ) -> None:
+        """``serve``'s retention thread: purge what finished longer than ``retention`` ago,
+        soon after start and then every ``every_seconds``, until ``stop``."""
+        from stepline.core.states import InstanceStatus as Status
+
+        final = tuple(s for s in Status if s.is_final)
+        wait = min(5.0, every_seconds)
+        while not stop.wait(wait):
+            wait = every_seconds
+            try:
+                self.purge(PurgeFilter(datetime.now(UTC) - retention, final), stop=stop)
+            except Exception as exc:  # the next round tries again
+                log.warning("retention purge failed", error=f"{type(exc).__name__}: {exc}")
+
+    def logs(
+        self, instance_id: int, step: str | None = None, *, after_id: int = 0
+    ) -> list[StepLogRecord]:
+        """The logs of an instance's attempts, redacted again with today's secrets."""
+        from stepline.redact import redact_text
+
+        self.store.instance(instance_id)  # NotFound for an unknown instance
+        secrets = self.settings.secrets()
+        return [
+            replace(r, text=redact_text(r.text, secrets))
+            for r in self.store.step_logs(instance_id, step, after_id=after_id)
+        ]
 
     def wake(self) -> None:
         """Tell this process's driver that there is new work (a trigger, a retry)."""
@@ -299,12 +382,14 @@ class Stepline:
             if status is InstanceStatus.SUCCEEDED:
                 raise Conflict(
                     f"instance {instance_id} of {instance.batch!r} succeeded and is final; "
-                    f"run the batch anew with `stepline run {instance.batch}`"
+                    "run the batch anew instead",
+                    hint=f"`stepline run {instance.batch}` runs it anew",
                 )
             if not status.is_final:
                 raise Conflict(
                     f"instance {instance_id} is {status.value}; only a failed or cancelled "
-                    "instance can be retried (`stepline recover` resumes a crashed one)"
+                    "instance can be retried",
+                    hint="`stepline recover` resumes a crashed one",
                 )
             reset = tx.reset_unsuccessful(
                 definition.graph.predecessors,

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", description="console or json")
     log_level: str = Field("info", description="debug, info, warning, error or critical")
+    step_log_limit: int = Field(
+        65_536,
+        ge=0,
+        le=4_194_304,
+        description="Bytes of log stored per step attempt (up to 4 MiB); 0 stores none",
+    )
+    retention: str | None = Field(
+        None,
+        description="serve purges finished instances older than this (e.g. 90d); unset: keep all",
+    )
     connections: dict[str, SecretStr] = Field(
         default_factory=dict, description="Named business databases: STEPLINE_CONNECTIONS__NAME"
     )
@@ -80,6 +90,16 @@ class Settings(BaseSettings):
 
     def secret_name_list(self) -> list[str]:
         return [n.strip() for n in self.secret_names.split(",") if n.strip()]
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str | None) -> str | None:
+        if value is not None:
+            from stepline.core.durations import parse_duration
+
+            if parse_duration(value).total_seconds() <= 0:
+                raise ValueError("must be a positive duration such as 90d")
+        return value
 
     @field_validator("dispatcher")
     @classmethod

@@ -86,7 +86,7 @@ def test_a_bug_is_a_plain_500_and_is_logged_without_secrets(service: Stepline) -
 
 
 def test_an_unknown_method_is_405_naming_the_allowed_ones(service: Stepline) -> None:
-    response = call(create_app(service), "DELETE", "/api/batches/demo")
+    response = call(create_app(service), "PATCH", "/api/batches/demo")
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET, PUT"
-    assert "GET, PUT" in response.json()["detail"]
+    assert response.headers["allow"] == "DELETE, GET, PUT"
+    assert "DELETE, GET, PUT" in response.json()["detail"]

@@ -71,6 +71,11 @@ PROTECTED: list[tuple[str, str, Any]] = [
     ("POST", "/api/instances/{instance_id}/retry", None),
     ("POST", "/api/instances/{instance_id}/cancel", None),
     ("GET", "/metrics", None),
+    ("POST", "/api/batches/{name}/pause", None),
+    ("POST", "/api/batches/{name}/resume", None),
+    ("POST", "/api/batches/{name}/backfill", {"from": "2026-01-01", "to": "2026-01-01"}),
+    ("DELETE", "/api/batches/{name}", None),
+    ("GET", "/api/instances/{instance_id}/logs", None),
 ]
 
 
@@ -365,11 +370,13 @@ def test_metrics_count_instances_in_prometheus_format(api: httpx.Client) -> None
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert 'stepline_instances{batch="finished",status="succeeded"} 1.0' in text
-    assert 'stepline_instances{batch="finished",status="failed"} 0.0' in text
+    assert 'stepline_instances_current{batch="finished",status="succeeded"} 1.0' in text
+    assert 'stepline_instances_current{batch="finished",status="failed"} 0.0' in text
     assert "# TYPE stepline_step_duration_seconds histogram" in text
     assert "stepline_scheduler_lag_seconds" in text
     assert "stepline_store_up 1.0" in text
+    assert "# TYPE stepline_step_attempts_total counter" in text
+    assert "# TYPE stepline_instances_total counter" in text
 
 
 def test_alert_url_secret_never_appears_in_batch_answers(api: httpx.Client) -> None:

@@ -18,10 +18,12 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
+from stepline.api.docs import install_docs
 from stepline.api.errors import install_error_handlers
 from stepline.api.health import DatabaseProbe
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
+from stepline.api.operations import router as operations_router
 from stepline.api.routes import database_answers, health_router, router
 from stepline.api.security import check_token
 from stepline.logs import configure_logging
@@ -105,6 +107,8 @@ def _build(
         version=_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from our own files below, not from a CDN
+        redoc_url=None,
     )
     app.state.service = service
     app.state.probe = DatabaseProbe(lambda: database_answers(service))
@@ -113,7 +117,9 @@ def _build(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(router)
+    app.include_router(operations_router)
     app.include_router(dashboard_router)
+    install_docs(app)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(UnhandledErrors, secrets=service.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)

@@ -1,10 +1,15 @@
 """Prometheus metrics of one Stepline process, served at ``GET /metrics``.
 
-- ``stepline_instances{batch,status}`` (gauge): instances in the store, counted at scrape
-  time, so it is right whichever process created or finished them;
-- ``stepline_store_up`` (gauge): 1 if that count could be read, else 0;
-- ``stepline_step_duration_seconds{batch}`` (histogram): each finished step attempt, fed by
-  :class:`StepMetrics`, the orchestrator's listener;
+- ``stepline_instances_current{batch,status}`` (gauge): instances in the store, counted at
+  scrape time, so it is right whichever process created or finished them;
+- ``stepline_batch_last_success_timestamp_seconds{batch}`` (gauge): when the latest
+  succeeded instance finished, from the store (alert on "no success for a day");
+- ``stepline_store_up`` (gauge): 1 if those could be read, else 0;
+- ``stepline_instances_total{batch,status}`` (counter): instances this process drove to a
+  final status;
+- ``stepline_step_attempts_total{batch,step,status}`` (counter) and
+  ``stepline_step_duration_seconds{batch,step}`` (histogram): every finished step attempt,
+  mapped items included, fed by :class:`StepMetrics`, the orchestrator's listener;
 - ``stepline_scheduler_lag_seconds`` (gauge): how late the scheduler created the instance of
   its latest cron fire time, set with :func:`observe_scheduler_lag`.
 
@@ -14,21 +19,19 @@ several apps, in tests or in one process, do not clash.
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 import sqlalchemy as sa
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from sqlalchemy.engine import Engine
 
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.engine.orchestrator import StepEvent
+from stepline.engine.orchestrator import InstanceEvent, StepEvent
 from stepline.stores.schema import batch_definition, batch_instance
 
 __all__ = ["InstanceCollector", "Metrics", "StepMetrics", "observe_scheduler_lag"]
@@ -57,20 +60,27 @@ class InstanceCollector:
         self._engine = engine
 
     def describe(self) -> Iterable[Metric]:
-        return [_instances_family(), GaugeMetricFamily("stepline_store_up", _STORE_UP_HELP)]
+        return [
+            _instances_family(),
+            _last_success_family(),
+            GaugeMetricFamily("stepline_store_up", _STORE_UP_HELP),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         if self._engine is None:
             return []
         try:
-            counts = _count_instances(self._engine)
+            counts, successes = _count_instances(self._engine)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("cannot count instances for /metrics", error=type(exc).__name__)
             return [GaugeMetricFamily("stepline_store_up", _STORE_UP_HELP, value=0)]
         family = _instances_family()
         for (batch, status), count in sorted(counts.items()):
             family.add_metric([batch, status], count)
-        return [family, GaugeMetricFamily("stepline_store_up", _STORE_UP_HELP, value=1)]
+        last = _last_success_family()
+        for batch, when in sorted(successes.items()):
+            last.add_metric([batch], when.timestamp())
+        return [family, last, GaugeMetricFamily("stepline_store_up", _STORE_UP_HELP, value=1)]
 
 
 _STORE_UP_HELP = "1 if Stepline's database answered the last scrape, else 0"
@@ -78,13 +88,23 @@ _STORE_UP_HELP = "1 if Stepline's database answered the last scrape, else 0"
 
 def _instances_family() -> GaugeMetricFamily:
     return GaugeMetricFamily(
-        "stepline_instances",
-        "Instances in the store by batch and status",
+        "stepline_instances_current",
+        "Instances in the store by batch and status, counted at scrape time",
         labels=["batch", "status"],
     )
 
 
-def _count_instances(engine: Engine) -> dict[tuple[str, str], int]:
+def _last_success_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "stepline_batch_last_success_timestamp_seconds",
+        "When the batch's latest succeeded instance finished (Unix time), from the store",
+        labels=["batch"],
+    )
+
+
+def _count_instances(
+    engine: Engine,
+) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
     d, i = batch_definition, batch_instance
     query = (
         sa.select(d.c.name, i.c.status, sa.func.count(i.c.id))
@@ -93,15 +113,23 @@ def _count_instances(engine: Engine) -> dict[tuple[str, str], int]:
     )
     # The store opens SQLite transactions with BEGIN IMMEDIATE (a write lock) unless told
     # that this is a read: a scrape must never queue behind or block the driver's writes.
+    last = (
+        sa.select(d.c.name, sa.func.max(i.c.finished_at))
+        .join(i, i.c.definition_id == d.c.id)
+        .where(i.c.status == InstanceStatus.SUCCEEDED.value)
+        .group_by(d.c.name)
+    )
     with engine.connect() as conn:
-        rows = conn.execution_options(stepline_read=True).execute(query).all()
+        conn = conn.execution_options(stepline_read=True)
+        rows = conn.execute(query).all()
+        successes = {name: when for name, when in conn.execute(last).all() if when is not None}
     counts: dict[tuple[str, str], int] = {}
     for name, status, count in rows:
         for known in InstanceStatus:
             counts.setdefault((name, known.value), 0)
         if status is not None:
             counts[(name, status)] = int(count)
-    return counts
+    return counts, successes
 
 
 class Metrics:
@@ -117,9 +145,21 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.step_duration = Histogram(
             "stepline_step_duration_seconds",
-            "Duration of finished step attempts (success, failure or cancellation)",
-            ["batch"],
+            "Duration of finished step attempts, mapped items included",
+            ["batch", "step"],
             buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.step_attempts = Counter(
+            "stepline_step_attempts",
+            "Finished step attempts (mapped items included) by outcome",
+            ["batch", "step", "status"],
+            registry=self.registry,
+        )
+        self.instances_total = Counter(
+            "stepline_instances",
+            "Instances this process drove to a final status",
+            ["batch", "status"],
             registry=self.registry,
         )
         self.scheduler_lag = Gauge(
@@ -182,102 +222,30 @@ def observe_scheduler_lag(target: Metrics | CollectorRegistry, seconds: float) -
 
 
 class StepMetrics:
-    """Orchestrator listener that observes each finished step attempt's duration.
+    """The orchestrator's listener that counts and times every finished step attempt.
 
-    An event alone does not say when its attempt began, so the ``running`` events' times
-    are kept by (instance, step, map index) until the attempt ends (any later event of
-    that step: final, or ``queued`` again for a retry).
-
-    Events do not name their batch either: ``batch_of`` maps an instance id to its batch
-    name; by default :meth:`Metrics.batch_name` reads it from the store that ``create_app``
-    had the metrics watch. It is asked once per instance and cached. A duration whose
-    batch cannot be named yet (the app is not built, the database does not answer) waits
-    in a bounded queue and is observed with the next event or scrape.
-
-    It runs on the orchestrator's driver thread and never raises: a metric that cannot be
-    recorded is dropped, the batch is not disturbed. At most ``max_tracked`` running steps
-    and waiting durations are remembered (the oldest are forgotten), so attempts that never
-    report back cannot grow memory without bound.
+    Each attempt that ends (succeeds, fails, times out, or fails and is queued for a retry;
+    a mapped step's items each count) is reported by exactly one event that carries its
+    batch and duration (see :class:`~stepline.engine.orchestrator.StepEvent`), so nothing is
+    matched up or looked up here. It runs on the driver thread and never raises.
     """
 
-    def __init__(
-        self,
-        metrics: Metrics,
-        batch_of: Callable[[int], str | None] | None = None,
-        *,
-        max_tracked: int = 100_000,
-    ) -> None:
-        self._histogram = metrics.step_duration
-        self._batch_of = batch_of or metrics.batch_name
-        self._max_tracked = max_tracked
-        self._starts: OrderedDict[tuple[int, str], dict[int, datetime]] = OrderedDict()
-        self._batches: OrderedDict[int, str] = OrderedDict()
-        self._waiting: deque[tuple[int, float]] = deque(maxlen=max_tracked)
-        self._lock = threading.Lock()
-        metrics.before_scrape(self.flush)
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     def __call__(self, event: StepEvent) -> None:
+        if event.duration is None:
+            return
         try:
-            self._record(event)
-            self.flush()
+            status = "succeeded" if event.status is StepStatus.SUCCEEDED else "failed"
+            m = self._metrics
+            m.step_attempts.labels(batch=event.batch, step=event.step_key, status=status).inc()
+            m.step_duration.labels(batch=event.batch, step=event.step_key).observe(event.duration)
         except Exception as exc:
             log.debug("step metric dropped", instance_id=event.instance_id, error=repr(exc))
 
-    def _record(self, event: StepEvent) -> None:
-        step = (event.instance_id, event.step_key)
-        with self._lock:
-            if event.status is StepStatus.RUNNING:
-                self._starts.setdefault(step, {})[event.map_index] = event.at
-                self._starts.move_to_end(step)
-                while len(self._starts) > self._max_tracked:
-                    self._starts.popitem(last=False)
-                return
-            items = self._starts.get(step)
-            started = items.pop(event.map_index, None) if items is not None else None
-            # A mapped step finishes as a whole (map index -1): its items are done too.
-            if items is not None and (not items or (event.map_index < 0 and event.status.is_final)):
-                del self._starts[step]
-            if started is not None:
-                seconds = max(0.0, (event.at - started).total_seconds())
-                self._waiting.append((event.instance_id, seconds))
-
-    def flush(self) -> None:
-        """Observe every waiting duration whose batch can be named now (never raises).
-
-        Called from the driver thread and from scrapes at once: only the caller that takes
-        a duration off the queue observes it.
-        """
-        while True:
-            with self._lock:
-                if not self._waiting:
-                    return
-                head = self._waiting[0]
-            try:
-                batch = self._batch(head[0])
-            except LookupError:
-                batch = None  # no such instance (any more): its duration is dropped
-            except Exception as exc:
-                log.debug("batch unknown for now", instance_id=head[0], error=repr(exc))
-                return
-            else:
-                if batch is None:
-                    return
-            with self._lock:
-                taken = bool(self._waiting) and self._waiting[0] == head
-                if taken:
-                    self._waiting.popleft()
-            if taken and batch is not None:
-                self._histogram.labels(batch=batch).observe(head[1])
-
-    def _batch(self, instance_id: int) -> str | None:
-        with self._lock:
-            name = self._batches.get(instance_id)
-        if name is None:
-            name = self._batch_of(instance_id)
-            if name is None:
-                return None
-            with self._lock:
-                self._batches[instance_id] = name
-                while len(self._batches) > 10_000:
-                    self._batches.popitem(last=False)
-        return name
+    def instance_ended(self, event: InstanceEvent) -> None:
+        try:
+            self._metrics.instances_total.labels(batch=event.batch, status=event.status.value).inc()
+        except Exception as exc:
+            log.debug("instance metric dropped", instance_id=event.instance_id, error=repr(exc))

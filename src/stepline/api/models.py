@@ -148,10 +148,14 @@ class BatchSummary(_Out):
     step_count: int
     max_active_instances: int
     updated_at: datetime
+    paused: bool = False
 
 
 class BatchList(_Out):
     batches: list[BatchSummary]
+    next_offset: int | None = Field(
+        None, description="Pass as `offset` to get the next page; null on the last page."
+    )
 
 
 class BatchDetail(_Out):
@@ -187,6 +191,9 @@ class InstanceOut(_Out):
 
 class InstanceList(_Out):
     instances: list[InstanceOut] = Field(description="Newest first.")
+    next_cursor: int | None = Field(
+        None, description="Pass as `cursor` to get the next page; null on the last page."
+    )
 
 
 class StepResultOut(_Out):

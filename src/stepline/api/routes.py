@@ -74,6 +74,7 @@ _PROTECTED: dict[int | str, dict[str, Any]] = {
     422: _error("Invalid request: the message names the field", ValidationErrorResponse),
     503: _error("Stepline's database is unavailable; try again later"),
 }
+PROTECTED_RESPONSES = _PROTECTED  # every router behind the token documents these
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such batch or instance")}
 
 router = APIRouter(dependencies=[Depends(require_token)], responses=_PROTECTED)
@@ -152,9 +153,18 @@ def run_batch_seed(
 
 
 @router.get("/api/batches", response_model=BatchList, tags=["batches"], summary="List batches")
-def list_batches(service: ServiceDep) -> BatchList:
-    """Every batch at its current version, by name."""
-    return BatchList(batches=[batch_summary(s) for s in service.store.definitions()])
+def list_batches(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 1000,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Skip this many first.")] = 0,
+) -> BatchList:
+    """Batches at their current version, by name, a page at a time (``limit``, ``offset``)."""
+    stored = service.store.definitions()
+    page = stored[offset : offset + limit]
+    more = offset + limit < len(stored)
+    return BatchList(
+        batches=[batch_summary(s) for s in page], next_offset=offset + limit if more else None
+    )
 
 
 @router.get(
@@ -226,11 +236,21 @@ def list_instances(
         InstanceStatus | None, Query(description="Only instances in this status.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    cursor: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_ID, description="The next_cursor of the previous page."),
+    ] = None,
 ) -> InstanceList:
-    """Instances, newest first."""
+    """Instances, newest first, a page at a time: pass ``next_cursor`` as ``cursor`` for
+    the next page (null when there is none)."""
     secrets = service.secrets()
-    found = service.store.instances(batch, status, limit)
-    return InstanceList(instances=[instance_out(i, secrets) for i in found])
+    found = service.store.instances(batch, status, limit + 1, before=cursor)
+    more = len(found) > limit
+    found = found[:limit]
+    return InstanceList(
+        instances=[instance_out(i, secrets) for i in found],
+        next_cursor=found[-1].id if more else None,
+    )
 
 
 @router.get(

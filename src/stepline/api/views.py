@@ -77,6 +77,7 @@ def batch_summary(stored: StoredDefinition) -> BatchSummary:
         step_count=len(definition.steps),
         max_active_instances=definition.max_active_instances,
         updated_at=stored.updated_at,
+        paused=stored.paused,
     )
 
 

@@ -32,6 +32,7 @@ from stepline.errors import (
     DefinitionError,
     InvalidSetting,
     NotFound,
+    SteplineError,
     StoreUnavailable,
     shown,
 )
@@ -44,7 +45,7 @@ from stepline.stores.base import StoredDefinition
 app = typer.Typer(
     name="stepline",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     help="Durable DAG batches: every step's result in your own database.",
 )
@@ -57,8 +58,43 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 Db = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL (default: STEPLINE_DB or sqlite:///stepline.db)"),
+    typer.Option(
+        "--db",
+        envvar="STEPLINE_DB",
+        show_envvar=True,
+        help="Database URL (default: sqlite:///stepline.db)",
+    ),
 ]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+Tz = Annotated[
+    str | None,
+    typer.Option("--tz", help="Show times in this IANA timezone (default: the batch's)"),
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"stepline {version('stepline')}")
+        except PackageNotFoundError:
+            out.print("stepline (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version"
+        ),
+    ] = False,
+) -> None:
+    """Durable DAG batches: every step's result in your own database."""
+
+
 Params = Annotated[
     list[str] | None,
     typer.Option(
@@ -100,9 +136,11 @@ def _errors() -> Iterator[None]:
             err.print(f"[red]error[/]: {escape(shown_problem)}")
         raise typer.Exit(2) from None
     except (NotFound, Conflict, InvalidSetting) as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc) + (f"; {exc.hint}" if exc.hint else ""), 2)
     except StoreUnavailable as exc:
         _fail(str(exc), 3)
+    except SteplineError as exc:
+        _fail(str(exc), 2)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -257,6 +295,7 @@ def serve(
     from stepline.scheduling.scheduler import Scheduler
 
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.secrets, outcome_lines=True)
     token = settings.api_token
     try:
         # Blank first: a blank token is "configured" for check_bind, yet no client can send it.
@@ -300,6 +339,15 @@ def serve(
             # Inside the try: whatever fails from here on, the threads stop and we exit.
             driver.start()
             ticker.start()
+            if settings.retention:
+                from stepline.core.durations import parse_duration
+
+                threading.Thread(
+                    target=service.purge_forever,
+                    args=(stop, parse_duration(settings.retention)),
+                    name="stepline-retention",
+                    daemon=True,
+                ).start()
             out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
             uvicorn.Server(config).run()
         finally:
@@ -446,77 +494,148 @@ def validate(
 
 
 @app.command()
-def batches(db: Db = None) -> None:
-    """List stored batches with their current version and next fire time."""
+def batches(as_json: Json = False, tz: Tz = None, db: Db = None) -> None:
+    """List stored batches: version, schedule, paused or not, next fire time."""
     from stepline.scheduling.cron import CronSchedule
 
+    zone = _tz_option(tz)
     with _errors(), _open(db) as service:
-        table = Table("name", "version", "cron", "timezone", "steps", "next fire")
+        table = Table("name", "version", "cron", "timezone", "steps", "next fire", "state")
+        rows = []
         now = datetime.now(UTC)
         for stored in service.store.definitions():
             d = stored.definition
-            tz = d.timezone or service.settings.timezone
-            nxt = ""
-            if d.cron:
-                fire = CronSchedule.parse(d.cron, tz).next_fire_time(now)
-                nxt = fire.astimezone(_zone(tz)).isoformat()
-            table.add_row(d.name, str(stored.version), d.cron or "", tz, str(len(d.steps)), nxt)
-        out.print(table)
+            batch_tz = d.timezone or service.settings.timezone
+            fire = CronSchedule.parse(d.cron, batch_tz).next_fire_time(now) if d.cron else None
+            shown = _when(fire, zone or _zone(batch_tz))
+            state = "paused" if stored.paused else "active"
+            rows.append(
+                {
+                    "name": d.name,
+                    "version": stored.version,
+                    "cron": d.cron,
+                    "timezone": batch_tz,
+                    "steps": len(d.steps),
+                    "paused": stored.paused,
+                    "next_fire": shown or None,
+                }
+            )
+            row = (d.name, str(stored.version), d.cron or "", batch_tz, str(len(d.steps)))
+            table.add_row(*row, "" if stored.paused else shown, state)
+        if as_json:
+            _json({"batches": rows})
+        else:
+            out.print(table)
 
 
 @app.command("next")
 def next_fires(
     batch: str,
-    n: Annotated[int, typer.Option("-n", help="How many fire times")] = 5,
+    n: Annotated[int, typer.Option("-n", min=1, max=10_000, help="How many fire times")] = 5,
+    as_json: Json = False,
+    tz: Tz = None,
     db: Db = None,
 ) -> None:
-    """Print the next fire times of a batch, in its timezone."""
+    """Print the next fire times of a batch, in its timezone (or --tz)."""
     from stepline.scheduling.cron import CronSchedule
 
+    zone = _tz_option(tz)
     with _errors(), _open(db) as service:
         d = service.store.definition(batch).definition
         if not d.cron:
             _fail(f"batch {shown(batch)} has no cron schedule", 2)
-        tz = d.timezone or service.settings.timezone
-        for fire in CronSchedule.parse(d.cron, tz).fire_times(datetime.now(UTC), n):
-            out.print(fire.astimezone(_zone(tz)).isoformat())
+        batch_tz = d.timezone or service.settings.timezone
+        fires = CronSchedule.parse(d.cron, batch_tz).fire_times(datetime.now(UTC), n)
+        lines = [_when(f, zone or _zone(batch_tz)) for f in fires]
+        if as_json:
+            _json({"batch": batch, "timezone": batch_tz, "fire_times": lines})
+            return
+        for line in lines:
+            out.print(line)
 
 
 @app.command()
 def instances(
     batch: Annotated[str | None, typer.Argument()] = None,
     status: Annotated[InstanceStatus | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option()] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many")] = 50,
+    before: Annotated[
+        int | None, typer.Option(min=1, help="Only instances older than this id (paging)")
+    ] = None,
+    as_json: Json = False,
+    tz: Tz = None,
     db: Db = None,
 ) -> None:
-    """List instances, newest first."""
+    """List instances, newest first; times in each batch's timezone (or --tz)."""
+    zone = _tz_option(tz)
     with _errors(), _open(db) as service:
+        found = service.store.instances(batch, status, limit, before=before)
+        zones = _batch_zones(service, zone)
+        if as_json:
+            rows = [_instance_json(service, i, zones(i.batch)) for i in found]
+            _json({"instances": rows}, service.secrets())
+            return
         table = Table("id", "batch", "version", "status", "trigger", "created", "duration")
-        for i in service.store.instances(batch, status, limit):
+        for i in found:
             table.add_row(
                 str(i.id),
                 i.batch,
                 str(i.definition_version),
                 i.status.value,
                 i.trigger,
-                i.created_at.isoformat(timespec="seconds"),
+                _when(i.created_at, zones(i.batch)),
                 _duration(i.started_at, i.finished_at),
             )
         out.print(table)
 
 
 @app.command()
-def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+def show(
+    instance_id: Annotated[int, typer.Argument(metavar="ID")],
+    as_json: Json = False,
+    tz: Tz = None,
+    db: Db = None,
+) -> None:
     """Show an instance and each step: status, attempt, duration, result or error."""
+    zone = _tz_option(tz)
     with _errors(), _open(db) as service:
         i = service.store.instance(instance_id)
+        where = _batch_zones(service, zone)(i.batch)
         # A runner may copy a secret param anywhere: mask its value wherever it shows.
         secrets = [*service.secrets(), *secret_values(i.params)]
+        if as_json:
+            document = _instance_json(service, i, where)
+            document["steps"] = [
+                {
+                    "key": r.step_key,
+                    "map_index": r.map_index,
+                    "status": r.status.value,
+                    "attempt": r.attempt,
+                    "started_at": _when(r.started_at, where) or None,
+                    "finished_at": _when(r.finished_at, where) or None,
+                    "result_payload": r.result_payload,
+                    "error": r.error,
+                }
+                for r in service.store.step_results(instance_id)
+            ]
+            _json(document, secrets)
+            return
         params = redact_value(dict(i.params), secrets)
         out.print(
             f"instance {i.id}  batch {i.batch} v{i.definition_version}  {i.status.value}  "
             f"trigger {i.trigger}  params {escape(str(params))}"
         )
+        times = [
+            f"{label} {_when(value, where)}"
+            for label, value in (
+                ("scheduled for", i.scheduled_for),
+                ("created", i.created_at),
+                ("started", i.started_at),
+                ("finished", i.finished_at),
+            )
+            if value is not None
+        ]
+        out.print("  ".join(times))
         if i.error:
             out.print(f"error: {escape(redact_text(i.error, secrets))}")
         table = Table("step", "status", "attempt", "duration", "result / error")
@@ -552,6 +671,69 @@ def _zone(name: str) -> Any:
     from zoneinfo import ZoneInfo
 
     return ZoneInfo(name)
+
+
+def _tz_option(name: str | None) -> Any:
+    if name is None:
+        return None
+    try:
+        return _zone(name)
+    except (ValueError, KeyError, OSError):
+        _fail(f"--tz {name!r} is not an IANA timezone (e.g. UTC, Asia/Seoul)", 2)
+
+
+def _when(value: datetime | None, zone: Any) -> str:
+    """A time in ``zone`` with its UTC offset, so it is never ambiguous."""
+    if value is None:
+        return ""
+    return value.astimezone(zone).isoformat(timespec="seconds")
+
+
+def _batch_zones(service: Stepline, forced: Any) -> Any:
+    """batch name -> the zone to show its times in (``--tz`` wins)."""
+    cache: dict[str, Any] = {}
+
+    def zone_of(batch: str) -> Any:
+        if forced is not None:
+            return forced
+        if batch not in cache:
+            try:
+                name = service.store.definition(batch).definition.timezone
+            except NotFound:  # a deleted batch
+                name = None
+            cache[batch] = _zone(name or service.settings.timezone)
+        return cache[batch]
+
+    return zone_of
+
+
+def _instance_json(service: Stepline, i: Any, zone: Any) -> dict[str, Any]:
+    from stepline.redact import MASK, is_secret_name
+
+    return {
+        "id": i.id,
+        "batch": i.batch,
+        "version": i.definition_version,
+        "status": i.status.value,
+        "trigger": i.trigger,
+        "params": {k: MASK if is_secret_name(k) else v for k, v in i.params.items()},
+        "scheduled_for": _when(i.scheduled_for, zone) or None,
+        "created_at": _when(i.created_at, zone),
+        "started_at": _when(i.started_at, zone) or None,
+        "finished_at": _when(i.finished_at, zone) or None,
+        "error": i.error,
+    }
+
+
+def _json(value: Any, secrets: list[str] | None = None) -> None:
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if secrets:
+        from stepline.redact import redact_text
+
+        text = redact_text(text, secrets)
+    typer.echo(text)
 
 
 def _duration(start: datetime | None, end: datetime | None) -> str:
@@ -655,3 +837,7 @@ def _read_oracle(url: str, owner: str | None, read: Any) -> Any:
     finally:
         raw.close()
         engine.dispose()
+
+
+# Registers the operators' commands (pause, resume, backfill, delete, logs, purge) on `app`.
+from stepline.cli import operations  # noqa: E402, F401

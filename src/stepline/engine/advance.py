@@ -39,6 +39,8 @@ class Advance:
     """Mapped steps expanded here, with their items (map_index order)."""
     mapped_results: dict[str, list[Any]] = field(default_factory=dict)
     """Mapped steps that succeeded here, with their item results."""
+    recorded: list[tuple[StepOutcome, bool]] = field(default_factory=list)
+    """Outcomes that passed the attempt fence, each with whether its step will retry."""
     queued_more: bool = False
     retry_at: datetime | None = None
     final: InstanceStatus | None = None
@@ -89,6 +91,7 @@ def advance(
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue
+        done.recorded.append((o, retry_at is not None))
         if o.map_index >= 0:
             item_keys.add(o.step_key)
         if retry_at is not None:

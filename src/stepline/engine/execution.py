@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
+from stepline.engine import steplogs
+from stepline.engine.steplogs import AttemptLog, RunnerLogger
 from stepline.errors import StoreUnavailable
 from stepline.redact import remember_secrets, secret_values
 from stepline.stores.base import StepOutcome
@@ -30,7 +30,6 @@ from stepline.stores.base import StepOutcome
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
 
 _runners: dict[str, Runner] = {}
-_log = structlog.get_logger("stepline.runner")
 _MAX_ERROR = 8000
 _LOAD_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
 
@@ -66,7 +65,9 @@ def _remember_params(params: Mapping[str, Any]) -> None:
             del _remembered[next(iter(_remembered))]
 
 
-def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
+def build_context(
+    work: StepWork, load: ResultLoader | None, sink: AttemptLog | None = None
+) -> StepContext:
     results: Mapping[str, Any] = work.results
     if work.missing_results and load is not None:
         results = {**results, **_load_patiently(load, work.instance_id, work.missing_results)}
@@ -76,13 +77,15 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
         args = resolve(args, namespace)
     _remember_params(work.params)
     claimed = work.claimed
-    log = _log.bind(
-        batch=work.batch,
-        instance_id=work.instance_id,
-        step=claimed.step_key,
-        attempt=claimed.attempt,
-        **({"map_index": claimed.map_index} if claimed.map_index >= 0 else {}),
-    )
+    context = {
+        "batch": work.batch,
+        "instance_id": work.instance_id,
+        "step": claimed.step_key,
+        "attempt": claimed.attempt,
+    }
+    if claimed.map_index >= 0:
+        context["map_index"] = claimed.map_index
+    log = RunnerLogger(sink, context)
     return StepContext(
         batch=work.batch,
         instance_id=work.instance_id,
@@ -111,7 +114,11 @@ def _load_patiently(
 
 
 def outcome(
-    work: StepWork, started: datetime, value: Any = None, error: BaseException | None = None
+    work: StepWork,
+    started: datetime,
+    value: Any = None,
+    error: BaseException | None = None,
+    log: AttemptLog | None = None,
 ) -> StepOutcome:
     """The outcome of an attempt that returned ``value`` or raised ``error``.
 
@@ -134,6 +141,9 @@ def outcome(
         message = describe(error)
         retryable = not isinstance(error, DoNotRetry | ImportError)
         codes = error_identifiers(error)
+    text, truncated = log.text() if log is not None else (None, False)
+    if text is not None:
+        text = _safe_text(text)
     return StepOutcome(
         row_id=claimed.row_id,
         step_key=claimed.step_key,
@@ -147,6 +157,8 @@ def outcome(
         retryable=retryable,
         first_attempt=claimed.first_attempt,
         error_codes=codes,
+        log=text,
+        log_truncated=truncated,
     )
 
 
@@ -241,8 +253,10 @@ def _safe_text(text: object) -> str:
 
 def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     started = datetime.now(UTC)
+    log = steplogs.capture(work.params)
+    token = steplogs.active(log)
     try:
-        context = build_context(work, load)
+        context = build_context(work, load, log)
         value = runner_for(work.step.runner)(context)
         if inspect.isawaitable(value):
             raise TypeError(
@@ -250,17 +264,23 @@ def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
                 "def; declare it `async def`"
             )
     except BaseException as exc:  # SystemExit in a runner must still end its attempt
-        return outcome(work, started, error=exc)
-    return outcome(work, started, value)
+        return outcome(work, started, error=exc, log=log)
+    finally:
+        steplogs.release(token)
+    return outcome(work, started, value, log=log)
 
 
 async def run_async(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     started = datetime.now(UTC)
+    log = steplogs.capture(work.params)
+    token = steplogs.active(log)  # the task's own context: other tasks are not affected
     try:
-        context = build_context(work, load)
+        context = build_context(work, load, log)
         value = await runner_for(work.step.runner)(context)
     except asyncio.CancelledError:
         raise  # the dispatcher tells an abandoned attempt from one that cancelled itself
     except BaseException as exc:  # SystemExit in a runner must still end its attempt
-        return outcome(work, started, error=exc)
-    return outcome(work, started, value)
+        return outcome(work, started, error=exc, log=log)
+    finally:
+        steplogs.release(token)
+    return outcome(work, started, value, log=log)

@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
+from stepline.engine import outcome_log
 from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import deliver_in_background
 from stepline.errors import Conflict, StoreUnavailable
@@ -83,13 +84,35 @@ class StepEvent:
     status: StepStatus
     attempt: int
     at: datetime
+    batch: str = ""
+    duration: float | None = None
+    """Set on the one event that ends an attempt (final, an item's end, or queued again
+    for a retry): how long the attempt ran, in seconds."""
     label: str | None = None
     """How users name a map item (``F002``; see MapSpec.item_label); None for a step."""
     items: int | None = None
     """For a mapped step that was just expanded: how many items it has."""
 
 
+@dataclass(frozen=True)
+class InstanceEvent:
+    """An instance this process drove reached a final status."""
+
+    instance_id: int
+    batch: str
+    status: InstanceStatus
+    duration: float
+    at: datetime
+
+
 Listener = Callable[[StepEvent], None]
+
+
+@runtime_checkable
+class InstanceListener(Protocol):
+    """A listener that also wants to hear when instances end (metrics)."""
+
+    def instance_ended(self, event: InstanceEvent) -> None: ...
 
 
 @dataclass
@@ -224,8 +247,8 @@ class Orchestrator:
                 return False  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
                 raise Conflict(
-                    f"instance {instance_id} is being run by {current.owner_id}; "
-                    f"`stepline cancel {instance_id}` stops it"
+                    f"instance {instance_id} is being run by {current.owner_id}",
+                    hint=f"`stepline cancel {instance_id}` stops it",
                 )
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
             # Taking back one of its own that it does not drive: none of its steps run here.
@@ -313,6 +336,7 @@ class Orchestrator:
 
     def close(self) -> None:
         """Stop; alerts being sent get up to 30 s (whatever is unsent stays in the outbox)."""
+        outcome_log.flush()
         self.dispatcher.shutdown(wait=False)
         deadline = time.monotonic() + 30
         for thread in self.alert_threads:
@@ -519,49 +543,91 @@ class Orchestrator:
     def _emit(
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
     ) -> None:
+        instance, batch = active.instance.id, active.instance.batch
+        ended: dict[str, StepOutcome] = {}
+        outcome_log.attempts_ended(
+            batch,
+            instance,
+            [
+                (
+                    o,
+                    StepStatus.SUCCEEDED
+                    if o.succeeded
+                    else StepStatus.QUEUED
+                    if retrying
+                    else StepStatus.FAILED,
+                )
+                for o, retrying in done.recorded
+            ],
+        )
+        for o, retrying in done.recorded:
+            if o.map_index < 0 and not retrying:
+                ended[o.step_key] = o
         if self.listener is None:
             return
-        iid = active.instance.id
-        # A mapped step's own row runs no attempt: its items do.
-        attempts = {o.step_key: o.attempt for o in outcomes if o.map_index < 0}
+        listener = self.listener
         for key, items in done.expanded.items():
-            self.listener(StepEvent(iid, key, -1, StepStatus.RUNNING, 0, now, items=len(items)))
-        for o in outcomes:
+            listener(
+                StepEvent(instance, key, -1, StepStatus.RUNNING, 0, now, batch, items=len(items))
+            )
+        for o, retrying in done.recorded:
             if o.map_index >= 0:
                 status = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
-                if (o.step_key, o.map_index) in done.retrying:
+                if retrying:
                     status = StepStatus.QUEUED  # failed, to be tried again: not failed yet
-                label = self._label(active, o.step_key, o.map_index)
-                self.listener(
-                    StepEvent(iid, o.step_key, o.map_index, status, o.attempt, now, label=label)
-                )
-            elif not o.succeeded and o.step_key not in done.finished:
-                self.listener(
+                listener(
                     StepEvent(
-                        active.instance.id,
+                        instance,
+                        o.step_key,
+                        o.map_index,
+                        status,
+                        o.attempt,
+                        now,
+                        batch,
+                        _seconds(o),
+                        label=self._label(active, o.step_key, o.map_index),
+                    )
+                )
+            elif retrying:
+                listener(
+                    StepEvent(
+                        instance,
                         o.step_key,
                         o.map_index,
                         StepStatus.QUEUED,
                         o.attempt,
                         now,
+                        batch,
+                        _seconds(o),
                     )
                 )
         # After the items, so that a display has counted every item when the step ends.
         for key, status in done.finished.items():
-            self.listener(StepEvent(iid, key, -1, status, attempts.get(key, 0), now))
-        for c in done.claimed:
-            claimed_label = (
-                self._label(active, c.step_key, c.map_index) if c.map_index >= 0 else None
-            )
-            self.listener(
+            last = ended.get(key)
+            listener(
                 StepEvent(
-                    iid,
+                    instance,
+                    key,
+                    -1,
+                    status,
+                    last.attempt if last is not None else 0,
+                    now,
+                    batch,
+                    _seconds(last) if last is not None else None,
+                )
+            )
+        for c in done.claimed:
+            label = self._label(active, c.step_key, c.map_index) if c.map_index >= 0 else None
+            listener(
+                StepEvent(
+                    instance,
                     c.step_key,
                     c.map_index,
                     StepStatus.RUNNING,
                     c.attempt,
                     now,
-                    label=claimed_label,
+                    batch,
+                    label=label,
                 )
             )
 
@@ -610,6 +676,14 @@ class Orchestrator:
 
     def _finish(self, active: _Active, final: InstanceStatus) -> None:
         del self._active[active.instance.id]
+        record = active.instance
+        now = datetime.now(UTC)
+        duration = (now - (record.started_at or record.created_at)).total_seconds()
+        outcome_log.instance_ended(record.batch, record.id, final, duration)
+        if isinstance(self.listener, InstanceListener):
+            self.listener.instance_ended(
+                InstanceEvent(record.id, record.batch, final, duration, now)
+            )
         if final is InstanceStatus.FAILED and active.definition.alerts:
             self.alert_threads.append(
                 deliver_in_background(
@@ -642,6 +716,10 @@ class Orchestrator:
         if force or now >= self._next_heartbeat:
             self.store.heartbeat(self.owner, self.lease_seconds)
             self._next_heartbeat = now + self.lease_seconds / 3
+
+
+def _seconds(o: StepOutcome) -> float:
+    return max(0.0, (o.finished_at - o.started_at).total_seconds())
 
 
 def _decode(payload: str | None) -> Any:

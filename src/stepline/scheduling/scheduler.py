@@ -7,6 +7,9 @@ elects one leader, so while any scheduler is alive one of them fires every sched
 the leader dies, another takes over within ``lease_seconds`` and creates the fire times the
 gap left behind, per the batch's misfire policy.
 
+A paused batch (``stepline pause``) gets no instance; when it is resumed, the fire times
+that passed while it was paused are misfires like any other.
+
 Misfires (fire times older than ``misfire_grace`` when they are noticed, e.g. while no
 scheduler ran): ``misfire: once`` (default) creates one instance, for the latest missed
 time; ``all`` creates each, at most ``misfire_cap`` (default 100, the most recent);
@@ -115,7 +118,9 @@ class Scheduler:
         created = 0
         for stored in store.definitions():
             definition = stored.definition
-            if not definition.cron:
+            if not definition.cron or stored.paused:
+                # A paused batch's fire times pass unrecorded: on resume they are due, and
+                # its misfire policy decides which of them run.
                 continue
             try:
                 created += self._fire(stored.id, definition, now, epoch)

@@ -25,6 +25,11 @@ class StoredDefinition:
     definition: BatchDefinition
     created_at: datetime
     updated_at: datetime
+    paused_at: datetime | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,29 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class StepLogRecord:
+    """What one attempt of one step (or map item) logged, redacted and capped."""
+
+    id: int
+    step_key: str
+    map_index: int
+    attempt: int
+    text: str
+    truncated: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PurgeFilter:
+    """Which finished instances a purge deletes: finished before ``before``, in one of
+    ``statuses`` (final ones only), of ``batch`` if given."""
+
+    before: datetime
+    statuses: tuple[InstanceStatus, ...]
+    batch: str | None = None
+
+
+@dataclass(frozen=True)
 class PendingAlert:
     """One alert of a failed instance, claimed for sending."""
 
@@ -109,6 +137,9 @@ class StepOutcome:
     finished_at: datetime
     retryable: bool = True
     first_attempt: int = 1
+    log: str | None = None
+    """What the runner logged in this attempt (redacted, capped), or None if nothing."""
+    log_truncated: bool = False
     lost: bool = False
     """The attempt's worker died before it reported (remote dispatchers): retried per the
     policy, but at least once, so one crash does not fail a step that allows no retry."""
@@ -430,9 +461,14 @@ class Store(ABC):
 
     @abstractmethod
     def instances(
-        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+        self,
+        batch: str | None = None,
+        status: InstanceStatus | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
     ) -> list[InstanceRecord]:
-        """Newest first."""
+        """Newest first; with ``before`` (an instance id, the cursor) only older ones."""
 
     @abstractmethod
     def step_results(self, instance_id: int) -> list[StepResultRecord]:
@@ -503,6 +539,49 @@ class Store(ABC):
     @abstractmethod
     def last_scheduled(self, definition_id: int) -> datetime | None:
         """The latest cron fire time an instance of the batch was created for."""
+
+    @abstractmethod
+    def set_paused(self, name: str, paused: bool) -> StoredDefinition:
+        """Pause or resume a batch (idempotent); NotFound if there is no such batch.
+
+        A paused batch keeps its definition and its instances; the scheduler creates no
+        instance for it and triggers are refused until it is resumed.
+        """
+
+    @abstractmethod
+    def delete_definition(self, name: str, *, purge: bool) -> int:
+        """Delete a batch; Conflict while any of its instances is queued or running.
+
+        Without ``purge`` the batch leaves every list, schedule and trigger but its
+        instances, step results and logs stay readable (applying it again revives it as a
+        new version). With ``purge`` they are deleted too, with its versions and fire
+        times. Returns how many instances were deleted.
+        """
+
+    @abstractmethod
+    def fire_times_taken(
+        self, definition_id: int, times: Sequence[datetime]
+    ) -> dict[datetime, int | None]:
+        """Of ``times``, the fire times that already got an instance: its id, or None if
+        that instance was purged (its fire time is kept, so it never runs twice)."""
+
+    @abstractmethod
+    def step_logs(
+        self, instance_id: int, step: str | None = None, *, after_id: int = 0
+    ) -> list[StepLogRecord]:
+        """The stored logs of an instance's attempts (of one step if given), oldest first;
+        ``after_id`` returns only logs stored after that one (for following)."""
+
+    @abstractmethod
+    def purge_chunk(self, which: PurgeFilter, limit: int) -> int:
+        """Delete up to ``limit`` matching instances, oldest first, with their step results,
+        attempts and logs, in one short transaction; return how many. Never deletes an
+        unfinished instance (a retry racing the purge waits on the instance row lock),
+        never a fire time: a purged fire time cannot get a second instance."""
+
+    @abstractmethod
+    def count_purgeable(self, which: PurgeFilter) -> int:
+        """How many instances :meth:`purge_chunk` would delete in total."""
 
     @abstractmethod
     def dispose(self) -> None:

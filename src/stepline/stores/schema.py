@@ -189,6 +189,10 @@ batch_definition = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     is_json_check("steps"),
+    # Set while the batch is paused: no cron instance, no trigger (`stepline pause`).
+    sa.Column("paused_at", UtcDateTime),
+    # Set once the batch is deleted: gone from every list and trigger, its history readable.
+    sa.Column("deleted_at", UtcDateTime),
 )
 
 batch_definition_version = sa.Table(
@@ -225,6 +229,22 @@ batch_instance = sa.Table(
     *null_tolerant_unique("batch_instance", "definition_id", "idempotency_key"),
     sa.Index(None, "status"),
     is_json_check("params"),
+    sa.Index(None, "finished_at"),
+)
+
+# One row per cron (or backfill) fire time that got an instance. Kept when `stepline purge`
+# deletes the instance, so a purged fire time can never get a second instance.
+batch_fire_time = sa.Table(
+    "batch_fire_time",
+    metadata,
+    sa.Column(
+        "definition_id",
+        sa.BigInteger,
+        sa.ForeignKey("batch_definition.id"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("scheduled_for", UtcDateTime, primary_key=True),
 )
 
 batch_step_result = sa.Table(
@@ -270,6 +290,25 @@ batch_step_attempt = sa.Table(
     sa.Column("owner_id", sa.String(200)),
     sa.Column("started_at", UtcDateTime),
     sa.Column("finished_at", UtcDateTime),
+    sa.UniqueConstraint("step_result_id", "attempt"),
+)
+
+# MySQL's TEXT holds 64 KiB, less than a capped log with its truncation note.
+LogText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+# What a runner logged during one attempt (ctx.log and Python logging from its thread),
+# redacted and capped; written in the transaction that records the attempt's outcome.
+batch_step_log = sa.Table(
+    "batch_step_log",
+    metadata,
+    _id(),
+    sa.Column(
+        "step_result_id", sa.BigInteger, sa.ForeignKey("batch_step_result.id"), nullable=False
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("text", LogText, nullable=False),
+    sa.Column("truncated", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("step_result_id", "attempt"),
 )
 

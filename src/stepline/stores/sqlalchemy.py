@@ -18,7 +18,15 @@ from sqlalchemy.engine import Connection, Engine, Row
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.errors import InvalidSetting, NotFound, StoreRejected, StoreUnavailable, clip, shown
+from stepline.errors import (
+    Conflict,
+    InvalidSetting,
+    NotFound,
+    StoreRejected,
+    StoreUnavailable,
+    clip,
+    shown,
+)
 from stepline.redact import redact_url
 from stepline.stores.base import (
     AttemptRecord,
@@ -34,10 +42,12 @@ from stepline.stores.base import (
     iter_chunks,
 )
 from stepline.stores.hotpath import HotStatement
+from stepline.stores.maintenance import SqlMaintenance
 from stepline.stores.schema import (
     UtcDateTime,
     batch_definition,
     batch_definition_version,
+    batch_fire_time,
     batch_instance,
     batch_step_attempt,
     batch_step_result,
@@ -143,7 +153,8 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
     except sa.exc.NoSuchModuleError:
         raise InvalidSetting(_bad_url(url, f"names an unknown database {backend!r}")) from None
     except ImportError as exc:
-        extra = {"postgresql": "postgres", "mysql": "mysql", "oracle": "oracle"}.get(backend)
+        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(backend)
+        extra = extra or ("oracle" if backend == "oracle" else None)
         hint = f"pip install 'stepline[{extra}]'" if extra else "install its driver"
         raise InvalidSetting(
             _bad_url(url, f"needs a driver that is not installed ({exc.name}): {hint}")
@@ -186,7 +197,7 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
         conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
 
 
-class SqlAlchemyStore(Store):
+class SqlAlchemyStore(SqlMaintenance, Store):
     def __init__(
         self, url: str, *, engine: Engine | None = None, timeouts: Timeouts | None = None
     ) -> None:
@@ -289,6 +300,11 @@ class SqlAlchemyStore(Store):
         if self._pickups is not None:
             self._pickups.dispose()
 
+    def _forget(self, definition_id: int) -> None:
+        self._names.pop(definition_id, None)
+        for key in [k for k in self._definitions if k[0] == definition_id]:
+            del self._definitions[key]
+
     def payload_limit(self) -> int | None:
         if self.dialect not in ("mysql", "mariadb"):
             return None
@@ -338,6 +354,13 @@ class SqlAlchemyStore(Store):
                         batch_definition_version.c.version == row.version,
                     )
                 ).scalar_one()
+                if row.deleted_at is not None:
+                    # Applying a deleted batch revives it (its history was kept).
+                    conn.execute(
+                        sa.update(batch_definition)
+                        .where(batch_definition.c.id == row.id)
+                        .values(deleted_at=None)
+                    )
                 if current == document:
                     return self._stored(row.id, row.name, row.version, document, row)
                 definition_id, version, created = row.id, row.version + 1, row.created_at
@@ -372,7 +395,13 @@ class SqlAlchemyStore(Store):
             definition = parse_definition(document, f"batch {name} v{version}", check_runners=False)
             self._definitions[(definition_id, version)] = definition
         return StoredDefinition(
-            definition_id, name, version, definition, row.created_at, row.updated_at
+            definition_id,
+            name,
+            version,
+            definition,
+            row.created_at,
+            row.updated_at,
+            row.paused_at,
         )
 
     def definition(self, name: str, version: int | None = None) -> StoredDefinition:
@@ -382,12 +411,17 @@ class SqlAlchemyStore(Store):
             .join(v, v.c.definition_id == d.c.id)
             .where(d.c.name == name)
         )
-        query = query.where(v.c.version == (version if version is not None else d.c.version))
+        if version is None:
+            query = query.where(v.c.version == d.c.version, d.c.deleted_at.is_(None))
+        else:
+            query = query.where(v.c.version == version)
         with self._read() as conn:
             row = conn.execute(query).first()
         if row is None:
             what = f"batch {shown(name)}" + (f" version {version}" if version is not None else "")
-            raise NotFound(f"{what} does not exist; `stepline apply FILE` stores a definition")
+            raise NotFound(
+                f"{what} does not exist", hint="`stepline apply FILE` stores a definition"
+            )
         return self._stored(row.id, row.name, row.doc_version, row.document, row)
 
     def definitions(self) -> list[StoredDefinition]:
@@ -395,6 +429,7 @@ class SqlAlchemyStore(Store):
         query = (
             sa.select(d, v.c.document)
             .join(v, (v.c.definition_id == d.c.id) & (v.c.version == d.c.version))
+            .where(d.c.deleted_at.is_(None))
             .order_by(d.c.name)
         )
         with self._read() as conn:
@@ -434,6 +469,14 @@ class SqlAlchemyStore(Store):
         status = InstanceStatus.CANCELLED if skipped else InstanceStatus.QUEUED
         try:
             with self._write() as conn:
+                if scheduled_for is not None:
+                    # The fire time's own row outlives a purge of its instance: a fire time
+                    # that ran once, purged or not, refuses a second instance.
+                    conn.execute(
+                        sa.insert(batch_fire_time).values(
+                            definition_id=stored.id, scheduled_for=scheduled_for
+                        )
+                    )
                 instance_id = conn.execute(
                     sa.insert(BI).values(
                         definition_id=stored.id,
@@ -477,7 +520,11 @@ class SqlAlchemyStore(Store):
             with self._read() as conn:
                 existing = conn.execute(
                     sa.select(BI).where(BI.c.definition_id == stored.id, column == value)
-                ).one()
+                ).first()
+                if existing is None:
+                    raise Conflict(
+                        f"{stored.name} already ran for {value}; that instance was purged"
+                    ) from None
                 return self._instance(conn, existing), False
         self._names[stored.id] = stored.name
         return (
@@ -716,14 +763,21 @@ class SqlAlchemyStore(Store):
             row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
             if row is None:
                 raise NotFound(
-                    f"instance {instance_id} does not exist; `stepline instances` lists them"
+                    f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
                 )
             return self._instance(conn, row)
 
     def instances(
-        self, batch: str | None = None, status: InstanceStatus | None = None, limit: int = 100
+        self,
+        batch: str | None = None,
+        status: InstanceStatus | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
     ) -> list[InstanceRecord]:
         query = sa.select(BI).order_by(BI.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(BI.c.id < before)
         if batch is not None:
             query = query.join(batch_definition, batch_definition.c.id == BI.c.definition_id).where(
                 batch_definition.c.name == batch
@@ -858,8 +912,8 @@ class SqlAlchemyStore(Store):
     def last_scheduled(self, definition_id: int) -> datetime | None:
         with self._read() as conn:
             value: datetime | None = conn.execute(
-                sa.select(sa.func.max(BI.c.scheduled_for)).where(
-                    BI.c.definition_id == definition_id
+                sa.select(sa.func.max(batch_fire_time.c.scheduled_for)).where(
+                    batch_fire_time.c.definition_id == definition_id
                 )
             ).scalar()
         if value is not None and value.tzinfo is None:

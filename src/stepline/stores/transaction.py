@@ -27,6 +27,7 @@ from stepline.stores.schema import (
     Encoded,
     batch_instance,
     batch_step_attempt,
+    batch_step_log,
     batch_step_result,
     json_serializer,
     stepline_alert_outbox,
@@ -181,6 +182,17 @@ class SqlInstanceTransaction(InstanceTransaction):
         ).rowcount
         if not updated:
             return False
+        if outcome.log is not None:
+            # In the outcome's own transaction: a silent attempt costs nothing extra.
+            self.conn.execute(
+                sa.insert(batch_step_log).values(
+                    step_result_id=outcome.row_id,
+                    attempt=outcome.attempt,
+                    text=outcome.log,
+                    truncated=outcome.log_truncated,
+                    created_at=outcome.finished_at,
+                )
+            )
         if not outcome.succeeded:
             self.conn.execute(
                 sa.insert(batch_step_attempt).values(
