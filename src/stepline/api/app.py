@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
+from stepline.api.dashboard_actions import router as actions_router
 from stepline.api.errors import install_error_handlers
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
@@ -112,6 +113,7 @@ def _build(
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(dashboard_router)
+    app.include_router(actions_router)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(UnhandledErrors, secrets=service.settings.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)

@@ -213,14 +213,18 @@ class InstanceTransaction(ABC):
 
     @abstractmethod
     def reset_unsuccessful(
-        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
+        self,
+        predecessors: Mapping[str, Sequence[str]],
+        mapped: Iterable[str] = (),
+        only_items: Mapping[str, Iterable[int]] | None = None,
     ) -> list[str]:
         """Send every step that did not succeed back to ``pending`` (to be decided again by
         the next advance) for a retry of the instance; succeeded rows and their
         results stay. Each reset step's retry budget starts again. Of a ``mapped`` step
         whose upstream all succeeded, only the items that did not succeed run again; if its
-        upstream runs again too, its items are dropped and it expands anew. Returns the
-        reset keys.
+        upstream runs again too, its items are dropped and it expands anew. With
+        ``only_items`` ({mapped key: map indexes}) just those of a key's unfinished items run
+        again; its other failed items stay failed. Returns the reset keys.
         """
 
     @abstractmethod
@@ -254,6 +258,34 @@ class InstanceTransaction(ABC):
     ) -> None:
         """Move the instance to ``status`` (timestamps follow); ``owner`` takes ownership,
         ``release`` leaves it unowned (for whichever process admits it next)."""
+
+
+@dataclass(frozen=True)
+class InstanceQuery:
+    """Which instances a listing wants: every field left None matches all."""
+
+    batch: str | None = None
+    status: InstanceStatus | None = None
+    trigger: str | None = None
+    created_from: datetime | None = None
+    """Created at or after this instant."""
+    created_to: datetime | None = None
+    """Created before this instant."""
+    before_id: int | None = None
+    """Only instances with a smaller id (the next page of a newest-first listing)."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One operator action: who did what, when, to which batch or instance."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    batch: str | None
+    instance_id: int | None
+    detail: str | None
 
 
 class Store(ABC):
@@ -403,6 +435,28 @@ class Store(ABC):
     @abstractmethod
     def last_scheduled(self, definition_id: int) -> datetime | None:
         """The latest cron fire time an instance of the batch was created for."""
+
+    @abstractmethod
+    def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
+        """Instances matching ``query``, newest (highest id) first, at most ``limit``."""
+
+    @abstractmethod
+    def record_audit(
+        self,
+        actor: str,
+        action: str,
+        *,
+        batch: str | None = None,
+        instance_id: int | None = None,
+        detail: str | None = None,
+    ) -> AuditRecord:
+        """Store one operator action (its own transaction) and return it."""
+
+    @abstractmethod
+    def audit(
+        self, *, instance_id: int | None = None, batch: str | None = None, limit: int = 200
+    ) -> list[AuditRecord]:
+        """Recorded actions on an instance (or a batch), newest first."""
 
     @abstractmethod
     def dispose(self) -> None:

@@ -192,3 +192,17 @@ stepline_lease = sa.Table(
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
 )
+
+# Who did what from the dashboard or the API (run, retry, cancel, pause, ...), and when.
+stepline_audit = sa.Table(
+    "stepline_audit",
+    metadata,
+    _id(),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("batch", sa.String(200)),
+    sa.Column("instance_id", sa.BigInteger),
+    sa.Column("detail", sa.Text),
+    sa.Index(None, "instance_id"),
+)
