@@ -77,7 +77,7 @@ def _cut(text: str, limit: int) -> tuple[str, bool]:
     return (text, False) if len(text) <= limit else (text[:limit] + "\n… (cut)", True)
 
 
-def _row(record: StepResultRecord | AttemptRecord, secrets: list[str]) -> Row:
+def _row(record: StepResultRecord | AttemptRecord, secrets: list[str], pretty: bool = True) -> Row:
     row = Row(
         record.step_key,
         record.map_index,
@@ -89,7 +89,8 @@ def _row(record: StepResultRecord | AttemptRecord, secrets: list[str]) -> Row:
     )
     if isinstance(record, StepResultRecord) and record.result_payload is not None:
         row.payload, row.payload_cut = _cut(
-            masked_json(record.result_payload, secrets), PAYLOAD_SHOWN
+            masked_json(record.result_payload, secrets, indent=2 if pretty else None),
+            PAYLOAD_SHOWN,
         )
     return row
 
@@ -182,6 +183,6 @@ def _items(view: StepView, records: list[StepResultRecord], secrets: list[str]) 
     view.failed_items = [r.map_index for r in failed_all[:FAILED_SHOWN]]
     later_failed = [r for r in failed_all if r.map_index >= ITEMS_SHOWN][:FAILED_SHOWN]
     shown = records[:ITEMS_SHOWN] + later_failed
-    view.items = [_row(r, secrets) for r in shown]
+    view.items = [_row(r, secrets, pretty=False) for r in shown]
     if len(shown) < len(records):
         view.items_note = f"showing the first {ITEMS_SHOWN} and {len(later_failed)} failed"
