@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stepline import InstanceStatus, batch, step
+from stepline import InstanceStatus, StepStatus, batch, step
 from stepline.service import Stepline
 from stepline.stores.base import InstanceQuery
 
@@ -65,3 +65,35 @@ def test_audit_records_are_kept_per_instance_and_batch(app: Stepline) -> None:
     paused = app.store.audit(batch="listed_b")
     assert [a.action for a in paused] == ["pause"]
     assert len(paused[0].detail or "") == 4000  # long details are cut
+
+
+def test_step_overview_reads_the_first_and_the_failed_items_and_counts_the_rest(
+    app: Stepline,
+) -> None:
+    app.apply(
+        batch(
+            "listed_map",
+            [
+                step(
+                    "produce",
+                    "fixture_runners:work",
+                    ["each"],
+                    **{"with": {"value": list(range(120))}},
+                ),
+                step(
+                    "each",
+                    "fixture_runners:item_work",
+                    map="produce",
+                    **{"with": {"fail_items": [3, 100, 110]}},
+                ),
+            ],
+        )
+    )
+    instance = app.trigger("listed_map")[0]
+    app.run_instance(instance.id)
+    overview = app.store.step_overview(instance.id, first_items=50, failed_items=1)
+    shown = sorted((r.step_key, r.map_index) for r in overview.rows)
+    items = [i for key, i in shown if key == "each" and i >= 0]
+    assert ("produce", -1) in shown and ("each", -1) in shown
+    assert items == [*range(50), 100]  # the first 50, then one later failed item (limit 1)
+    assert overview.item_counts == {"each": {StepStatus.SUCCEEDED: 117, StepStatus.FAILED: 3}}

@@ -312,12 +312,14 @@ def _instance_context(
     stored = service.store.definition(instance.batch, instance.definition_version)
     logs_of = getattr(service, "logs", None)
     logs = logs_of(instance.id) if callable(logs_of) else []
-    results = service.store.step_results(instance.id)
+    overview = service.store.step_overview(
+        instance.id, instance_view.ITEMS_SHOWN, instance_view.FAILED_SHOWN
+    )
     link = f"{base_path(request)}/ui/instances/{instance.id}"
     view = instance_view.build(
         instance,
         stored.definition,
-        results,
+        overview,
         service.store.attempts(instance.id),
         secrets,
         link=link,

@@ -7,7 +7,7 @@ Everything secret is masked here, before it is cut or handed to a template.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,7 +16,7 @@ from stepline.api.graph import NodeView, render_svg
 from stepline.api.render import masked_json, masked_text
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import StepStatus, TriggerRule, decide
-from stepline.stores.base import AttemptRecord, InstanceRecord, StepResultRecord
+from stepline.stores.base import AttemptRecord, InstanceRecord, StepOverview, StepResultRecord
 
 __all__ = ["ITEMS_SHOWN", "PAYLOAD_SHOWN", "InstanceView", "StepView", "build"]
 
@@ -115,7 +115,7 @@ def skip_reason(
 def build(
     instance: InstanceRecord,
     definition: BatchDefinition,
-    results: Sequence[StepResultRecord],
+    overview: StepOverview,
     attempts: Sequence[AttemptRecord],
     secrets: list[str],
     *,
@@ -123,6 +123,7 @@ def build(
     logs: Sequence[Any] = (),
 ) -> InstanceView:
     """The view of ``instance``; ``link`` is the page's URL (steps link to their anchor)."""
+    results = overview.rows
     parents: dict[str, StepResultRecord] = {}
     items: dict[str, list[StepResultRecord]] = {}
     for r in results:
@@ -155,8 +156,8 @@ def build(
         view.attempts = history.get(step.key, [])
         view.logs = step_logs.get(step.key, [])
         detail = ""
-        if step.key in items:
-            _items(view, items[step.key], secrets)
+        if step.key in overview.item_counts:
+            _items(view, items.get(step.key, []), overview.item_counts[step.key], secrets)
             detail = " ".join(f"{n} {s}" for s, n in sorted(view.counts.items()))
             detail = f"{view.items_total} items: {detail}"
         views[step.key] = NodeView(
@@ -174,15 +175,18 @@ def build(
     return InstanceView(svg, steps, counts, instance.status.is_final)
 
 
-def _items(view: StepView, records: list[StepResultRecord], secrets: list[str]) -> None:
+def _items(
+    view: StepView,
+    records: list[StepResultRecord],
+    counts: Mapping[StepStatus, int],
+    secrets: list[str],
+) -> None:
     """A mapped step's items: counts by status, the first ones and the failed ones."""
     records.sort(key=lambda r: r.map_index)
-    view.items_total = len(records)
-    view.counts = dict(Counter(r.status.value for r in records))
-    failed_all = [r for r in records if r.status in _FAILED_LIKE]
-    view.failed_items = [r.map_index for r in failed_all[:FAILED_SHOWN]]
-    later_failed = [r for r in failed_all if r.map_index >= ITEMS_SHOWN][:FAILED_SHOWN]
-    shown = records[:ITEMS_SHOWN] + later_failed
-    view.items = [_row(r, secrets, pretty=False) for r in shown]
-    if len(shown) < len(records):
-        view.items_note = f"showing the first {ITEMS_SHOWN} and {len(later_failed)} failed"
+    view.items_total = sum(counts.values())
+    view.counts = {status.value: n for status, n in counts.items()}
+    view.failed_items = [r.map_index for r in records if r.status in _FAILED_LIKE]
+    view.items = [_row(r, secrets, pretty=False) for r in records]
+    if len(records) < view.items_total:
+        later = sum(1 for r in records if r.map_index >= ITEMS_SHOWN)
+        view.items_note = f"showing the first {ITEMS_SHOWN} and {later} failed"

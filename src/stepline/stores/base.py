@@ -276,6 +276,15 @@ class InstanceQuery:
 
 
 @dataclass(frozen=True)
+class StepOverview:
+    """An instance's step rows for a page: every unmapped row, the first items of each
+    mapped step and its later failed ones, and each mapped step's item counts by status."""
+
+    rows: list[StepResultRecord]
+    item_counts: dict[str, dict[StepStatus, int]]
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One operator action: who did what, when, to which batch or instance."""
 
@@ -439,6 +448,12 @@ class Store(ABC):
     @abstractmethod
     def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
         """Instances matching ``query``, newest (highest id) first, at most ``limit``."""
+
+    @abstractmethod
+    def step_overview(self, instance_id: int, first_items: int, failed_items: int) -> StepOverview:
+        """The rows a page shows without reading every item of a wide map: unmapped rows,
+        items with map_index < ``first_items``, up to ``failed_items`` later unsuccessful
+        ones, and every mapped step's item counts by status (counted in the database)."""
 
     @abstractmethod
     def record_audit(

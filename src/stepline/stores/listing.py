@@ -7,19 +7,33 @@ Kept apart from :mod:`stepline.stores.sqlalchemy` (the engine's hot path); the m
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from stepline.stores.base import AuditRecord, InstanceQuery, InstanceRecord
-from stepline.stores.schema import batch_definition, batch_instance, stepline_audit
+from stepline.core.states import StepStatus
+from stepline.stores.base import (
+    AuditRecord,
+    InstanceQuery,
+    InstanceRecord,
+    StepOverview,
+    StepResultRecord,
+)
+from stepline.stores.schema import (
+    batch_definition,
+    batch_instance,
+    batch_step_result,
+    stepline_audit,
+)
 
 if TYPE_CHECKING:
     from stepline.stores.sqlalchemy import SqlAlchemyStore
 
-__all__ = ["audit", "find_instances", "record_audit"]
+__all__ = ["audit", "find_instances", "record_audit", "step_overview"]
 
 BI = batch_instance
+R = batch_step_result
+_FAILED = [StepStatus.FAILED.value, StepStatus.UPSTREAM_FAILED.value, StepStatus.CANCELLED.value]
 A = stepline_audit
 DETAIL_LIMIT = 4000
 
@@ -83,3 +97,49 @@ def audit(
             AuditRecord(r.id, r.at, r.actor, r.action, r.batch, r.instance_id, r.detail)
             for r in conn.execute(select).all()
         ]
+
+
+def _record(r: sa.Row[Any]) -> StepResultRecord:
+    return StepResultRecord(
+        r.id,
+        r.batch_instance_id,
+        r.step_key,
+        r.map_index,
+        StepStatus(r.status),
+        r.attempt,
+        r.result_payload,
+        r.error,
+        r.started_at,
+        r.finished_at,
+        r.created_at,
+    )
+
+
+def step_overview(
+    store: SqlAlchemyStore, instance_id: int, first_items: int, failed_items: int
+) -> StepOverview:
+    of_instance = R.c.batch_instance_id == instance_id
+    with store._read() as conn:
+        shown = [
+            _record(r)
+            for r in conn.execute(
+                sa.select(R).where(of_instance, R.c.map_index < first_items).order_by(R.c.id)
+            )
+        ]
+        shown += [
+            _record(r)
+            for r in conn.execute(
+                sa.select(R)
+                .where(of_instance, R.c.map_index >= first_items, R.c.status.in_(_FAILED))
+                .order_by(R.c.step_key, R.c.map_index)
+                .limit(failed_items)
+            )
+        ]
+        counts: dict[str, dict[StepStatus, int]] = {}
+        for key, status, n in conn.execute(
+            sa.select(R.c.step_key, R.c.status, sa.func.count())
+            .where(of_instance, R.c.map_index >= 0)
+            .group_by(R.c.step_key, R.c.status)
+        ):
+            counts.setdefault(key, {})[StepStatus(status)] = int(n)
+    return StepOverview(shown, counts)

@@ -25,6 +25,7 @@ from stepline.stores.base import (
     InstanceQuery,
     InstanceRecord,
     InstanceTransaction,
+    StepOverview,
     StepResultRecord,
     Store,
     StoredDefinition,
@@ -549,6 +550,9 @@ class SqlAlchemyStore(Store):
 
     def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
         return listing.find_instances(self, query, limit)
+
+    def step_overview(self, instance_id: int, first_items: int, failed_items: int) -> StepOverview:
+        return listing.step_overview(self, instance_id, first_items, failed_items)
 
     def record_audit(
         self,
