@@ -361,3 +361,19 @@ def test_a_running_instance_is_polled_until_it_ends(client: TestClient, service:
     assert "hx-get" in live.text
     service.run_instance(instance.id)
     assert "hx-get" not in client.get(f"/ui/instances/{instance.id}/live").text
+
+
+def test_a_poll_after_the_session_ended_sends_the_page_to_the_login_form(
+    client: TestClient, service: Stepline
+) -> None:
+    instance, _ = service.trigger("act_report")
+    answer = client.get(
+        f"/ui/instances/{instance.id}/live",
+        headers={
+            "HX-Request": "true",
+            "HX-Current-URL": f"http://127.0.0.1/ui/instances/{instance.id}",
+        },
+    )
+    assert answer.status_code == 401
+    assert "www-authenticate" not in answer.headers  # no password dialog over the page
+    assert answer.headers["hx-redirect"] == f"/ui/login?next=%2Fui%2Finstances%2F{instance.id}"

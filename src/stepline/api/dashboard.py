@@ -13,7 +13,7 @@ import difflib
 import json
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request
@@ -84,9 +84,16 @@ def admit(request: Request, service: Stepline) -> Visitor | Response:
         if exc.status_code != 401:
             return message(request, service, exc.status_code, "Refused", str(exc.detail))
         wants_page = "text/html" in request.headers.get("accept", "")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        login = f"{base_path(request)}/ui/login?{urlencode({'next': target})}"
+        if request.headers.get("hx-request") == "true":
+            # A page polling after its session ended: send the whole page to the login
+            # form (a Basic challenge here would pop up the browser's password dialog).
+            page = request.headers.get("hx-current-url", "")
+            back = urlencode({"next": urlsplit(page).path or "/ui"})
+            headers = {"HX-Redirect": f"{base_path(request)}/ui/login?{back}"}
+            return Response("sign in again", status_code=401, headers={**HEADERS, **headers})
         if wants_page and "authorization" not in request.headers:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            login = f"{base_path(request)}/ui/login?{urlencode({'next': target})}"
             return RedirectResponse(login, status_code=303)
         text = "Sign in with the API token (STEPLINE_API_TOKEN) at /ui/login, or send it as "
         text += "the password of HTTP Basic (any user name) or as a bearer token."
