@@ -65,9 +65,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             batch(
                 "flaky_report",
                 [
-                    step("prepare", W + "work", ["publish"]),
+                    step("prepare", W + "work", ["publish", "announce"]),
                     step("publish", W + "work", retry=retry_once, **{"with": {"fail_times": 1}}),
+                    step("announce", W + "work", condition="params.announce == true"),
                 ],
+                params={"announce": False},
+                cron="0 0 2 * * 1",
+                timezone="Asia/Seoul",
             )
         )
         chain = [
@@ -172,8 +176,6 @@ def _wait_status(page: Any, status: str) -> None:
 def test_run_the_example_with_a_changed_param_and_watch_the_dag_turn_green(
     page: Any, server: str
 ) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "batches.png"), full_page=True)
     assert page.locator("text=farm_readings").count() >= 1
     instance_id = _run_from_form(page, "farm_readings", {"humidity_threshold": "70"})
     _mark(page)
@@ -201,6 +203,8 @@ def test_a_failed_step_retried_from_the_page_succeeds(page: Any) -> None:
     instance_id = _run_from_form(page, "flaky_report")
     _wait_status(page, "failed")
     assert page.locator("svg.dag g.node[data-step=publish][data-status=failed]").count() == 1
+    skipped = page.locator("#step-announce").inner_text()
+    assert "Skipped: condition 'params.announce == true' was false" in skipped
     assert "planned failure 1 of publish" in page.locator("#step-publish").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "failed-instance.png"), full_page=True)
@@ -210,6 +214,7 @@ def test_a_failed_step_retried_from_the_page_succeeds(page: Any) -> None:
     _wait_status(page, "succeeded")
     assert _not_reloaded(page)
     assert page.locator("svg.dag g.node[data-status=succeeded]").count() == 2
+    assert page.locator("svg.dag g.node[data-status=skipped]").count() == 1
     assert "retry" in page.locator("table.audit").inner_text()
 
 
@@ -236,6 +241,18 @@ def test_a_form_without_the_csrf_token_is_refused(page: Any, server: str) -> Non
         f"{server}/api/instances", headers={"Authorization": f"Bearer {TOKEN}"}
     ).json()
     assert len(after["instances"]) == len(before["instances"])
+
+
+def test_the_batches_page_shows_schedules_and_last_runs(page: Any) -> None:
+    page.goto("/ui")
+    row = page.locator("tr", has=page.locator("a:has-text('flaky_report')"))
+    text = row.inner_text()
+    assert "0 0 2 * * 1" in text and "Asia/Seoul" in text and " 02:00:00 KST" in text
+    marks = row.locator(".strip a.run")
+    assert marks.count() >= 1
+    assert "succeeded" in (marks.last.get_attribute("title") or "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "batches.png"), full_page=True)
 
 
 def test_signing_out_ends_the_session(page: Any, server: str) -> None:

@@ -195,7 +195,7 @@ def render_svg(
         body = (
             f'<rect x="{x}" y="{y}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6"/>'
             f'<text class="name" x="{x + 10}" y="{y + 19}">{_e(_short(node))}</text>'
-            f'<text class="sub" x="{x + 10}" y="{y + 36}">{_e(_short(second, 30))}</text>'
+            f'<text class="sub" x="{x + 10}" y="{y + 36}">{_e(_short(second, 27))}</text>'
             f"<title>{_e(hover)}</title>"
         )
         group = (
