@@ -377,3 +377,24 @@ def test_a_poll_after_the_session_ended_sends_the_page_to_the_login_form(
     assert answer.status_code == 401
     assert "www-authenticate" not in answer.headers  # no password dialog over the page
     assert answer.headers["hx-redirect"] == f"/ui/login?next=%2Fui%2Finstances%2F{instance.id}"
+
+
+def test_without_a_token_actions_are_local_and_other_sites_are_refused(tmp_path: Path) -> None:
+    with Stepline(db=f"sqlite:///{tmp_path / 'open.db'}") as open_service:
+        open_service.apply(batch("open_batch", [step("a", W + "work")]))
+        client = TestClient(open_service)
+        try:
+            login = client.get("/ui/login?next=/ui/instances")
+            assert login.status_code == 303 and login.headers["location"] == "/ui/instances"
+            csrf = _csrf(client.get("/ui/batches/open_batch").text)
+            forged = client.post(
+                "/ui/batches/open_batch/run",
+                data={"csrf": csrf},
+                headers={"Origin": "https://evil.example"},
+            )
+            assert forged.status_code == 403 and open_service.store.instances() == []
+            done = client.post("/ui/batches/open_batch/run", data={"csrf": csrf})
+            assert done.status_code == 200
+            assert open_service.store.audit()[0].actor == "local (no token configured)"
+        finally:
+            client.close()

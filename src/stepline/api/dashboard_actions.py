@@ -66,6 +66,8 @@ def _safe_next(request: Request, target: str) -> str:
 
 @router.get("/ui/login")
 def login_page(request: Request, service: ServiceDep, next: str = "/ui") -> Response:
+    if service.settings.api_token is None:
+        return RedirectResponse(_safe_next(request, next), status_code=303)
     return render(
         request, service, "login.html", visitor=None, title="Sign in", next=next, failed=False
     )
@@ -79,17 +81,18 @@ async def login(request: Request, service: ServiceDep) -> Response:
     except HTTPException as exc:
         return message(request, service, exc.status_code, "Refused", str(exc.detail))
     target = _one(form, "next") or "/ui"
-    if service.settings.api_token is None or not token_matches(service, _one(form, "token")):
-        failed = service.settings.api_token is not None
+    if service.settings.api_token is None:  # nothing to sign in to: the API is open here
+        return RedirectResponse(_safe_next(request, target), status_code=303)
+    if not token_matches(service, _one(form, "token")):
         return render(
             request,
             service,
             "login.html",
             visitor=None,
             title="Sign in",
-            status=401 if failed else 200,
+            status=401,
             next=target,
-            failed=failed,
+            failed=True,
         )
     response = RedirectResponse(_safe_next(request, target), status_code=303)
     set_cookie(request, response, SESSION_COOKIE, new_session(service), max_age=SESSION_SECONDS)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from stepline.api.session import CSRF_COOKIE, Visitor, csrf_nonce, csrf_token, set_cookie
 from stepline.api.views import redact_value
@@ -152,7 +152,3 @@ def static_file(name: str) -> tuple[bytes, str] | None:
     if media is None:
         return None
     return files("stepline.api").joinpath("static", name).read_bytes(), media
-
-
-def escape_text(value: object) -> str:
-    return str(escape(value))
