@@ -398,3 +398,19 @@ def test_without_a_token_actions_are_local_and_other_sites_are_refused(tmp_path:
             assert open_service.store.audit()[0].actor == "local (no token configured)"
         finally:
             client.close()
+
+
+def test_api_actions_are_in_the_audit_trail_too(client: TestClient, service: Stepline) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    ran = client.post(
+        "/api/batches/act_report/run",
+        json={"params": {"period": "DAY", "password": "pw-9x"}},
+        headers=bearer,
+    )
+    instance_id = ran.json()["instance_id"]
+    client.post(f"/api/instances/{instance_id}/cancel", headers=bearer)
+    audit = service.store.audit(instance_id=instance_id)
+    assert [(a.actor, a.action) for a in audit] == [("api token", "cancel"), ("api token", "run")]
+    assert audit[1].detail == 'params {"period": "DAY", "password": "***"} (HTTP API)'
+    signed_in(client)
+    assert "cancel requested (HTTP API)" in client.get(f"/ui/instances/{instance_id}").text
