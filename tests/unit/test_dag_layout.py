@@ -60,7 +60,8 @@ def test_the_svg_colours_steps_labels_skips_and_escapes_text() -> None:
     assert 'class="node st-succeeded" data-step="load"' in svg
     assert 'class="node st-failed" data-step="&lt;b&gt;evil&lt;/b&gt;"' in svg
     assert "<b>" not in svg
-    assert "3 items: 1 failed 2 succeeded" in svg
+    assert ">3 items: 1 failed 2 succee…</text>" in svg  # cut to fit the box
+    assert "(3 items: 1 failed 2 succeeded)</title>" in svg  # whole on hover
     assert 'class="edge edge-skip"' in svg and ">condition</text>" in svg
     assert "skipped: condition &#x27;x &gt; 1&#x27; was false" in svg
 

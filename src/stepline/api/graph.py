@@ -188,7 +188,9 @@ def render_svg(
     for node in nodes:
         view = views.get(node, NodeView(status="pending"))
         x, y = placed.position[node]
-        hover = view.title or f"{node}: {view.status}"
+        hover = view.title or f"{node}: {view.status}" + (
+            f" ({view.detail})" if view.detail else ""
+        )
         if view.reason:
             hover += f"\nskipped: {view.reason}"
         second = view.reason if view.reason and not view.detail else view.detail or view.status
