@@ -32,10 +32,11 @@ from stepline.api.render import (
 )
 from stepline.api.routes import MAX_ID
 from stepline.api.session import Visitor, csrf_nonce, csrf_token, identify
-from stepline.api.views import redact_document
+from stepline.api.views import instance_secrets, redact_document
 from stepline.core.definition import NAME_PATTERN
 from stepline.core.states import InstanceStatus
 from stepline.errors import NotFound
+from stepline.errors import shown as quoted
 from stepline.redact import redact_text
 from stepline.scheduling.cron import CronSchedule
 from stepline.service import Stepline
@@ -63,7 +64,7 @@ def message(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A page that says what went wrong, with no secret (the text may echo the request)."""
-    shown = redact_text(text, service.settings.secrets())
+    shown = redact_text(text, service.secrets())
     return render(
         request,
         service,
@@ -164,7 +165,7 @@ def batches_page(request: Request, service: ServiceDep) -> Response:
 
 
 def _versions(service: Stepline, stored: StoredDefinition) -> list[dict[str, Any]]:
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     versions: list[dict[str, Any]] = []
     previous: list[str] = []
     for number in range(1, stored.version + 1):
@@ -198,12 +199,12 @@ def batch_page(request: Request, service: ServiceDep, name: str) -> Response:
     if isinstance(visitor, Response):
         return visitor
     if not NAME_PATTERN.fullmatch(name):
-        return message(request, service, 404, "Not found", f"{name!r} is not a batch name")
+        return message(request, service, 404, "Not found", f"{quoted(name)} is not a batch name")
     try:
         stored = service.store.definition(name)
     except NotFound as exc:
         return message(request, service, 404, "Not found", str(exc), visitor=visitor)
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     timezone = _timezone(service, stored)
     params = [
         {
@@ -239,7 +240,7 @@ def _date(value: str | None, field: str, timezone: str, end: bool = False) -> da
     try:
         day = datetime.strptime(value, "%Y-%m-%d")
     except ValueError:
-        raise ValueError(f"{field} {value!r} is not a date (YYYY-MM-DD)") from None
+        raise ValueError(f"{field} {quoted(value)} is not a date (YYYY-MM-DD)") from None
     start = datetime.combine(day.date(), time(0), ZoneInfo(timezone))
     return start + timedelta(days=1) if end else start
 
@@ -249,17 +250,21 @@ def _instance_query(request: Request, service: Stepline) -> tuple[InstanceQuery,
     raw = {k: request.query_params.get(k, "") for k in ("batch", "status", "trigger", "from", "to")}
     raw["before"] = request.query_params.get("before", "")
     if raw["batch"] and not NAME_PATTERN.fullmatch(raw["batch"]):
-        raise ValueError(f"{raw['batch']!r} is not a batch name ([a-z0-9_-], 1-200 characters)")
+        raise ValueError(
+            f"{quoted(raw['batch'])} is not a batch name ([a-z0-9_-], 1-200 characters)"
+        )
     try:
         status = InstanceStatus(raw["status"]) if raw["status"] else None
     except ValueError:
         allowed = ", ".join(s.value for s in InstanceStatus)
-        raise ValueError(f"unknown status {raw['status']!r}; use one of {allowed}") from None
+        raise ValueError(f"unknown status {quoted(raw['status'])}; use one of {allowed}") from None
     if raw["trigger"] and raw["trigger"] not in TRIGGERS:
-        raise ValueError(f"unknown trigger {raw['trigger']!r}; use one of {', '.join(TRIGGERS)}")
+        raise ValueError(
+            f"unknown trigger {quoted(raw['trigger'])}; use one of {', '.join(TRIGGERS)}"
+        )
     before = raw["before"]
     if before and not (before.isascii() and before.isdigit() and 1 <= int(before) <= MAX_ID):
-        raise ValueError(f"before {before!r} is not an instance id")
+        raise ValueError(f"before {quoted(before)} is not an instance id")
     timezone = service.settings.timezone
     query = InstanceQuery(
         batch=raw["batch"] or None,
@@ -288,7 +293,7 @@ def instances_page(request: Request, service: ServiceDep) -> Response:
     kept = {k: v for k, v in raw.items() if v and k != "before"}
     older = urlencode({**kept, "before": str(found[-1].id)}) if more and found else ""
     timezones = {s.name: _timezone(service, s) for s in service.store.definitions()}
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     return render(
         request,
         service,
@@ -296,7 +301,7 @@ def instances_page(request: Request, service: ServiceDep) -> Response:
         visitor=visitor,
         title="Instances",
         instances=found,
-        errors={i.id: masked_text(i.error, secrets) for i in found},
+        errors={i.id: masked_text(i.error, instance_secrets(i, secrets)) for i in found},
         timezones=timezones,
         filters=raw,
         statuses=[s.value for s in InstanceStatus],
@@ -315,7 +320,7 @@ def _instance_id(instance_id: str) -> int | None:
 def _instance_context(
     request: Request, service: Stepline, instance: InstanceRecord
 ) -> dict[str, Any]:
-    secrets = service.settings.secrets()
+    secrets = instance_secrets(instance, service.secrets())
     stored = service.store.definition(instance.batch, instance.definition_version)
     logs_of = getattr(service, "logs", None)
     logs = logs_of(instance.id) if callable(logs_of) else []
@@ -350,7 +355,7 @@ def _find_instance(
 ) -> InstanceRecord | Response:
     number = _instance_id(instance_id)
     if number is None:
-        text = f"{instance_id!r} is not an instance id (a whole number from 1)"
+        text = f"{quoted(instance_id)} is not an instance id (a whole number from 1)"
         return message(request, service, 404, "Not found", text)
     try:
         return service.store.instance(number)
@@ -407,9 +412,9 @@ def result_download(
         return instance
     for r in service.store.step_results(instance.id):
         if r.step_key == step and r.map_index == map_index:
-            body = masked_json(r.result_payload, service.settings.secrets())
+            body = masked_json(r.result_payload, instance_secrets(instance, service.secrets()))
             name = f"instance-{instance.id}-{step}" + (f"-{map_index}" if map_index >= 0 else "")
             headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}.json"'}
             return Response(body, media_type="application/json", headers=headers)
-    text = f"instance {instance.id} has no result of step {step!r} at map_index {map_index}"
+    text = f"instance {instance.id} has no result of step {quoted(step)} at map_index {map_index}"
     return message(request, service, 404, "Not found", text, visitor=visitor)

@@ -30,6 +30,7 @@ from stepline.api.session import (
     set_cookie,
     token_matches,
 )
+from stepline.api.views import instance_secrets
 from stepline.core.definition import NAME_PATTERN
 from stepline.errors import Conflict, NotFound, StoreUnavailable
 from stepline.service import Stepline
@@ -180,7 +181,7 @@ async def run_batch(request: Request, service: ServiceDep, name: str) -> Respons
         )
         if created:
             service.wake()
-        secrets = service.settings.secrets()
+        secrets = instance_secrets(instance, service.secrets())
         detail = "params " + masked_json(params, secrets, indent=None)
         detail += f"; idempotency key {idempotency}" if idempotency else ""
         detail += "" if created else " (key seen before: no new instance)"

@@ -19,8 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from stepline.api.session import CSRF_COOKIE, Visitor, csrf_nonce, csrf_token, set_cookie
-from stepline.api.views import redact_value
-from stepline.redact import redact_text
+from stepline.redact import redact_text, redact_value
 from stepline.service import Stepline
 
 __all__ = [

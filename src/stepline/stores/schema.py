@@ -206,3 +206,23 @@ stepline_audit = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Index(None, "instance_id"),
 )
+
+# Alerts of failed instances, written in the transaction that makes the instance final and
+# sent after the commit: a process that dies in between leaves the row for the next one.
+stepline_alert_outbox = sa.Table(
+    "stepline_alert_outbox",
+    metadata,
+    _id(),
+    sa.Column(
+        "batch_instance_id", sa.BigInteger, sa.ForeignKey("batch_instance.id"), nullable=False
+    ),
+    sa.Column("alert_index", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("available_at", UtcDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Index(None, "status", "available_at"),
+)

@@ -29,12 +29,17 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def is_current(engine: Engine) -> bool:
+    """Whether the database is at the head revision (one short read)."""
+    with engine.connect() as conn:
+        return current_revision(conn) == head_revision()
+
+
 def upgrade(engine: Engine) -> None:
     """Migrate to head; cheap when already there, and safe when processes race to do it."""
     head = head_revision()
-    with engine.connect() as conn:
-        if current_revision(conn) == head:
-            return
+    if is_current(engine):
+        return
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")

@@ -1,7 +1,7 @@
 """audit trail of operator actions
 
 Revision ID: 0002_audit
-Revises: 0001
+Revises: 0002_alert_outbox
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from stepline.stores.schema import UtcDateTime
 
 revision = "0002_audit"
-down_revision = "0001"
+down_revision = "0002_alert_outbox"
 branch_labels = None
 depends_on = None
 
