@@ -73,7 +73,7 @@ async def ahang(ctx: StepContext) -> None:
 
 
 def probe_transactions(ctx: StepContext) -> dict[str, int]:
-    """Count write transactions other sessions hold open on the store while this runs."""
+    """Count transactions, read ones included, that others hold open on the store now."""
     import sqlalchemy as sa
 
     url = str(ctx.args["url"])
@@ -81,30 +81,68 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
     try:
         with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
-                # Taking the write lock with no wait fails if anyone holds a transaction.
-                raw = conn.connection.driver_connection
-                raw.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
-                raw.isolation_level = None  # type: ignore[union-attr]
-                try:
-                    raw.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-                    raw.execute("ROLLBACK")  # type: ignore[union-attr]
-                    return {"open_transactions": 0}
-                except Exception:
-                    return {"open_transactions": 1}
+                own = conn.connection.driver_connection
+                return {"open_transactions": _sqlite_open_transactions(own, engine.url.database)}
             if engine.dialect.name == "postgresql":
+                # Only sessions on this test's own database (the server is shared).
                 sql = (
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid()"
+                    "SELECT pid, xact_start FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
                 )
             else:
+                # Only connections using this test's own database (the server is shared),
+                # idle inside a transaction, as on PostgreSQL.
                 sql = (
-                    "SELECT count(*) FROM information_schema.innodb_trx"
-                    " WHERE trx_mysql_thread_id <> CONNECTION_ID()"
+                    "SELECT t.trx_mysql_thread_id, t.trx_started"
+                    " FROM information_schema.innodb_trx t"
+                    " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+                    " WHERE p.db = DATABASE() AND p.command = 'Sleep'"
+                    " AND t.trx_mysql_thread_id <> CONNECTION_ID()"
                 )
-            return {"open_transactions": int(conn.exec_driver_sql(sql).scalar_one())}
+            # Held open means still open, the same transaction, a moment later: a heartbeat
+            # caught between two of its statements is not counted.
+            first = {tuple(row) for row in conn.exec_driver_sql(sql)}
+            conn.rollback()
+            time.sleep(0.3)
+            second = {tuple(row) for row in conn.exec_driver_sql(sql)}
+            return {"open_transactions": len(first & second)}
     finally:
         engine.dispose()
+
+
+def _sqlite_open_transactions(own: Any, database: str | None) -> int:
+    """SQLite cannot list its sessions, and in WAL mode a reader blocks nobody, so:
+
+    - every sqlite3 connection of this process (the engine runs here) that is inside a
+      transaction, read or write, on the same database file;
+    - plus another process's write transaction: taking the write lock without waiting fails.
+    """
+    import gc
+    import os
+    import sqlite3
+
+    target = os.path.realpath(database or "")
+    found = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, sqlite3.Connection) or obj is own:
+            continue
+        try:
+            if not obj.in_transaction:
+                continue
+            files = [row[2] for row in obj.execute("PRAGMA database_list").fetchall()]
+        except sqlite3.Error:
+            continue  # closed, or usable only from its own thread: not the store's
+        if target in {os.path.realpath(f) for f in files if f}:
+            found += 1
+    own.execute("PRAGMA busy_timeout=0")
+    own.isolation_level = None
+    try:
+        own.execute("BEGIN IMMEDIATE")
+        own.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        found += 1
+    return found
 
 
 def item_work(ctx: StepContext) -> Any:

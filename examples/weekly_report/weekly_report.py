@@ -22,12 +22,14 @@ Settings are environment variables (or ``.env``) prefixed ``WEEKLY_`` (see
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -42,10 +44,13 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from stepline import DoNotRetry, StepContext
 from stepline.connections import connections_for
 from stepline.http import http_request
+from stepline.notify import webhook
 from stepline.redact import redact_text
+from stepline.sql import call_procedure
 
 __all__ = [
     "WeeklySettings",
+    "alert_admin",
     "build_report_sqlite",
     "check",
     "collect_stats",
@@ -54,6 +59,8 @@ __all__ = [
     "list_farms",
     "report_week",
     "resolve_week",
+    "run_report",
+    "step_log",
     "upsert",
 ]
 
@@ -90,6 +97,10 @@ class WeeklySettings(BaseSettings):
     http_timeout: float = 10.0
     http_retries: int = 2
     http_backoff: float = 1.0
+
+    def secret_values(self) -> list[str]:
+        """The API keys, masked in TS_INS_JOB_LOG messages."""
+        return [k.get_secret_value() for k in (self.stats_key, self.kma_key) if k is not None]
 
     def min_days(self) -> int:
         if self.weather_min_days is not None:
@@ -287,12 +298,14 @@ def oracle_merge_sql(table: sa.Table, keys: Sequence[str], columns: Sequence[str
 
 
 class JobLogEntry:
-    """The open TS_INS_JOB_LOG row of :func:`job_log`; set ``rows``/``message`` to record."""
+    """The open TS_INS_JOB_LOG row of :func:`job_log`; set ``rows``/``message`` to record,
+    and ``week`` when the week became known only inside (``resolve_week``)."""
 
     def __init__(self, log_id: Any) -> None:
         self.log_id = log_id
         self.rows: int | None = None
         self.message: str | None = None
+        self.week: Week | None = None
 
 
 @contextmanager
@@ -303,13 +316,16 @@ def job_log(
     instance_id: int | None = None,
     week: Week | None = None,
     secrets: Sequence[str] = (),
+    item: str | None = None,
 ) -> Iterator[JobLogEntry]:
     """Record a unit of work in TS_INS_JOB_LOG: RUNNING now, SUCCESS or FAILED at the end.
 
     Each write is its own short transaction, so the RUNNING row is visible while the work
     runs and the FAILED row survives the failure, which is raised again. Error messages are
-    stored with ``secrets`` and URL secrets masked.
+    stored with ``secrets`` and URL secrets masked, prefixed with ``item`` (a map item's
+    name, ``collect_weather[F002]``) when given.
     """
+    prefix = f"{item}: " if item else ""
     values = {
         "job_name": job_name,
         "instance_id": instance_id,
@@ -319,7 +335,7 @@ def job_log(
     with engine.begin() as conn:
         result = conn.execute(
             TS_INS_JOB_LOG.insert().values(
-                **values, status="RUNNING", started_at=_now(), message="started"
+                **values, status="RUNNING", started_at=_now(), message=f"{prefix}started"
             )
         )
         log_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
@@ -328,12 +344,14 @@ def job_log(
     try:
         yield entry
     except BaseException as exc:
-        message = redact_text(f"{type(exc).__name__}: {exc}", [s for s in secrets if s])
+        text = redact_text(f"{type(exc).__name__}: {exc}", [s for s in secrets if s])
         with engine.begin() as conn:
             conn.execute(
                 TS_INS_JOB_LOG.update()
                 .where(row)
-                .values(status="FAILED", ended_at=_now(), message=message[:4000])
+                .values(
+                    status="FAILED", ended_at=_now(), message=(prefix + text)[:4000], **_week(entry)
+                )
             )
         raise
     with engine.begin() as conn:
@@ -344,9 +362,70 @@ def job_log(
                 status="SUCCESS",
                 ended_at=_now(),
                 rows_written=entry.rows,
-                message=(entry.message or "done")[:4000],
+                message=(prefix + (entry.message or "done"))[:4000],
+                **_week(entry),
             )
         )
+
+
+_ENTRY: ContextVar[JobLogEntry | None] = ContextVar("weekly_report_job_log", default=None)
+
+
+def logged(runner: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]:
+    """Run ``runner`` inside :func:`step_log`: every outcome of the step, a failure before
+    any work included, is a TS_INS_JOB_LOG row with the instance id."""
+
+    @functools.wraps(runner)
+    def run(ctx: StepContext) -> Any:
+        settings = WeeklySettings()
+        with step_log(ctx, settings, secrets=settings.secret_values()) as entry:
+            token = _ENTRY.set(entry)
+            try:
+                return runner(ctx)
+            finally:
+                _ENTRY.reset(token)
+
+    return run
+
+
+@contextmanager
+def current_entry() -> Iterator[JobLogEntry]:
+    """The TS_INS_JOB_LOG row of the step running in this thread (see :func:`logged`)."""
+    entry = _ENTRY.get()
+    if entry is None:
+        raise RuntimeError("current_entry() is for runners decorated with @logged")
+    yield entry
+
+
+def _week(entry: JobLogEntry) -> dict[str, Any]:
+    if entry.week is None:
+        return {}
+    return {"period_type": entry.week.period, "period_start": entry.week.start}
+
+
+@contextmanager
+def step_log(
+    ctx: StepContext,
+    settings: WeeklySettings,
+    *,
+    week: Week | None = None,
+    secrets: Sequence[str] = (),
+) -> Iterator[JobLogEntry]:
+    """:func:`job_log` for the step ``ctx`` runs: job ``weekly_report.<step>``, with the
+    instance id (and the map item's name), so TS_INS_JOB_LOG has a row per step outcome."""
+    item = None
+    if ctx.map_index >= 0:
+        farm = ctx.item.get("farm_id") if isinstance(ctx.item, Mapping) else None
+        item = f"{ctx.step}[{farm if farm is not None else ctx.map_index}]"
+    with job_log(
+        _engine(ctx, settings),
+        f"weekly_report.{ctx.step}",
+        instance_id=ctx.instance_id,
+        week=week,
+        secrets=secrets,
+        item=item,
+    ) as entry:
+        yield entry
 
 
 def _now() -> datetime:
@@ -361,7 +440,7 @@ def _engine(ctx: StepContext, settings: WeeklySettings) -> sa.Engine:
         raise DoNotRetry(str(exc)) from None
 
 
-def _week(ctx: StepContext, upstream: str) -> Week:
+def _upstream_week(ctx: StepContext, upstream: str) -> Week:
     value = ctx.results.get(upstream)
     if not isinstance(value, Mapping) or "week_start" not in value:
         raise DoNotRetry(f"step {ctx.step!r} needs the result of {upstream!r} (the report week)")
@@ -440,6 +519,7 @@ def extract_stats(payload: Any, mapping: Mapping[str, str]) -> dict[str, float]:
     return stats
 
 
+@logged
 def resolve_week(ctx: StepContext) -> dict[str, str]:
     """Fix the report week of this instance from params ``period`` and ``base_date``."""
     settings = WeeklySettings()
@@ -447,10 +527,14 @@ def resolve_week(ctx: StepContext) -> dict[str, str]:
         week = report_week(ctx.params.get("period"), ctx.params.get("base_date"), _today(settings))
     except ValueError as exc:
         raise DoNotRetry(str(exc)) from None
+    with current_entry() as entry:
+        entry.week = week
+        entry.message = f"week {week.start} .. {week.end}"
     ctx.log.info("report week", **week.to_result())
     return week.to_result()
 
 
+@logged
 def collect_stats(ctx: StepContext) -> dict[str, Any]:
     """Fetch the week's statistics and upsert them into TA_STATS_DATA.
 
@@ -459,7 +543,7 @@ def collect_stats(ctx: StepContext) -> dict[str, Any]:
     and WEEKLY_STATS_DATE_FORMAT. Returns the week and the number of statistics stored.
     """
     settings = WeeklySettings()
-    week = _week(ctx, "resolve_week")
+    week = _upstream_week(ctx, "resolve_week")
     if not settings.stats_url:
         raise DoNotRetry("the statistics API is not configured: set WEEKLY_STATS_URL")
     try:
@@ -474,13 +558,8 @@ def collect_stats(ctx: StepContext) -> dict[str, Any]:
     if key:
         params[settings.stats_key_param] = key
     engine = _engine(ctx, settings)
-    with job_log(
-        engine,
-        "weekly_report.collect_stats",
-        instance_id=ctx.instance_id,
-        week=week,
-        secrets=[key] if key else [],
-    ) as entry:
+    with current_entry() as entry:
+        entry.week = week
         payload = http_request(
             "GET",
             settings.stats_url,
@@ -516,13 +595,14 @@ def collect_stats(ctx: StepContext) -> dict[str, Any]:
 # -- farms and weather ----------------------------------------------------------------------
 
 
+@logged
 def list_farms(ctx: StepContext) -> list[dict[str, Any]]:
     """The active farms of TA_FARM with their coordinates and the report week: the map list.
 
     Fails when there is no active farm: a report without farms is a setup mistake.
     """
     settings = WeeklySettings()
-    week = _week(ctx, "resolve_week")
+    week = _upstream_week(ctx, "resolve_week")
     query = (
         sa.select(TA_FARM.c.farm_id, TA_FARM.c.farm_name, TA_FARM.c.lat, TA_FARM.c.lon)
         .where(TA_FARM.c.use_yn == "Y")
@@ -544,6 +624,10 @@ def list_farms(ctx: StepContext) -> list[dict[str, Any]]:
             "TA_FARM has no active farm (use_yn = 'Y'); load farms first, e.g. "
             "python -m examples.weekly_report.setup_db --sample"
         )
+    with current_entry() as entry:
+        entry.week = week
+        entry.rows = len(farms)
+        entry.message = f"{len(farms)} active farms"
     ctx.log.info("farms listed", farms=len(farms))
     return farms
 
@@ -716,6 +800,7 @@ def kma_rows(payload: Any, farm_id: str, week: Week) -> list[dict[str, Any]]:
     return rows
 
 
+@logged
 def collect_weather(ctx: StepContext) -> dict[str, Any]:
     """Fetch one farm's weather (``ctx.item``, from list_farms) and upsert TM_WEATHER.
 
@@ -772,12 +857,17 @@ def collect_weather(ctx: StepContext) -> dict[str, Any]:
     with _engine(ctx, settings).begin() as conn:
         upsert(conn, TM_WEATHER, rows, ["farm_id", "week_start", "obs_date"])
     source = "KMA" if settings.weather_provider == "kma" else "OPEN-METEO"
+    with current_entry() as entry:
+        entry.week = week
+        entry.rows = len(rows)
+        entry.message = f"{len(rows)} days from {source}"
     return {"farm_id": farm_id, "rows": len(rows), "source": source}
 
 
 # -- the fan-in check and the report ------------------------------------------------------
 
 
+@logged
 def check(ctx: StepContext) -> dict[str, Any]:
     """Verify in the database that both collections are complete for the week.
 
@@ -787,14 +877,12 @@ def check(ctx: StepContext) -> dict[str, Any]:
     named; returns the counts and the week, which run_report passes to the procedure.
     """
     settings = WeeklySettings()
-    week = _week(ctx, "collect_stats")
+    week = _upstream_week(ctx, "collect_stats")
     stats_result = ctx.results["collect_stats"]
     weather_results = ctx.results.get("collect_weather")
     engine = _engine(ctx, settings)
-    with (
-        job_log(engine, "weekly_report.check", instance_id=ctx.instance_id, week=week) as entry,
-        engine.connect() as conn,
-    ):
+    with current_entry() as entry, engine.connect() as conn:
+        entry.week = week
         stats_rows = conn.execute(
             sa.select(sa.func.count())
             .select_from(TA_STATS_DATA)
@@ -881,6 +969,7 @@ REPORT_SQL = (
 """SP_INS_WEEK_MAIN's two statements, for SQLite (``||`` concatenates there)."""
 
 
+@logged
 def build_report_sqlite(ctx: StepContext) -> dict[str, Any]:
     """SP_INS_WEEK_MAIN for databases without stored procedures (the SQLite demo).
 
@@ -902,7 +991,8 @@ def build_report_sqlite(ctx: StepContext) -> dict[str, Any]:
         sa.bindparam("week_start", type_=sa.Date),
         sa.bindparam("week_end", type_=sa.Date),
     ]
-    with job_log(engine, PROCEDURE, week=week) as entry, engine.begin() as conn:
+    log = job_log(engine, PROCEDURE, week=week, instance_id=ctx.instance_id)
+    with log as entry, engine.begin() as conn:
         conn.execute(sa.text(REPORT_SQL[0]).bindparams(*typed[:2]), _only(REPORT_SQL[0], binds))
         rows = conn.execute(sa.text(REPORT_SQL[1]).bindparams(*typed), binds).rowcount
         entry.rows = rows
@@ -913,3 +1003,36 @@ def build_report_sqlite(ctx: StepContext) -> dict[str, Any]:
 
 def _only(statement: str, binds: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in binds.items() if f":{k}" in statement}
+
+
+@logged
+def run_report(ctx: StepContext) -> Any:
+    """``stepline.sql:call_procedure`` (same ``with``), logged as a step, and the
+    procedure's own TS_INS_JOB_LOG rows given this instance's id.
+
+    SP_INS_WEEK_MAIN's signature stays (p_period, p_base_date): its rows are written
+    without an instance id, so the ones it wrote during this call (after this step's own
+    row; ``max_active_instances: 1`` keeps two reports from overlapping) are claimed here.
+    """
+    settings = WeeklySettings()
+    engine = connections_for(ctx).engine(str(ctx.args.get("connection") or settings.connection))
+    with current_entry() as entry:
+        try:
+            return call_procedure(ctx)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(
+                    TS_INS_JOB_LOG.update()
+                    .where(
+                        TS_INS_JOB_LOG.c.job_name == str(ctx.args.get("procedure", PROCEDURE)),
+                        TS_INS_JOB_LOG.c.instance_id.is_(None),
+                        TS_INS_JOB_LOG.c.log_id > entry.log_id,
+                    )
+                    .values(instance_id=ctx.instance_id)
+                )
+
+
+@logged
+def alert_admin(ctx: StepContext) -> Any:
+    """``stepline.notify:webhook`` (same ``with``), logged as a step."""
+    return webhook(ctx)

@@ -26,8 +26,6 @@ When the retries are used up the step fails with :class:`HttpError`, and the ste
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ import structlog
 
 from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.durations import parse_duration
+from stepline.core.environment import UnsetVariable, expand_env
 from stepline.errors import SteplineError
 from stepline.redact import redact_text, redact_url, url_secrets
 
@@ -59,7 +58,6 @@ DEFAULT_MAX_BACKOFF = 30.0
 DEFAULT_RETRY_AFTER_CAP = 60.0
 MAX_TEXT_CHARS = 65_536
 _ERROR_BODY_CHARS = 200
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ARGS = frozenset(
     {
         "method",
@@ -322,18 +320,10 @@ def _mask(text: str, secrets: Iterable[str]) -> str:
 
 
 def _expand(value: str, where: str, secrets: list[str]) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        found = os.environ.get(name)
-        if found is None:
-            raise DoNotRetry(
-                f"stepline.http:request: {where} references ${{{name}}}, "
-                f"but the environment variable {name} is not set"
-            )
-        secrets.append(found)
-        return found
-
-    return _ENV_REFERENCE.sub(substitute, value)
+    try:
+        return expand_env(value, on_value=secrets.append)
+    except UnsetVariable as exc:
+        raise DoNotRetry(f"stepline.http:request: {where} {exc}") from None
 
 
 def _expand_mapping(value: Any, where: str, secrets: list[str]) -> dict[str, Any] | None:

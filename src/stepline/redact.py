@@ -31,6 +31,8 @@ from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from stepline.core.environment import has_env_references, strip_env_references
+
 __all__ = [
     "MASK",
     "MIN_SECRET_LENGTH",
@@ -67,7 +69,6 @@ _SECRET_PATH_HOSTS = frozenset({"hooks.slack.com"})
 _LETTERS = frozenset(string.ascii_letters)
 _SCHEME_CHARS = frozenset(string.ascii_letters + string.digits + "+.-")
 _URL_STOPS = frozenset("'\"<>`")
-_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _AUTH_SCHEMES = frozenset({"", "bearer", "basic", "token"})
 
 
@@ -237,9 +238,9 @@ def _scan_urls(text: str, found: list[str] | None = None) -> str:
 
 def only_references(value: str) -> bool:
     """Whether ``value`` holds no literal secret: only ${NAME} references (and a scheme)."""
-    if not _ENV_REFERENCE.search(value):
+    if not has_env_references(value):
         return False
-    return _ENV_REFERENCE.sub("", value).strip().lower() in _AUTH_SCHEMES
+    return strip_env_references(value).strip().lower() in _AUTH_SCHEMES
 
 
 def _unquoted(value: str) -> str:

@@ -1,9 +1,40 @@
-"""Settings from ``STEPLINE_*`` environment variables or ``.env``."""
+"""Settings from ``STEPLINE_*`` environment variables or ``.env``.
+
+A value Stepline does not understand is refused when the settings are read (the CLI exits
+with code 2 naming the setting and its valid values), never ignored.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stepline.errors import InvalidSetting
+
+# The dispatchers this release can run steps with; a new one is one more name here.
+DISPATCHERS = ("direct", "celery")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("console", "json")
+# Values safe to repeat in an error message (the others may be URLs with passwords).
+_ECHOED = frozenset({"dispatcher", "log_level", "log_format", "timezone", "capacity"})
+
+
+class SettingsError(InvalidSetting):
+    """One or more ``STEPLINE_*`` settings have a value Stepline cannot use."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _one_of(what: str, value: str, valid: tuple[str, ...]) -> str:
+    normalized = value.strip().lower()
+    if normalized not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid values: {', '.join(valid)}")
+    return normalized
 
 
 class Settings(BaseSettings):
@@ -13,8 +44,12 @@ class Settings(BaseSettings):
 
     db: str = Field("sqlite:///stepline.db", description="Stepline's own database URL")
     api_token: SecretStr | None = Field(None, description="Bearer token of the HTTP API")
-    dispatcher: str = Field("direct", description="direct or celery")
+    dispatcher: str = Field("direct", description=" or ".join(DISPATCHERS))
     broker_url: SecretStr | None = Field(None, description="Celery broker URL")
+    queue: str = Field("stepline", description="Celery queue of steps that name no queue")
+    broker_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Redis broker: seconds before an unacknowledged step is resent"
+    )
     timezone: str = Field("UTC", description="Default timezone of cron schedules")
     capacity: int = Field(32, ge=1, description="Steps one process runs at once")
     lease_seconds: float = Field(30.0, gt=0, description="Owner lease, timed by the database")
@@ -24,7 +59,7 @@ class Settings(BaseSettings):
         description="Largest step result stored, in bytes of JSON; a larger one fails the step",
     )
     log_format: str = Field("console", description="console or json")
-    log_level: str = Field("info")
+    log_level: str = Field("info", description="debug, info, warning, error or critical")
     connections: dict[str, SecretStr] = Field(
         default_factory=dict, description="Named business databases: STEPLINE_CONNECTIONS__NAME"
     )
@@ -45,6 +80,39 @@ class Settings(BaseSettings):
 
     def secret_name_list(self) -> list[str]:
         return [n.strip() for n in self.secret_names.split(",") if n.strip()]
+
+    @field_validator("dispatcher")
+    @classmethod
+    def _known_dispatcher(cls, value: str) -> str:
+        return _one_of("dispatcher", value, DISPATCHERS)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        return _one_of("log level", value, LOG_LEVELS)
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        return _one_of("log format", value, LOG_FORMATS)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("must be an IANA time zone name such as UTC or Asia/Seoul") from None
+        return value
+
+    def broker(self) -> str:
+        """The broker URL of the celery dispatcher; ValueError naming the fix if unset."""
+        if self.broker_url is None or not self.broker_url.get_secret_value():
+            raise ValueError(
+                "the celery dispatcher needs a broker: set STEPLINE_BROKER_URL to "
+                "redis://host:6379/0 or amqp://user:password@host:5672//"
+            )
+        return self.broker_url.get_secret_value()
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and error messages: the API
@@ -69,3 +137,22 @@ def _url_passwords(url: str) -> list[str]:
     except Exception:
         return []
     return [str(password)] if password else []
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings of this process; raise SettingsError naming each setting that is wrong."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    location = [str(part) for part in error.get("loc", ())]
+    field = location[0] if location else "?"
+    name = "STEPLINE_" + "__".join(location).upper()
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    value = error.get("input")
+    if field in _ECHOED and isinstance(value, str | int | float) and repr(value) not in message:
+        message = f"{message} (got {value!r})"
+    return f"invalid setting {name}: {message}"

@@ -71,12 +71,18 @@ class Cli:
         env["STEPLINE_DB"] = f"sqlite:///{db_path or self.db_path}"
         return env
 
-    def __call__(self, *args: str, db_path: Path | None = None, cwd: Path | None = None) -> Result:
-        """``stepline ARGS`` in ``cwd`` (default: this test's directory)."""
+    def __call__(
+        self,
+        *args: str,
+        db_path: Path | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        """``stepline ARGS`` in ``cwd`` (default: this test's directory), ``env`` added."""
         proc = subprocess.run(
             [str(STEPLINE), *args],
             cwd=cwd or self.root,
-            env=self.env(db_path),
+            env={**self.env(db_path), **(env or {})},
             capture_output=True,
             text=True,
             timeout=TIMEOUT,

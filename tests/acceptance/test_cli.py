@@ -343,7 +343,9 @@ def test_every_problem_of_a_file_is_reported(refusals) -> None:
 def test_validate_directory_with_good_and_bad_files(refusals) -> None:
     mixed, validate = refusals["validate-dir"]
     assert validate.code == 2, validate.report
-    assert validate.out == "defs/good.yaml: ok (good, 1 steps)", validate.report
+    assert validate.out == ("defs/good.yaml: ok (good, 1 steps) 1 definition valid, 1 invalid"), (
+        validate.report
+    )
     assert problems_of(validate.stderr, "defs/bad.yaml") == (
         "defs/bad.yaml: step 'a': next_steps names unknown step 'ghost'"
     ), validate.report

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 import fixture_runners as fr
+from databases import create_database, drop_database
 from stepline import DefinitionError, InstanceStatus, StepStatus, batch
 from stepline.service import Stepline
 from stepline.stores.base import InstanceRecord, StepResultRecord
@@ -67,6 +70,47 @@ def test_fan_in_runs_once_after_all_predecessors(app: Stepline) -> None:
     assert calls(final, "d") == 1
     assert rows["d"].result_payload == {"seen": ["b", "c"], "values": {"b": 1, "c": 2}}
     assert rows["d"].started_at >= max(rows["b"].finished_at, rows["c"].finished_at)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("held", ["b", "c"])
+def test_fan_in_waits_for_its_last_predecessor_whichever_it_is(app: Stepline, held: str) -> None:
+    """Deterministic: one branch is held on a gate until the other one's success is
+    committed. A fan-in that became ready early would have been started in that same
+    transaction, so it is checked then, not left to timing luck."""
+    gate = f"fan-in-{uuid.uuid4().hex}"
+    branches = {"b": 1, "c": 2}
+    steps = [
+        s(key, ["d"], value=value, **({"gate": gate} if key == held else {}))
+        for key, value in branches.items()
+    ]
+    stored = app.apply(batch(name(), [*steps, s("d", runner="fan_in")]))
+    instance, _ = app.trigger(stored.name, owned=True)
+    finished: list[InstanceRecord] = []
+    driver = threading.Thread(target=lambda: finished.append(app.run_instance(instance.id)))
+    driver.start()
+    try:
+        free = "c" if held == "b" else "b"
+        deadline = time.monotonic() + 30
+        while _status(app, instance.id, free) is not StepStatus.SUCCEEDED:
+            assert time.monotonic() < deadline, f"{free} did not succeed"
+            time.sleep(0.02)
+        assert _status(app, instance.id, held) is StepStatus.RUNNING
+        assert _status(app, instance.id, "d") is StepStatus.PENDING
+        assert fr.calls[(stored.name, "d")] == 0
+    finally:
+        fr.gates.setdefault(gate, threading.Event()).set()
+        driver.join(60)
+    (final,) = finished
+    rows = {r.step_key: r for r in app.store.step_results(final.id)}
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert fr.calls[(stored.name, "d")] == 1
+    assert rows["d"].result_payload == {"seen": ["b", "c"], "values": branches}
+    assert rows["d"].started_at >= rows[held].finished_at
+
+
+def _status(app: Stepline, instance_id: int, key: str) -> StepStatus:
+    return next(r.status for r in app.store.step_results(instance_id) if r.step_key == key)
 
 
 def test_wide_fan_in_runs_once(app: Stepline) -> None:
@@ -235,6 +279,51 @@ def test_no_transaction_is_open_while_a_runner_executes(app: Stepline, db_url: s
     assert rows["probe"].result_payload == {"open_transactions": 0}
 
 
+def _hold_read_transaction(conn: sa.Connection) -> None:
+    """Open a transaction on ``conn`` and read in it (no write, no lock that blocks a writer)."""
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection
+        raw.isolation_level = None  # type: ignore[union-attr]
+        raw.execute("BEGIN")  # type: ignore[union-attr]
+        raw.execute("SELECT count(*) FROM batch_definition").fetchall()  # type: ignore[union-attr]
+    else:
+        conn.exec_driver_sql("SELECT count(*) FROM batch_definition").scalar_one()
+
+
+def test_the_transaction_probe_sees_readers_of_its_own_database_only(
+    app: Stepline, db_url: str, tmp_path: Path
+) -> None:
+    """The probe behind the test above must see a read transaction, or that test proves
+    nothing; and on a shared server it must not count other tests' databases."""
+    backend = sa.make_url(db_url).get_backend_name()
+    (tmp_path / "o").mkdir()
+    other_url, handle = create_database(
+        "mariadb" if backend == "mysql" else backend, tmp_path / "o"
+    )
+    connect_args = {"check_same_thread": False} if backend == "sqlite" else {}
+    engines = [
+        sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+        for url in (db_url, other_url)
+    ]
+    try:
+        with Stepline(db=other_url):
+            pass  # the other database gets Stepline's tables too
+        mine, other = engines
+        with other.connect() as elsewhere:
+            _hold_read_transaction(elsewhere)
+            final, rows = run(app, [s("probe", runner="probe_transactions", url=db_url)])
+            assert rows["probe"].result_payload == {"open_transactions": 0}, rows["probe"].error
+            with mine.connect() as reader:
+                _hold_read_transaction(reader)
+                final, rows = run(app, [s("probe", runner="probe_transactions", url=db_url)])
+        assert final.status is InstanceStatus.SUCCEEDED, rows["probe"].error
+        assert rows["probe"].result_payload == {"open_transactions": 1}
+    finally:
+        for engine in engines:
+            engine.dispose()
+        drop_database("mariadb" if backend == "mysql" else backend, handle)
+
+
 @pytest.mark.parametrize("collect_fails", [True, False])
 def test_a_failure_handler_named_by_no_step_watches_the_whole_batch(
     app: Stepline, collect_fails: bool
@@ -333,7 +422,7 @@ def test_retry_reruns_only_the_failed_items(app: Stepline) -> None:
         ],
     )
     assert final.status is InstanceStatus.FAILED
-    assert "3 of 10 items failed (map_index 2, 5, 7)" in (rows["each"].error or "")
+    assert "3 of 10 items failed: each[2], each[5], each[7]" in (rows["each"].error or "")
     assert rows["after"].status is StepStatus.UPSTREAM_FAILED
     assert fr.calls[(final.batch, "each")] == 10 + 3  # three items tried twice
     fr.healed.add(final.batch)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from stepline.stores.migrations import current_revision, head_revision
+from stepline import batch, step
+from stepline.service import Stepline
+from stepline.stores.migrations import (
+    VERSION_TABLE,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
 from stepline.stores.schema import metadata
 from stepline.stores.sqlalchemy import SqlAlchemyStore
 
@@ -14,7 +22,12 @@ from stepline.stores.sqlalchemy import SqlAlchemyStore
 def _differences(engine: sa.Engine) -> list[object]:
     with engine.connect() as conn:
         context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": False}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": False,
+                "version_table": VERSION_TABLE,
+            },
         )
         return list(compare_metadata(context, metadata))
 
@@ -41,3 +54,114 @@ def test_the_oracle_ddl_compiles() -> None:
         ddl = str(CreateTable(table).compile(dialect=dialect))
         assert table.name in ddl
     assert "CLOB" in str(CreateTable(metadata.tables["batch_step_result"]).compile(dialect=dialect))
+
+
+# -- the version table: Stepline's own, beside an application's Alembic ----------------------
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def _versions(engine: sa.Engine, table: str) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text(f"SELECT version_num FROM {table}")).scalars())
+
+
+def _store_with_an_instance(db_url: str) -> int:
+    """Apply a batch and create one instance in it; returns the instance id."""
+    with Stepline(db=db_url) as service:
+        service.apply(batch("kept", [step("only", "stepline.sql:call_procedure")]))
+        instance, _ = service.trigger("kept", {"period": "WEEK"})
+        return instance.id
+
+
+def test_stepline_keeps_its_revision_in_a_table_of_its_own(db_url: str) -> None:
+    store = SqlAlchemyStore(db_url)
+    try:
+        store.initialize()
+        tables = _tables(store.engine)
+        assert VERSION_TABLE in tables
+        assert "alembic_version" not in tables
+        assert _versions(store.engine, VERSION_TABLE) == [head_revision()]
+    finally:
+        store.dispose()
+
+
+def test_a_database_of_the_previous_release_keeps_working_with_its_data(db_url: str) -> None:
+    """Releases before this one kept revision 0001 in ``alembic_version``."""
+    instance_id = _store_with_an_instance(db_url)
+    engine = sa.create_engine(db_url)
+    try:
+        # Back to what the previous release left: the schema of revision 0001, with that
+        # revision in the default table.
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
+                )
+            )
+            conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+
+        with Stepline(db=db_url) as service:
+            kept = service.store.instance(instance_id)
+            assert (kept.batch, kept.params) == ("kept", {"period": "WEEK"})
+            again, _ = service.trigger("kept", {})
+            assert again.id > instance_id
+
+        tables = _tables(engine)
+        assert "alembic_version" not in tables
+        assert _versions(engine, VERSION_TABLE) == [head_revision()]
+        assert _differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_application_that_uses_alembic_keeps_its_revision(db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
+                )
+            )
+            conn.execute(
+                sa.text("INSERT INTO alembic_version (version_num) VALUES ('3f2a9c1b7e4d')")
+            )
+            conn.execute(sa.text("CREATE TABLE farm (farm_id VARCHAR(20) PRIMARY KEY)"))
+            conn.execute(sa.text("INSERT INTO farm (farm_id) VALUES ('F001')"))
+
+        instance_id = _store_with_an_instance(db_url)
+        with Stepline(db=db_url) as service:  # a second command on the shared database
+            assert service.store.instance(instance_id).batch == "kept"
+
+        assert _versions(engine, "alembic_version") == ["3f2a9c1b7e4d"]
+        assert _versions(engine, VERSION_TABLE) == [head_revision()]
+        with engine.connect() as conn:
+            assert list(conn.execute(sa.text("SELECT farm_id FROM farm")).scalars()) == ["F001"]
+    finally:
+        engine.dispose()
+
+
+def test_an_application_revision_named_like_ours_is_left_alone(db_url: str) -> None:
+    """Without Stepline's tables, an ``alembic_version`` row of 0001 is the application's."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
+                )
+            )
+            conn.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+
+        _store_with_an_instance(db_url)
+
+        assert _versions(engine, "alembic_version") == ["0001"]
+        assert _versions(engine, VERSION_TABLE) == [head_revision()]
+    finally:
+        engine.dispose()

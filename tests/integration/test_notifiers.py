@@ -410,6 +410,20 @@ def test_email_from_config_with_defaults_and_environment() -> None:
 
 
 @pytest.mark.parametrize(
+    ("timeout", "seconds"), [("1m", 60.0), ("1m30s", 90.0), ("500ms", 0.5), ("5s", 5.0), (2, 2.0)]
+)
+def test_alert_timeouts_read_like_step_timeouts(timeout: object, seconds: float) -> None:
+    """One duration parser everywhere: what a step's ``timeout:`` accepts, an alert does."""
+    webhook = notifier_from_config({"type": "webhook", "url": "https://x", "timeout": timeout})
+    email = notifier_from_config(
+        {"type": "email", "host": "h", "from": "a@x", "to": ["b@x"], "timeout": timeout}
+    )
+
+    assert f"timeout={seconds}" in repr(webhook)
+    assert f"timeout={seconds})" in repr(email)
+
+
+@pytest.mark.parametrize(
     ("config", "message"),
     [
         ({"type": "pager"}, "alert type 'pager' is unknown"),
@@ -418,6 +432,7 @@ def test_email_from_config_with_defaults_and_environment() -> None:
         ({"type": "webhook", "url": "ftp://x"}, "must start with http"),
         ({"type": "webhook", "url": "https://x", "timeout": "soon"}, "field 'timeout'"),
         ({"type": "webhook", "url": "https://x", "timeout": 0}, "field 'timeout'"),
+        ({"type": "webhook", "url": "https://x", "timeout": "1x"}, "use e.g. 500ms, 30s, 10m"),
         ({"type": "webhook", "url": "https://x", "retries": 3}, "unknown field(s) retries"),
         ({"type": "email", "from": "a@x", "to": ["b@x"]}, "missing required field 'host'"),
         ({"type": "email", "host": "h", "to": ["b@x"]}, "missing required field 'from'"),

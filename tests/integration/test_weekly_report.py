@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -216,6 +217,27 @@ def procedure_runs(engine: sa.Engine) -> list[tuple[str, int | None]]:
         ]
 
 
+def job_log(engine: sa.Engine) -> list[tuple[str, str, int | None, str]]:
+    """TS_INS_JOB_LOG as (job_name, status, instance_id, message), in insertion order."""
+    with engine.connect() as conn:
+        return [
+            (str(job), str(status), None if iid is None else int(iid), str(message or ""))
+            for job, status, iid, message in conn.execute(
+                sa.text(
+                    "SELECT job_name, status, instance_id, message FROM TS_INS_JOB_LOG "
+                    "ORDER BY log_id"
+                )
+            )
+        ]
+
+
+def logged_outcomes(engine: sa.Engine, instance_id: int) -> Counter[tuple[str, str]]:
+    """How many TS_INS_JOB_LOG rows of each (job, status); every row names the instance."""
+    rows = job_log(engine)
+    assert [r for r in rows if r[2] != instance_id] == [], rows
+    return Counter((job, status) for job, status, _, _ in rows)
+
+
 def test_the_whole_pipeline_builds_the_report(
     app: Stepline, business: sa.Engine, apis: Apis
 ) -> None:
@@ -258,11 +280,19 @@ def test_the_whole_pipeline_builds_the_report(
     assert values["WEATHER_DAYS"] == 7
     assert float(values["STAT_PIG_PRICE_AVG"]) == expected_price
     assert float(values["TEMP_MIN"]) < float(values["TEMP_AVG"]) < float(values["TEMP_MAX"])
-    assert logged == [
-        ("weekly_report.collect_stats", "SUCCESS"),
-        ("weekly_report.check", "SUCCESS"),
-        ("SP_INS_WEEK_MAIN", "SUCCESS"),
-    ]
+    assert logged[-1] == ("SP_INS_WEEK_MAIN", "SUCCESS")
+    # A row for every step outcome, each with the instance id.
+    assert logged_outcomes(business, final.id) == Counter(
+        {
+            ("weekly_report.resolve_week", "SUCCESS"): 1,
+            ("weekly_report.collect_stats", "SUCCESS"): 1,
+            ("weekly_report.list_farms", "SUCCESS"): 1,
+            ("weekly_report.collect_weather", "SUCCESS"): len(FARMS),
+            ("weekly_report.check", "SUCCESS"): 1,
+            ("weekly_report.run_report", "SUCCESS"): 1,
+            ("SP_INS_WEEK_MAIN", "SUCCESS"): 1,
+        }
+    )
 
 
 def test_failed_farms_alert_and_stop_then_retry_collects_only_them(
@@ -308,6 +338,26 @@ def test_failed_farms_alert_and_stop_then_retry_collects_only_them(
     # The procedure never ran: no report, no log of it.
     assert report_rows(business) == 0
     assert procedure_runs(business) == []
+    # Failures are in the job log too, each attempt of a farm named by the farm.
+    assert logged_outcomes(business, failed.id) == Counter(
+        {
+            ("weekly_report.resolve_week", "SUCCESS"): 1,
+            ("weekly_report.collect_stats", "SUCCESS"): 1,
+            ("weekly_report.list_farms", "SUCCESS"): 1,
+            ("weekly_report.collect_weather", "SUCCESS"): 3,
+            ("weekly_report.collect_weather", "FAILED"): 3 * 3,
+            ("weekly_report.alert_admin", "SUCCESS"): 1,
+        }
+    )
+    failed_farms = Counter(
+        message.split(":")[0] for _, status, _, message in job_log(business) if status == "FAILED"
+    )
+    assert failed_farms == Counter(
+        {f"collect_weather[{farm}]": 3 for farm in ("F002", "F004", "F006")}
+    )
+    assert "3 of 6 items failed: collect_weather[F002], collect_weather[F004], " in (
+        rows[("collect_weather", -1)].error or ""
+    )
 
     apis.failing.clear()
     before = Counter(apis.weather_hits)
@@ -386,6 +436,22 @@ def test_a_failing_procedure_logs_failed_and_raises(business: sa.Engine) -> None
     assert procedure_runs(business) == [("FAILED", None)]
 
 
+def test_a_failing_procedure_is_logged_with_the_instance_id(
+    app: Stepline, business: sa.Engine, apis: Apis
+) -> None:
+    with business.connect() as conn:
+        conn.execute(sa.text("ALTER TABLE TR_WEEKLY_FARM_REPORT RENAME TO TR_WEEKLY_GONE"))
+        conn.commit()
+
+    failed = run(app)
+
+    assert failed.status is InstanceStatus.FAILED
+    outcomes = logged_outcomes(business, failed.id)
+    assert outcomes[("weekly_report.run_report", "FAILED")] == 1
+    assert outcomes[("SP_INS_WEEK_MAIN", "FAILED")] == 1
+    assert outcomes[("weekly_report.alert_admin", "SUCCESS")] == 1
+
+
 def test_the_sqlite_variant_builds_the_same_report(
     tmp_path: Path, sqlite_business: sa.Engine, apis: Apis
 ) -> None:
@@ -411,3 +477,33 @@ def test_the_kma_provider_asks_for_each_farms_grid_cell(
     assert ("60", "127") in apis.kma_cells and ("98", "76") in apis.kma_cells  # Seoul, Busan
     assert len(apis.kma_cells) == len(FARMS) and not apis.weather_hits
     assert count(sqlite_business, "SELECT COUNT(*) FROM TM_WEATHER") == 3 * len(FARMS)
+
+
+def test_the_readme_command_reports_the_given_week(
+    tmp_path: Path, business: sa.Engine, apis: Apis
+) -> None:
+    """README: ``stepline run examples/weekly_report/weekly_report.yaml --param
+    base_date=2024-06-05``, from the repository root, as a user types it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(STEPLINE_DB=f"sqlite:///{tmp_path / 'stepline.db'}", NO_COLOR="1")
+    command = [
+        str(Path(sys.executable).parent / "stepline"),
+        "run",
+        "examples/weekly_report/weekly_report.yaml",
+        "--param",
+        "base_date=2024-06-05",
+    ]
+
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Traceback" not in output
+    assert report_rows(business) == len(FARMS) * ITEMS_PER_FARM
+    with business.connect() as conn:
+        weeks = set(
+            conn.execute(sa.text("SELECT DISTINCT week_start FROM TR_WEEKLY_FARM_REPORT")).scalars()
+        )
+    assert {str(w)[:10] for w in weeks} == {WEEK_START.isoformat()}

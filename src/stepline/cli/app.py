@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from stepline.cli.progress import Progress
 from stepline.core.definition import BatchDefinition
-from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
+from stepline.core.loader import DEFINITION_SUFFIXES, definition_files, load_definitions
+from stepline.core.params import parse_params
 from stepline.core.states import InstanceStatus
-from stepline.engine.alerts import alert_problems
+from stepline.core.targets import is_python_target, load_python_definitions
+from stepline.engine.alerts import alert_problems, step_names
 from stepline.engine.orchestrator import StepEvent
 from stepline.errors import (
     Conflict,
@@ -37,7 +38,8 @@ from stepline.errors import (
 from stepline.logs import configure_logging
 from stepline.redact import redact_text, redact_value, remembered_secrets, secret_values
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Settings, SettingsError, load_settings
+from stepline.stores.base import StoredDefinition
 
 app = typer.Typer(
     name="stepline",
@@ -59,16 +61,33 @@ Db = Annotated[
 ]
 Params = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="k=v, repeatable; v is read as YAML (5, true, [a, b])"),
+    typer.Option(
+        "--param",
+        "-p",
+        help=(
+            "k=v, repeatable. v is read as YAML and stored as JSON: 5, true, null, [a, b]; "
+            "a date or timestamp becomes ISO text (2024-06-05); quote to keep text ('k=\"5\"')"
+        ),
+    ),
 ]
 
 
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
-    settings = Settings()
+    settings = _settings()
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
+
+
+def _settings() -> Settings:
+    """Settings from the environment; an invalid value ends the command with exit 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/]: {escape(problem)}")
+        raise SystemExit(2) from None
 
 
 @contextmanager
@@ -104,27 +123,43 @@ def _is_file(target: str) -> bool:
         return False
 
 
+def _apply(service: Stepline, target: str) -> list[StoredDefinition]:
+    """Apply a file, a directory or a ``package.module:attribute``."""
+    if not is_python_target(target):
+        _add_import_path(Path(target))
+    return service.apply_target(target)
+
+
+def _definitions(target: str) -> Iterable[tuple[object, BatchDefinition | DefinitionError]]:
+    """Each definition a target names, with its definition or its problems."""
+    if is_python_target(target):
+        try:
+            return [(target, d) for d in load_python_definitions(target)]
+        except DefinitionError as exc:
+            return [(target, exc)]
+    path = Path(target)
+    _add_import_path(path)
+    return load_definitions(path)
+
+
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
     try:
-        folder = str((path if path.is_dir() else path.parent).resolve())
-    except OSError:
+        files = definition_files(path) if path.is_dir() else [path]
+        folders = [path if path.is_dir() else path.parent, *(f.parent for f in files)]
+        resolved = [str(folder.resolve()) for folder in folders]
+    except (DefinitionError, OSError):
         return  # not a readable path: loading it reports why
-    if folder not in sys.path:
-        sys.path.insert(1, folder)
+    for folder in resolved:
+        if folder not in sys.path:
+            sys.path.insert(1, folder)
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"--param {item!r} must be key=value", 2)
-        try:
-            params[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            params[key] = value
-    return params
+    try:
+        return parse_params(items or [])
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
@@ -162,7 +197,10 @@ class _Forward:
 
 @app.command()
 def run(
-    batch: Annotated[str, typer.Argument(help="A stored batch name, or a definition file")],
+    batch: Annotated[
+        str,
+        typer.Argument(help="A stored batch name, a definition file, or package.module:attribute"),
+    ],
     param: Params = None,
     db: Db = None,
 ) -> None:
@@ -170,7 +208,13 @@ def run(
     params = _parse_params(param)
     forward = _Forward()
     with _errors(), _open(db, listener=forward) as service:
-        if _is_file(batch):
+        if is_python_target(batch):
+            stored_list = service.apply_target(batch)
+            if len(stored_list) != 1:
+                names = ", ".join(s.name for s in stored_list)
+                _fail(f"{batch} holds {len(stored_list)} batches ({names}); run one by name", 2)
+            name = stored_list[0].name
+        elif _is_file(batch):
             path = Path(batch)
             if path.is_dir():
                 _fail(f"{batch} is a directory; `stepline run` takes one definition file", 2)
@@ -191,7 +235,8 @@ def run(
 @app.command()
 def serve(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Definition files or directories to apply")
+        list[str] | None,
+        typer.Argument(help="Definition files or directories, or package.module:attribute"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
@@ -221,9 +266,8 @@ def serve(
         _fail(str(exc), 2)
     metrics = Metrics()
     with _errors(), _open(db, listener=StepMetrics(metrics)) as service:
-        for path in paths or []:
-            _add_import_path(path)
-            for stored in service.apply_path(path):
+        for target in paths or []:
+            for stored in _apply(service, target):
                 out.print(f"{stored.name}: version {stored.version}")
         api = create_app(service, metrics=metrics)
         stop = threading.Event()
@@ -268,6 +312,50 @@ def serve(
 
 
 @app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues to take steps from (default: STEPLINE_QUEUE)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CPU count)")
+    ] = None,
+    db: Db = None,
+) -> None:
+    """A Celery worker: claims, runs and records steps and advances the DAG itself."""
+    from stepline.core.definition import QUEUE_PATTERN
+    from stepline.dispatchers.celery import run_worker
+    from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts, create_engine
+
+    settings = _settings().model_copy(update={"dispatcher": "celery"})
+    names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_PATTERN.match(q)]
+    if not names or bad:
+        _fail(f"--queues {queues!r}: give queue names of letters, digits, '_', '-', '.', ':'", 2)
+    url = db or settings.db
+    timeouts = Timeouts(settings.db_connect_timeout, settings.db_statement_timeout)
+    with _errors(), _open(db, settings=settings):
+        pass  # refuses SQLite or a missing broker; brings the schema up to date
+    out.print(f"stepline worker on queues {', '.join(names)}")
+    run_worker(
+        # The worker retries a failed transaction, so connections need no ping per checkout.
+        lambda: SqlAlchemyStore(url, engine=create_engine(url, timeouts, pool_pre_ping=False)),
+        settings.broker(),
+        queues=names,
+        default_queue=settings.queue,
+        concurrency=concurrency or os.cpu_count() or 1,
+        lease_seconds=settings.lease_seconds,
+        visibility_timeout=settings.broker_visibility_timeout,
+        max_result_bytes=settings.max_result_bytes,
+        loglevel=settings.log_level.upper(),
+    )
+
+
+@app.command()
 def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
     """Re-run what did not succeed in a failed or cancelled instance, reusing stored results."""
     forward = _Forward()
@@ -309,37 +397,52 @@ def recover(db: Db = None) -> None:
 
 @app.command()
 def apply(
-    path: Annotated[Path, typer.Argument(help="A definition file or directory")], db: Db = None
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH", help="A definition file or directory, or package.module:attribute"
+        ),
+    ],
+    db: Db = None,
 ) -> None:
     """Validate and store definitions as the batches' current versions."""
-    _add_import_path(path)
     with _errors(), _open(db) as service:
-        for stored in service.apply_path(path):
+        for stored in _apply(service, target):
             out.print(f"{stored.name}: version {stored.version}")
 
 
 @app.command()
-def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
-    """Check definitions without touching any database; print every problem."""
-    bad = 0
+def validate(
+    paths: Annotated[
+        list[str], typer.Argument(help="Files or directories, or package.module:attribute")
+    ],
+) -> None:
+    """Check definitions (directories recursively) without touching any database."""
+    valid = invalid = 0
     with _errors():
-        for path in paths:
-            _add_import_path(path)
-            for file, result in load_definitions(path):
+        for target in paths:
+            path = Path(target)
+            if not is_python_target(target) and path.is_dir() and not definition_files(path):
+                _fail(f"{target}: no .yaml, .yml or .json definition under this directory", 2)
+            for file, result in _definitions(target):
                 problems = (
                     list(result.problems)
                     if isinstance(result, DefinitionError)
                     else alert_problems(result, str(file))
                 )
                 if problems:
-                    bad += 1
+                    invalid += 1
                     for problem in problems:
                         err.print(f"[red]error[/]: {escape(str(problem))}")
                 else:
                     assert isinstance(result, BatchDefinition)
+                    valid += 1
                     out.print(f"{file}: ok ({result.name}, {len(result.steps)} steps)")
-    if bad:
+    summary = f"{valid} definition{'' if valid == 1 else 's'} valid"
+    if invalid:
+        out.print(f"{summary}, {invalid} invalid")
         raise typer.Exit(2)
+    out.print(summary)
 
 
 @app.command()
@@ -417,8 +520,8 @@ def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = Non
         if i.error:
             out.print(f"error: {escape(redact_text(i.error, secrets))}")
         table = Table("step", "status", "attempt", "duration", "result / error")
-        for r in service.store.step_results(instance_id):
-            key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
+        rows = service.store.step_results(instance_id)
+        for r, key in zip(rows, step_names(service.store, i, rows), strict=True):
             detail = (
                 _short(_first_line(redact_text(r.error, secrets)))
                 if r.error

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from stepline.core.definition import item_name
 from stepline.core.states import StepStatus
 from stepline.engine.orchestrator import StepEvent
 
@@ -24,6 +25,32 @@ _STYLE = {
 }
 
 
+class _Items:
+    """The items of one mapped step, each counted once by its latest state (not attempts)."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.state: dict[int, StepStatus] = {}
+        self.label: dict[int, str] = {}
+
+    def count(self, status: StepStatus) -> int:
+        return sum(1 for s in self.state.values() if s is status)
+
+    def summary(self) -> str:
+        total = self.total if self.total is not None else len(self.state)
+        parts = [
+            f"{n} {status.value}"
+            for status in (
+                StepStatus.SUCCEEDED,
+                StepStatus.FAILED,
+                StepStatus.RUNNING,
+                StepStatus.QUEUED,
+            )
+            if (n := self.count(status))
+        ]
+        return f"{total} item{'' if total == 1 else 's'}: " + (", ".join(parts) or "none done")
+
+
 class Progress:
     """A listener for the orchestrator; call :meth:`close` when the instance is final."""
 
@@ -31,7 +58,7 @@ class Progress:
         self.console = console
         self.status: dict[str, StepStatus] = dict.fromkeys(steps, StepStatus.PENDING)
         self.attempt: dict[str, int] = {}
-        self.items: dict[str, list[int]] = {}
+        self.items: dict[str, _Items] = {}
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._live: Live | None = None
@@ -40,7 +67,7 @@ class Progress:
             self._live.start()
 
     def __call__(self, event: StepEvent) -> None:
-        if event.map_index >= 0:
+        if event.map_index >= 0 or event.items is not None:
             self._item(event)
             return
         key = event.step_key
@@ -52,28 +79,39 @@ class Progress:
                 self._live.update(self._table())
             elif event.status is not StepStatus.QUEUED or event.attempt:
                 retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+                items = self.items.get(key)
+                counts = f" ({items.summary()})" if items and event.status.is_final else ""
                 self.console.print(
-                    f"  {self.elapsed():7.2f}s  {key:<30} {event.status.value}{retry}  "
+                    f"  {self.elapsed():7.2f}s  {key:<30} {event.status.value}{retry}{counts}  "
                     f"[{self.summary()}]",
                     highlight=False,
                 )
 
     def _item(self, event: StepEvent) -> None:
-        """Map items are summarised per step: a line per failure and per tenth done."""
+        """Items are summarised per step: a line per item failure and per hundred done."""
         with self._lock:
-            started, finished, failed = self.items.setdefault(event.step_key, [0, 0, 0])
-            if event.status is StepStatus.RUNNING:
-                started += 1
-            elif event.status.is_final:
-                finished += 1
-                failed += event.status is not StepStatus.SUCCEEDED
-            self.items[event.step_key] = [started, finished, failed]
+            items = self.items.setdefault(event.step_key, _Items())
+            if event.items is not None:
+                items.total = event.items
+                self.status[event.step_key] = StepStatus.RUNNING
+            else:
+                items.state[event.map_index] = event.status
+                items.label[event.map_index] = event.label or str(event.map_index)
+            finished = items.count(StepStatus.SUCCEEDED) + items.count(StepStatus.FAILED)
             if self._live is not None:
                 self._live.update(self._table())
-            elif event.status is StepStatus.FAILED or (finished and finished % 100 == 0):
+            elif event.map_index >= 0 and (
+                event.status in (StepStatus.FAILED, StepStatus.QUEUED)
+                or (event.status is StepStatus.SUCCEEDED and finished % 100 == 0)
+            ):
+                name = item_name(event.step_key, items.label[event.map_index])
+                what = {
+                    StepStatus.FAILED: f"failed (attempt {event.attempt})",
+                    StepStatus.QUEUED: f"attempt {event.attempt} failed, will retry",
+                }.get(event.status, "")
                 self.console.print(
-                    f"  {self.elapsed():7.2f}s  {event.step_key + '[*]':<30} "
-                    f"{finished} items done, {failed} failed",
+                    f"  {self.elapsed():7.2f}s  {name:<30} {what}"
+                    f"{'  ' if what else ''}[{items.summary()}]",
                     highlight=False,
                 )
 
@@ -95,8 +133,13 @@ class Progress:
         for key, status in self.status.items():
             style = _STYLE.get(status, "")
             items = self.items.get(key)
-            shown = status.value + (f" ({items[1]} items done, {items[2]} failed)" if items else "")
+            shown = status.value + (f" ({items.summary()})" if items else "")
             table.add_row(key, f"[{style}]{shown}[/]", str(self.attempt.get(key, "")))
+            if items is None:
+                continue
+            failed = [i for i, s in sorted(items.state.items()) if s is StepStatus.FAILED]
+            for index in failed[:10]:
+                table.add_row(f"  {item_name(key, items.label[index])}", "[red]failed[/]", "")
         return table
 
     def close(self) -> None:

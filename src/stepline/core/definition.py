@@ -14,6 +14,7 @@ from stepline.core.states import TriggerRule
 
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,200}$")
 STEP_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,35 @@ class MapSpec:
 
     over: str
     concurrency: int = 16
+    label: str | None = None
+    """A template naming an item in alerts, errors and progress, e.g. ``{{ item.farm_id }}``."""
 
     def to_document(self) -> dict[str, Any]:
-        return {"over": self.over, "concurrency": self.concurrency}
+        doc: dict[str, Any] = {"over": self.over, "concurrency": self.concurrency}
+        if self.label is not None:
+            doc["label"] = self.label
+        return doc
+
+    def item_label(self, item: Any, index: int, params: Mapping[str, Any]) -> str:
+        """How users name item ``index``: its ``label`` template rendered, else the item
+        itself when it is a plain value (``F002``, ``42``), else its position."""
+        if self.label is not None:
+            from stepline.core.templates import TemplateError, resolve
+
+            try:
+                rendered = resolve(self.label, {"item": item, "params": params})
+            except TemplateError:
+                rendered = None
+            if rendered is not None and rendered != "":
+                return str(rendered)
+        if isinstance(item, str | int | float) and not isinstance(item, bool) and item != "":
+            return str(item)
+        return str(index)
+
+
+def item_name(step_key: str, label: str) -> str:
+    """``collect_weather[F002]``: a mapped step's item as alerts, errors and progress show it."""
+    return f"{step_key}[{label}]"
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,8 @@ class StepDefinition:
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     condition: str | None = None
     map: MapSpec | None = None
+    queue: str | None = None
+    """Celery dispatcher: only workers listening to this queue run the step."""
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"key": self.key, "runner": self.runner}
@@ -86,6 +115,8 @@ class StepDefinition:
             doc["condition"] = self.condition
         if self.map is not None:
             doc["map"] = self.map.to_document()
+        if self.queue is not None:
+            doc["queue"] = self.queue
         return doc
 
 
@@ -99,6 +130,8 @@ class BatchDefinition:
     params: Mapping[str, Any] = field(default_factory=dict)
     alerts: tuple[Mapping[str, Any], ...] = ()
     description: str | None = None
+    queue: str | None = None
+    """The default queue of the batch's steps on the celery dispatcher."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Batch-level options owned by outer layers (scheduler misfire/overlap policy)."""
 
@@ -115,6 +148,10 @@ class BatchDefinition:
         by_key: dict[str, StepDefinition] = self.__dict__["_by_key"]
         return by_key[key]
 
+    def queue_of(self, key: str) -> str | None:
+        """The queue a step is sent to: its own, else the batch's, else None (the default)."""
+        return self.step(key).queue or self.queue
+
     def to_document(self) -> dict[str, Any]:
         """The canonical document stored in ``batch_definition`` (round-trips through parse)."""
         doc: dict[str, Any] = {"name": self.name}
@@ -129,6 +166,8 @@ class BatchDefinition:
             doc["params"] = dict(self.params)
         if self.alerts:
             doc["alerts"] = [dict(a) for a in self.alerts]
+        if self.queue is not None:
+            doc["queue"] = self.queue
         doc.update(self.extra)
         doc["steps"] = [s.to_document() for s in self.steps]
         return doc
@@ -164,17 +203,82 @@ def step(
     key: str,
     runner: str | Callable[..., Any],
     next_steps: Sequence[str] = (),
+    *,
+    with_: Mapping[str, Any] | None = None,
+    args: Mapping[str, Any] | None = None,
+    retry: int | Mapping[str, Any] | None = None,
+    timeout: str | float | timedelta | None = None,
+    trigger_rule: str | TriggerRule | None = None,
+    condition: str | None = None,
+    map: str | Mapping[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """A step document for :func:`batch`; ``runner`` may be a module-level callable."""
+    """A step document for :func:`batch`, with the keys of a YAML step.
+
+    ``runner`` may be a module-level callable or a ``module:function`` string;
+    ``with_`` (or its alias ``args``) is YAML's ``with``. Options left at ``None`` are
+    omitted, so the loader's defaults apply. Validation happens in :func:`batch`.
+    """
     from stepline.core.runners import runner_reference
 
+    if with_ is not None and args is not None:
+        raise TypeError(f"step {key!r}: give with_ or args, not both (they are the same key)")
     ref = runner if isinstance(runner, str) else runner_reference(runner)
-    return {"key": key, "runner": ref, "next_steps": list(next_steps), **options}
+    doc: dict[str, Any] = {"key": key, "runner": ref, "next_steps": list(next_steps)}
+    given = with_ if with_ is not None else args
+    if given is not None:
+        doc["with"] = dict(given)
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(trigger_rule, TriggerRule):
+        trigger_rule = trigger_rule.value
+    optional = {
+        "retry": retry,
+        "timeout": timeout,
+        "trigger_rule": trigger_rule,
+        "condition": condition,
+        "map": map,
+    }
+    doc.update({k: v for k, v in optional.items() if v is not None})
+    doc.update(options)
+    return doc
 
 
-def batch(name: str, steps: Sequence[Mapping[str, Any]], **options: Any) -> BatchDefinition:
-    """Build and validate a definition in Python, with the same rules as YAML files."""
+def batch(
+    name: str,
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    cron: str | None = None,
+    timezone: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    max_active_instances: int | None = None,
+    on_busy: str | None = None,
+    misfire: str | None = None,
+    misfire_grace: str | float | None = None,
+    misfire_cap: int | None = None,
+    alerts: Sequence[Mapping[str, Any]] | None = None,
+    description: str | None = None,
+    **options: Any,
+) -> BatchDefinition:
+    """Build and validate a definition in Python, with the same keys and rules as YAML.
+
+    Raises :class:`~stepline.errors.DefinitionError` listing every problem.
+    """
     from stepline.core.loader import parse_definition
 
-    return parse_definition({"name": name, "steps": list(steps), **options}, source="<python>")
+    optional: dict[str, Any] = {
+        "cron": cron,
+        "timezone": timezone,
+        "params": None if params is None else dict(params),
+        "max_active_instances": max_active_instances,
+        "on_busy": on_busy,
+        "misfire": misfire,
+        "misfire_grace": misfire_grace,
+        "misfire_cap": misfire_cap,
+        "alerts": None if alerts is None else [dict(a) for a in alerts],
+        "description": description,
+    }
+    doc: dict[str, Any] = {"name": name, "steps": list(steps)}
+    doc.update({k: v for k, v in optional.items() if v is not None})
+    doc.update(options)
+    return parse_definition(doc, source="<python>")

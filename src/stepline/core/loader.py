@@ -17,6 +17,7 @@ import yaml
 from stepline.core.dag import find_cycle
 from stepline.core.definition import (
     NAME_PATTERN,
+    QUEUE_PATTERN,
     STEP_KEY_PATTERN,
     BatchDefinition,
     MapSpec,
@@ -25,7 +26,7 @@ from stepline.core.definition import (
 )
 from stepline.core.durations import parse_duration
 from stepline.core.expressions import ExpressionError, check_expression
-from stepline.core.runners import resolve_runner
+from stepline.core.runners import main_module_problem, resolve_runner
 from stepline.core.states import TriggerRule
 from stepline.core.templates import check_templates
 from stepline.errors import DefinitionError, Problem, shown
@@ -33,11 +34,11 @@ from stepline.errors import DefinitionError, Problem, shown
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
 _STEP_FIELDS = {
     "key", "runner", "next_steps", "nextSteps", "with", "retry", "timeout",
-    "trigger_rule", "triggerRule", "condition", "map",
+    "trigger_rule", "triggerRule", "condition", "map", "queue",
 }  # fmt: skip
 _BATCH_FIELDS = {
     "name", "cron", "timezone", "max_active_instances", "params", "steps", "alerts",
-    "description",
+    "description", "queue",
 }  # fmt: skip
 # Options read by the scheduler and API layers; the core only carries them.
 _EXTRA_FIELDS = {"misfire", "misfire_grace", "misfire_cap", "on_busy"}
@@ -97,6 +98,7 @@ def parse_definition(
         alerts = []
 
     _check_scheduling_options(doc, out)
+    queue = _parse_queue(doc.get("queue"), None, out)
     raw_steps = doc.get("steps")
     steps: list[StepDefinition] = []
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -126,6 +128,7 @@ def parse_definition(
         params=dict(params),
         alerts=tuple(dict(a) for a in alerts),
         description=doc.get("description"),
+        queue=queue,
         extra={k: doc[k] for k in _EXTRA_FIELDS if k in doc},
     )
 
@@ -164,10 +167,14 @@ def _parse_step(
         out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
         runner = ""
     elif check_runners:
+        problem = main_module_problem(runner)
         try:
-            resolve_runner(runner)
+            if problem is None:
+                resolve_runner(runner)
         except ImportError as exc:
-            out.add(str(exc), key)
+            problem = str(exc)
+        if problem:
+            out.add(problem, key)
     nexts = raw.get("next_steps", raw.get("nextSteps", []))
     if isinstance(nexts, str):
         nexts = [nexts]
@@ -216,7 +223,20 @@ def _parse_step(
         trigger_rule=rule,
         condition=None if condition is None else str(condition),
         map=_parse_map(raw.get("map"), key, out),
+        queue=_parse_queue(raw.get("queue"), key, out),
     )
+
+
+def _parse_queue(raw: object, key: str | None, out: _Collector) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not QUEUE_PATTERN.match(raw):
+        out.add(
+            f"queue {raw!r} must be 1-100 characters of letters, digits, '_', '-', '.' and ':'",
+            key,
+        )
+        return None
+    return raw
 
 
 def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:
@@ -253,13 +273,25 @@ def _parse_map(raw: object, key: str, out: _Collector) -> MapSpec | None:
     if isinstance(raw, str):
         raw = {"over": raw}
     if not isinstance(raw, Mapping) or not isinstance(raw.get("over"), str):
-        out.add("map must be {over: <upstream step or params key>, concurrency: N}", key)
+        out.add(
+            "map must be {over: <upstream step or params key>, concurrency: N, label: ...}", key
+        )
         return None
     concurrency = raw.get("concurrency", 16)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         out.add(f"map.concurrency {shown(concurrency)} must be a whole number >= 1", key)
         concurrency = 16
-    return MapSpec(over=raw["over"], concurrency=concurrency)
+    label = raw.get("label")
+    if label is not None:
+        if not isinstance(label, str) or not label.strip():
+            out.add("map.label must be a template such as '{{ item.farm_id }}'", key)
+            label = None
+        else:
+            for message in check_templates(label, names=("item", "params")):
+                out.add(f"map.label: {message}", key)
+    for unknown in sorted(set(raw) - {"over", "concurrency", "label"}):
+        out.add(f"unknown map field {unknown!r} (known: concurrency, label, over)", key)
+    return MapSpec(over=raw["over"], concurrency=concurrency, label=label)
 
 
 def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _Collector) -> None:
@@ -349,15 +381,28 @@ def read_document(path: Path) -> object:
 
 
 def definition_files(path: Path) -> list[Path]:
-    """A file, or every definition file directly inside a directory, sorted."""
+    """A file, or every definition file under a directory (recursively), sorted.
+
+    Hidden directories (``.git``, ``.venv``) and ``__pycache__`` are not entered.
+    """
     try:
         if path.is_dir():
-            return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+            return sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in DEFINITION_SUFFIXES
+                and p.is_file()
+                and not any(_skipped(part) for part in p.relative_to(path).parts[:-1])
+            )
         if not path.exists():
             raise DefinitionError([Problem("no such file or directory", str(path))])
     except OSError as exc:  # e.g. a name longer than the file system allows
         raise DefinitionError([Problem(f"cannot read: {exc.strerror}", str(path))]) from None
     return [path]
+
+
+def _skipped(directory: str) -> bool:
+    return directory.startswith(".") or directory == "__pycache__"
 
 
 def load_definitions(

@@ -32,7 +32,27 @@ def runner_reference(fn: Runner) -> str:
             f"runner {fn!r} is not importable by name; define it at module level "
             "or register it with stepline.register(name)"
         )
-    return f"{module}:{qualname}"
+    reference = f"{module}:{qualname}"
+    problem = main_module_problem(reference)
+    if problem:
+        raise ValueError(problem)
+    return reference
+
+
+def main_module_problem(reference: str) -> str | None:
+    """Why a runner in ``__main__`` cannot be stored, or None for any other reference.
+
+    ``__main__`` is whichever script a process was started with: in ``stepline serve``,
+    ``stepline recover`` or a worker it is not the user's script, so the reference breaks.
+    """
+    module, sep, attr = reference.partition(":")
+    if not sep or module != "__main__":
+        return None
+    return (
+        f"runner {reference!r} is defined in the script being run (__main__), which other "
+        "processes (stepline serve, recover, workers) cannot import: move it into a module "
+        f"of its own, e.g. steps.py, and name it by that module: runner: steps:{attr}"
+    )
 
 
 def resolve_runner(reference: str) -> Runner:

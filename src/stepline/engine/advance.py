@@ -12,7 +12,7 @@ of item results as its payload, so the rest of the DAG sees an ordinary step.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,8 @@ class Advance:
     queued_more: bool = False
     retry_at: datetime | None = None
     final: InstanceStatus | None = None
+    retrying: set[tuple[str, int]] = field(default_factory=set)
+    """(step key, map_index) of failed attempts that go back to the queue for a retry."""
 
 
 def advance(
@@ -58,6 +60,8 @@ def advance(
     params: Mapping[str, Any],
     running_items: Mapping[str, int] | None = None,
     settle_pending: bool = False,
+    handoff: bool = False,
+    item_labels: Callable[[str], Sequence[str]] | None = None,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
@@ -67,21 +71,26 @@ def advance(
     ``settle_pending`` (a new owner taking the instance) pending steps with nothing left
     upstream, roots and steps reset by a retry, are decided first, and so are pending
     steps whose rule may fire early (``always``, or a ``one_*`` rule whose upstream step
-    already ended).
+    already ended). With ``handoff`` the claimed steps are left without an owner, for a
+    broker to deliver to whichever worker picks them up first. ``item_labels`` names the
+    items of a mapped step (see MapSpec.item_label) for the error of a failed one.
     """
     done = Advance()
+    claimer = None if handoff else owner
     items_done: Counter[str] = Counter()
     item_keys: set[str] = set()
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
-        if not o.succeeded and o.retryable and o.tries < policy.attempts:
+        allowed = max(policy.attempts, 2) if o.lost else policy.attempts
+        if not o.succeeded and o.retryable and o.tries < allowed:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         if not tx.record(o, retry_at=retry_at, owner=owner):
             continue
         if o.map_index >= 0:
             item_keys.add(o.step_key)
         if retry_at is not None:
+            done.retrying.add((o.step_key, o.map_index))
             done.queued_more = True
             done.retry_at = retry_at if done.retry_at is None else min(done.retry_at, retry_at)
         elif o.map_index >= 0:
@@ -90,7 +99,7 @@ def advance(
             done.finished[o.step_key] = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
     for key, count in items_done.items():
         if tx.items_done(key, count):
-            _finish_mapped(tx, key, done)
+            _finish_mapped(tx, key, done, item_labels)
 
     known: dict[str, StepStatus] = dict(done.finished)
     frontier = list(done.finished)
@@ -106,10 +115,10 @@ def advance(
         initial = []
         claimed: list[ClaimedStep] = []
         if to_run:
-            claimed = tx.start(to_run, max(slots, 0), owner, now=now)
+            claimed = tx.start(to_run, max(slots, 0), claimer, now=now)
             look_for_queued = look_for_queued or len(claimed) < len(to_run)
         if slots - len(claimed) > 0 and (look_for_queued or done.queued_more):
-            claimed += tx.claim(slots - len(claimed), owner, now=now)
+            claimed += tx.claim(slots - len(claimed), claimer, now=now)
             look_for_queued = False
         frontier = []
         for c in claimed:
@@ -131,13 +140,13 @@ def advance(
         assert spec is not None
         limit = min(slots, spec.concurrency - running.get(key, 0))
         if limit > 0:
-            items = tx.claim_items(key, limit, owner, now=now)
+            items = tx.claim_items(key, limit, claimer, now=now)
             done.claimed.extend(items)
             slots -= len(items)
 
     if idle and not done.claimed:
         if tx.has_unfinished():
-            if done.retry_at is None:
+            if done.retry_at is None and not handoff:  # with handoff the owner polls for it
                 done.retry_at = tx.next_available_at()
         else:
             done.final = instance_outcome(tx.step_statuses().values())
@@ -277,8 +286,19 @@ def step_upstream(
     return {**results, **tx.results([over])}
 
 
-def _finish_mapped(tx: InstanceTransaction, key: str, done: Advance) -> None:
-    status, payload = tx.finish_mapped(key)
+def _finish_mapped(
+    tx: InstanceTransaction,
+    key: str,
+    done: Advance,
+    item_labels: Callable[[str], Sequence[str]] | None,
+) -> None:
+    labels = None
+    if item_labels is not None:
+        try:
+            labels = item_labels(key)
+        except Exception:  # naming is a courtesy: positions are shown instead
+            labels = None
+    status, payload = tx.finish_mapped(key, labels=labels)
     done.finished[key] = status
     if status is StepStatus.SUCCEEDED:
         done.mapped_results[key] = payload

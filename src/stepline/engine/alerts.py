@@ -10,17 +10,18 @@ whose process died before sending it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
 
-from stepline.core.definition import BatchDefinition
+from stepline.core.definition import BatchDefinition, item_name
 from stepline.core.states import StepStatus
+from stepline.engine.advance import map_items
 from stepline.errors import Problem
 from stepline.notifiers import Alert, notifier_from_config, notify_all
 from stepline.redact import redact_text, secret_values
-from stepline.stores.base import PendingAlert, Store
+from stepline.stores.base import InstanceRecord, PendingAlert, StepResultRecord, Store
 
 log = structlog.get_logger("stepline.alerts")
 
@@ -110,9 +111,7 @@ def _send(store: Store, pending: PendingAlert) -> str | None:
         batch=instance.batch,
         instance_id=instance.id,
         status=instance.status.value,
-        failed_steps=tuple(
-            r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]" for r in failed
-        ),
+        failed_steps=step_names(store, instance, failed),
         error=redact_text(first_error.splitlines()[0], secret_values(instance.params))
         if first_error
         else None,
@@ -120,3 +119,34 @@ def _send(store: Store, pending: PendingAlert) -> str | None:
     )
     errors = notify_all([notifier], alert, bound)
     return errors[0] if errors else None
+
+
+def step_names(
+    store: Store, instance: InstanceRecord, rows: Sequence[StepResultRecord]
+) -> tuple[str, ...]:
+    """How users name these step results: ``check``, and a map item by its item,
+    ``collect_weather[F002]`` (see MapSpec.item_label); positions if the list is gone."""
+    labels: dict[str, list[str]] = {}
+    if any(r.map_index >= 0 for r in rows):
+        try:
+            definition = store.definition(instance.batch, instance.definition_version).definition
+            for key in {r.step_key for r in rows if r.map_index >= 0}:
+                step = definition.step(key)
+                assert step.map is not None
+                results = store.results_for(instance.id, [step.map.over])
+                items = map_items(step, instance.params, results)
+                labels[key] = [
+                    step.map.item_label(item, index, instance.params)
+                    for index, item in enumerate(items)
+                ]
+        except Exception as exc:  # naming is a courtesy: positions are shown instead
+            log.debug("item labels unavailable", instance_id=instance.id, error=repr(exc))
+    names = []
+    for r in rows:
+        if r.map_index < 0:
+            names.append(r.step_key)
+            continue
+        known = labels.get(r.step_key, [])
+        label = known[r.map_index] if r.map_index < len(known) else str(r.map_index)
+        names.append(item_name(r.step_key, label))
+    return tuple(names)

@@ -83,6 +83,10 @@ class StepEvent:
     status: StepStatus
     attempt: int
     at: datetime
+    label: str | None = None
+    """How users name a map item (``F002``; see MapSpec.item_label); None for a step."""
+    items: int | None = None
+    """For a mapped step that was just expanded: how many items it has."""
 
 
 Listener = Callable[[StepEvent], None]
@@ -355,6 +359,7 @@ class Orchestrator:
                     running_items=Counter(
                         i.step.key for i in still_running.values() if i.map_index >= 0
                     ),
+                    item_labels=lambda key: self._labels(active, key),
                 )
         except Exception as exc:
             if split and outcomes and not isinstance(exc, StoreUnavailable):
@@ -494,19 +499,41 @@ class Orchestrator:
             items = active.map_items[step.key] = map_items(step, active.instance.params, results)
         return items
 
+    def _labels(self, active: _Active, key: str) -> list[str]:
+        """The names of a mapped step's items, by map_index (see MapSpec.item_label)."""
+        step = active.definition.step(key)
+        assert step.map is not None
+        params = active.instance.params
+        return [
+            step.map.item_label(item, index, params)
+            for index, item in enumerate(self._items(active, step))
+        ]
+
+    def _label(self, active: _Active, key: str, index: int) -> str:
+        try:
+            labels = self._labels(active, key)
+        except Exception:  # naming is a courtesy: the position is shown instead
+            return str(index)
+        return labels[index] if index < len(labels) else str(index)
+
     def _emit(
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
     ) -> None:
         if self.listener is None:
             return
-        attempts = {o.step_key: o.attempt for o in outcomes}
-        for key, status in done.finished.items():
-            self.listener(StepEvent(active.instance.id, key, -1, status, attempts.get(key, 0), now))
+        iid = active.instance.id
+        # A mapped step's own row runs no attempt: its items do.
+        attempts = {o.step_key: o.attempt for o in outcomes if o.map_index < 0}
+        for key, items in done.expanded.items():
+            self.listener(StepEvent(iid, key, -1, StepStatus.RUNNING, 0, now, items=len(items)))
         for o in outcomes:
             if o.map_index >= 0:
                 status = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
+                if (o.step_key, o.map_index) in done.retrying:
+                    status = StepStatus.QUEUED  # failed, to be tried again: not failed yet
+                label = self._label(active, o.step_key, o.map_index)
                 self.listener(
-                    StepEvent(active.instance.id, o.step_key, o.map_index, status, o.attempt, now)
+                    StepEvent(iid, o.step_key, o.map_index, status, o.attempt, now, label=label)
                 )
             elif not o.succeeded and o.step_key not in done.finished:
                 self.listener(
@@ -519,10 +546,22 @@ class Orchestrator:
                         now,
                     )
                 )
+        # After the items, so that a display has counted every item when the step ends.
+        for key, status in done.finished.items():
+            self.listener(StepEvent(iid, key, -1, status, attempts.get(key, 0), now))
         for c in done.claimed:
+            claimed_label = (
+                self._label(active, c.step_key, c.map_index) if c.map_index >= 0 else None
+            )
             self.listener(
                 StepEvent(
-                    active.instance.id, c.step_key, c.map_index, StepStatus.RUNNING, c.attempt, now
+                    iid,
+                    c.step_key,
+                    c.map_index,
+                    StepStatus.RUNNING,
+                    c.attempt,
+                    now,
+                    label=claimed_label,
                 )
             )
 

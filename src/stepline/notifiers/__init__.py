@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from stepline.core.durations import parse_duration
+from stepline.core.environment import UnsetVariable, expand_env
 from stepline.notifiers.base import Alert, Notifier, NotifyError, notify_all
 from stepline.notifiers.smtp import SmtpNotifier
 from stepline.notifiers.webhook import WebhookNotifier
@@ -21,8 +22,6 @@ __all__ = [
     "notify_all",
 ]
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*s?\s*")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
@@ -97,16 +96,10 @@ class _ConfigReader:
         return value
 
     def _expand(self, field: str, value: str) -> str:
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in self._environ:
-                raise ValueError(
-                    f"{self.kind} alert field {field!r} references ${{{name}}}, "
-                    f"but the environment variable {name} is not set"
-                )
-            return self._environ[name]
-
-        return _ENV_REFERENCE.sub(substitute, value)
+        try:
+            return expand_env(value, self._environ)
+        except UnsetVariable as exc:
+            raise ValueError(f"{self.kind} alert field {field!r} {exc}") from None
 
     def optional_text(self, field: str) -> str | None:
         value = self._raw(field)
@@ -144,15 +137,14 @@ class _ConfigReader:
         value = self._raw(field)
         if value is None:
             return default
-        seconds: float | None = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
-            seconds = float(match.group(1))
-        if seconds is None or seconds <= 0:
+        try:
+            seconds = parse_duration(value).total_seconds()
+        except ValueError as exc:
+            raise ValueError(f"{self.kind} alert field {field!r}: {exc}") from None
+        if seconds <= 0:
             raise ValueError(
-                f"{self.kind} alert field {field!r} must be a positive number of seconds "
-                f'such as 5 or "5s", got {value!r}'
+                f"{self.kind} alert field {field!r} must be a positive duration such as 5s "
+                f"or 1m, got {value!r}"
             )
         return seconds
 

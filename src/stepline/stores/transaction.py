@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from stepline.core.definition import item_name
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.stores.base import (
     ClaimedStep,
@@ -201,7 +202,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         return ready
 
     def start(
-        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
+        self, keys: Sequence[str], limit: int, owner: str | None, *, now: datetime
     ) -> list[ClaimedStep]:
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
@@ -260,7 +261,7 @@ class SqlInstanceTransaction(InstanceTransaction):
                 .values(**values)
             )
 
-    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim(self, limit: int, owner: str | None, *, now: datetime) -> list[ClaimedStep]:
         if limit <= 0:
             return []
         rows = self.conn.execute(
@@ -318,7 +319,9 @@ class SqlInstanceTransaction(InstanceTransaction):
             self.conn.execute(sa.insert(R), list(chunk))
         _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
 
-    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim_items(
+        self, key: str, limit: int, owner: str | None, *, now: datetime
+    ) -> list[ClaimedStep]:
         if limit <= 0:
             return []
         rows = _QUEUED_ITEMS.run(
@@ -330,13 +333,30 @@ class SqlInstanceTransaction(InstanceTransaction):
             _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
         return [ClaimedStep(r[0], key, r[1], r[2] + 1, now, r[3]) for r in rows]
 
+    def running_items(self, exclude_rows: Iterable[int] = ()) -> dict[str, int]:
+        query = (
+            sa.select(R.c.step_key, sa.func.count())
+            .where(
+                R.c.batch_instance_id == self.id,
+                R.c.map_index >= 0,
+                R.c.status == StepStatus.RUNNING.value,
+            )
+            .group_by(R.c.step_key)
+        )
+        skip = list(exclude_rows)
+        if skip:
+            query = query.where(R.c.id.not_in(skip))
+        return {key: int(n) for key, n in self.conn.execute(query)}
+
     def items_done(self, key: str, count: int) -> bool:
         params = {"iid": self.id, "key": key, "n": count}
         _ITEMS_DONE.run(self.conn, params)
         left = _PARENT_PENDING.run(self.conn, params).fetchone()
         return left is not None and left[0] <= 0
 
-    def finish_mapped(self, key: str, *, error: str | None = None) -> tuple[StepStatus, list[Any]]:
+    def finish_mapped(
+        self, key: str, *, error: str | None = None, labels: Sequence[str] | None = None
+    ) -> tuple[StepStatus, list[Any]]:
         payloads: list[Any] = []
         failed: list[int] = []
         if error is None:
@@ -349,10 +369,11 @@ class SqlInstanceTransaction(InstanceTransaction):
                 if status != StepStatus.SUCCEEDED.value:
                     failed.append(index)
             if failed:
-                shown = ", ".join(str(i) for i in failed[:20]) + (
-                    ", ..." if len(failed) > 20 else ""
-                )
-                error = f"{len(failed)} of {len(payloads)} items failed (map_index {shown})"
+                named = labels is not None and len(labels) == len(payloads)
+                shown = ", ".join(
+                    item_name(key, labels[i] if named and labels else str(i)) for i in failed[:20]
+                ) + (", ..." if len(failed) > 20 else "")
+                error = f"{len(failed)} of {len(payloads)} items failed: {shown}"
         status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
         self.conn.execute(
             sa.update(R)
@@ -569,11 +590,13 @@ class SqlInstanceTransaction(InstanceTransaction):
         return expires is not None and expires > db_now(self.conn)
 
     def has_unfinished(self) -> bool:
-        final = [s.value for s in StepStatus if s.is_final]
+        # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
+        # the final ones scanned every finished row of the instance.
+        unfinished = [s.value for s in StepStatus if not s.is_final]
         return (
             self.conn.execute(
                 sa.select(R.c.id)
-                .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
+                .where(R.c.batch_instance_id == self.id, R.c.status.in_(unfinished))
                 .limit(1)
             ).first()
             is not None

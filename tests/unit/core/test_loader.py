@@ -485,6 +485,9 @@ def test_load_definitions_from_a_directory(tmp_path: Path) -> None:
     write(tmp_path / "notes.txt", "name: ignored")
     (tmp_path / "nested").mkdir()
     write(tmp_path / "nested" / "deeper.yaml", yaml.safe_dump(minimal(s("x"))))
+    for skipped in (".venv", "__pycache__", "nested/.git"):
+        (tmp_path / skipped).mkdir()
+        write(tmp_path / skipped / "ignored.yaml", "name: [")
 
     loaded = dict(load_definitions(tmp_path))
     assert list(loaded) == [
@@ -492,6 +495,7 @@ def test_load_definitions_from_a_directory(tmp_path: Path) -> None:
         tmp_path / "b_weekly.yaml",
         tmp_path / "c_broken.yml",
         tmp_path / "d_invalid.yaml",
+        tmp_path / "nested" / "deeper.yaml",
     ]
     daily, weekly = loaded[tmp_path / "a_daily.json"], loaded[tmp_path / "b_weekly.yaml"]
     assert isinstance(daily, BatchDefinition) and daily.name == "daily"
@@ -702,3 +706,24 @@ def test_an_always_step_cannot_map_over_an_upstream_result() -> None:
     assert parse_definition(ok).step("b").map == MapSpec(over="a")
     over_params = minimal(s("a", "b"), s("b", map="xs", trigger_rule="always"), params={"xs": []})
     assert parse_definition(over_params).step("b").map == MapSpec(over="xs")
+
+
+# --- queues (celery dispatcher) ----------------------------------------------------------------
+
+
+def test_a_step_queue_overrides_the_batch_queue() -> None:
+    definition = parse_definition(
+        minimal(s("a", "b", queue="oracle-dmz"), s("b"), queue="default.q"), "demo.yaml"
+    )
+    assert definition.queue_of("a") == "oracle-dmz"
+    assert definition.queue_of("b") == "default.q"
+    assert parse_definition(minimal(s("a"))).queue_of("a") is None
+    again = parse_definition(definition.to_document())
+    assert again == definition and again.to_document()["queue"] == "default.q"
+
+
+@pytest.mark.parametrize("bad", ["has space", "", 7, "x" * 101, "semi;colon"])
+def test_an_invalid_queue_is_refused_with_its_name(bad: object) -> None:
+    problems = problems_of(minimal(s("a", queue=bad), queue=bad))
+    assert [p.step for p in problems] == [None, "a"]
+    assert all(f"queue {bad!r} must be 1-100 characters" in p.message for p in problems)
