@@ -27,3 +27,10 @@ def first(ctx: StepContext) -> Any:
 
 def ten_thousand(ctx: StepContext) -> list[int]:
     return list(range(10_000))
+
+
+def fail_some(ctx: StepContext) -> dict[str, Any]:
+    """A map item that fails for one item in a hundred (the dashboard benchmark)."""
+    if ctx.item % 100 == 7:
+        raise RuntimeError(f"item {ctx.item} failed")
+    return {"item": ctx.item, "ok": True}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ from stepline.core.definition import BatchDefinition
 from stepline.core.instance_params import instance_params
 from stepline.core.loader import load_definitions
 from stepline.core.runners import main_module_problem
-from stepline.core.states import InstanceStatus
+from stepline.core.states import InstanceStatus, StepStatus
 from stepline.core.targets import is_python_target, load_python_definitions
 from stepline.dispatchers.base import Dispatcher, RemoteDispatcher
 from stepline.dispatchers.direct import DirectDispatcher
@@ -369,14 +369,22 @@ class Stepline:
             except StoreUnavailable as exc:
                 backoff.wait(exc)
 
-    def retry(self, instance_id: int) -> InstanceRecord:
+    def retry(
+        self, instance_id: int, items: Mapping[str, Iterable[int]] | None = None
+    ) -> InstanceRecord:
         """Reset a failed or cancelled instance in place: only what did not succeed runs again.
 
-        Raises Conflict for a succeeded instance (run the batch anew instead) and for one
-        that is still queued or running.
+        ``items`` ({mapped step key: map indexes}) narrows a mapped step's retry to those of
+        its failed items; the others stay failed (so the step fails again unless none is
+        left). Raises Conflict for a succeeded instance (run the batch anew instead), for
+        one that is still queued or running, and for items that are not failed items of a
+        mapped step.
         """
         instance = self.store.instance(instance_id)
         definition = self.store.definition_for(instance)
+        chosen = {key: sorted(set(indexes)) for key, indexes in (items or {}).items()}
+        if chosen:
+            self._check_items(instance_id, definition, chosen)
         with self.store.instance_transaction(instance_id) as tx:
             status = tx.instance.status
             if status is InstanceStatus.SUCCEEDED:
@@ -394,11 +402,31 @@ class Stepline:
             reset = tx.reset_unsuccessful(
                 definition.graph.predecessors,
                 mapped=[s.key for s in definition.steps if s.map is not None],
+                only_items=chosen or None,
             )
             tx.set_instance(InstanceStatus.QUEUED, release=True)
             tx.clear_cancel()
         log.info("instance reset for retry", instance_id=instance_id, steps=reset)
         return self.store.instance(instance_id)
+
+    def _check_items(
+        self, instance_id: int, definition: BatchDefinition, chosen: Mapping[str, list[int]]
+    ) -> None:
+        mapped = {s.key for s in definition.steps if s.map is not None}
+        failed: dict[str, set[int]] = {}
+        for r in self.store.step_results(instance_id):
+            if r.map_index >= 0 and r.status is not StepStatus.SUCCEEDED:
+                failed.setdefault(r.step_key, set()).add(r.map_index)
+        for key, indexes in chosen.items():
+            if key not in mapped:
+                raise Conflict(f"step {key!r} of instance {instance_id} is not a mapped step")
+            unknown = [i for i in indexes if i not in failed.get(key, set())]
+            if unknown or not indexes:
+                shown = ", ".join(str(i) for i in unknown[:10]) or "none given"
+                raise Conflict(
+                    f"map_index {shown} of step {key!r} is not a failed item of instance "
+                    f"{instance_id}"
+                )
 
     def cancel(self, instance_id: int) -> InstanceRecord:
         """Cancel an unfinished instance: at once if nobody runs it, else via its owner."""

@@ -137,100 +137,131 @@ def test_basic_with_the_token_as_password_or_bearer_is_let_in(
     assert response.headers["content-type"].startswith("text/html")
 
 
-def test_overview_lists_batches_with_next_fire_and_latest_instances(
-    world: dict[str, Any],
-) -> None:
+def test_batches_page_shows_schedule_next_fire_and_the_last_runs(world: dict[str, Any]) -> None:
     page = get(world["service"], "/ui", BEARER).text
     assert "dash_report" in page and "dash_wide" in page
     assert "0 0 2 * * 1" in page and "Asia/Seoul" in page
-    assert " 02:00:00+09:00" in page  # the next Monday 02:00, in the batch's timezone
-    assert f'href="/ui/instances/{world["failed"]}"' in page
-    assert '<span class="st failed">failed</span>' in page
+    assert " 02:00:00 KST</time>" in page  # the next Monday 02:00, in the batch's timezone
+    assert " 17:00:00 UTC" in page  # ... and in UTC on hover (Sunday 17:00)
+    # The strip of last runs links each instance, its status and duration on hover.
+    assert f'href="/ui/instances/{world["failed"]}" title="#{world["failed"]} failed' in page
+    assert 'class="run st-failed"' in page
     assert "on demand" in page  # dash_wide has no cron
-    assert "<script" not in page and "s3cr3t" not in page
+    assert "<script>alert" not in page and "s3cr3t" not in page
 
 
 def test_status_and_batch_filters(world: dict[str, Any]) -> None:
     service, link = world["service"], f'href="/ui/instances/{world["failed"]}"'
-    filtered = get(service, "/ui?status=failed&batch=dash_report", BEARER).text
+    filtered = get(service, "/ui/instances?status=failed&batch=dash_report", BEARER).text
     assert link in filtered
     assert "<option selected>failed</option>" in filtered  # the form shows the filter
     assert "<option selected>dash_report</option>" in filtered
-    assert link not in get(service, "/ui?status=succeeded", BEARER).text
-    assert link in get(service, "/ui?batch=dash_report&status=failed", BEARER).text
-    assert link not in get(service, "/ui?batch=dash_wide", BEARER).text
-    assert "no instances" in get(service, "/ui?batch=nobody", BEARER).text
-    assert link in get(service, "/ui?status=&batch=", BEARER).text  # "any" in the form
+    assert link not in get(service, "/ui/instances?status=succeeded", BEARER).text
+    assert link not in get(service, "/ui/instances?batch=dash_wide", BEARER).text
+    assert "no instances" in get(service, "/ui/instances?batch=nobody", BEARER).text
+    assert link in get(service, "/ui/instances?status=&batch=", BEARER).text  # "any"
+    assert link in get(service, "/ui/instances?trigger=cli", BEARER).text
+    assert link not in get(service, "/ui/instances?trigger=cron", BEARER).text
+    # The former overview's filters lead to the list.
+    moved = get(service, "/ui?status=failed", BEARER)
+    assert moved.status_code == 303
+    assert moved.headers["location"] == "/ui/instances?status=failed"
 
 
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("status=bogus", "unknown status &#x27;bogus&#x27;"),
+        ("status=bogus", "unknown status &#39;bogus&#39;"),
         ("status=FAILED", "unknown status"),
         ("status=%3Cscript%3E", "&lt;script&gt;"),
         ("batch=Bad%20Name", "is not a batch name"),
+        ("trigger=bogus", "unknown trigger"),
+        ("from=yesterday", "from &#39;yesterday&#39; is not a date"),
+        ("before=abc", "before &#39;abc&#39; is not an instance id"),
     ],
 )
 def test_bad_filters_answer_422_pages(world: dict[str, Any], query: str, message: str) -> None:
-    response = get(world["service"], f"/ui?{query}", BEARER)
+    response = get(world["service"], f"/ui/instances?{query}", BEARER)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("text/html")
     assert message in response.text
     assert "<script>" not in response.text
 
 
-def test_instance_page_shows_header_steps_items_and_attempts(world: dict[str, Any]) -> None:
+def test_instance_page_shows_header_dag_steps_items_and_attempts(world: dict[str, Any]) -> None:
     response = get(world["service"], f"/ui/instances/{world['failed']}", basic(TOKEN))
     assert response.status_code == 200
     page = response.text
     assert f"Instance {world['failed']} of dash_report" in page
-    assert "version 1" in page and "<td>cli</td>" in page
-    assert "&quot;period&quot;: &quot;WEEK&quot;" in page
+    assert "version 1" in page and "<dt>trigger</dt><dd>cli</dd>" in page
+    assert "&#34;period&#34;: &#34;WEEK&#34;" in page
+    assert " KST</time>" in page  # times in the batch's timezone
     for key in ("produce", "each"):
-        assert f"<td>{key}</td>" in page
+        assert f'data-step="{key}"' in page  # in the DAG
+        assert f'id="step-{key}"' in page
+    assert 'data-step="each" data-status="failed"' in page
     assert "4 items: 2 failed, 2 succeeded" in page
-    assert "{&quot;item&quot;: 1, &quot;double&quot;: 2}" in page  # a short result
+    assert "{&#34;item&#34;: 1, &#34;double&#34;: 2}" in page  # a short result
     # Each failing item failed twice; the first attempts are in the history.
-    history = page.split("<h2>Earlier attempts</h2>", 1)[1]
-    assert history.count('<span class="st failed">failed</span>') == 2
+    assert "2 earlier attempts" in page
     assert "item https://h/x?token=*** failed" in page
-    assert "<details><summary>call failed" not in page  # the header shows the full error
     assert "second line of the traceback" in page
+    # A final instance is not polled; a failed one offers a retry, of all or some items.
+    assert "hx-get" not in page
+    assert 'id="retry"' in page and 'name="item" value="each:' in page
 
 
 def test_pages_show_no_secret_and_escape_every_value(world: dict[str, Any]) -> None:
-    service = world["service"]
+    service, failed = world["service"], world["failed"]
     pages = [
         get(service, "/ui", BEARER).text,
-        get(service, "/ui?status=failed", BEARER).text,
-        get(service, f"/ui/instances/{world['failed']}", BEARER).text,
+        get(service, "/ui/instances?status=failed", BEARER).text,
+        get(service, f"/ui/instances/{failed}", BEARER).text,
+        get(service, f"/ui/instances/{failed}/live", BEARER).text,
+        get(service, "/ui/batches/dash_report", BEARER).text,
     ]
     for page in pages:
         assert "s3cr3t" not in page
         assert "hunter22" not in page
         assert TOKEN not in page
-        assert "<script" not in page
-        assert "&lt;script&gt;alert(&#x27;pwn&#x27;)&lt;/script&gt;" in page
+        assert "<script>alert" not in page
+    for page in pages[1:4]:
+        assert "&lt;script&gt;alert(&#39;pwn&#39;)&lt;/script&gt;" in page
         assert "token=***" in page
-    assert "&quot;password&quot;: &quot;***&quot;" in pages[2]
+    assert "&#34;password&#34;: &#34;***&#34;" in pages[2]
 
 
-def test_pages_forbid_scripts_and_framing(world: dict[str, Any]) -> None:
+def test_pages_load_scripts_only_from_the_dashboard_and_forbid_framing(
+    world: dict[str, Any],
+) -> None:
     response = get(world["service"], "/ui", BEARER)
-    assert "default-src 'none'" in response.headers["content-security-policy"]
-    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy
+    assert "frame-ancestors 'none'" in policy and "unsafe" not in policy
     assert response.headers["cache-control"] == "no-store"
-    for external in ("<script", "<link", " src=", "@import", "url("):
-        assert external not in response.text  # nothing loaded from elsewhere
+    page = response.text
+    assert page.count("<script") == 1
+    assert '<script src="/ui/static/htmx.min.js" defer></script>' in page
+    for external in ("http://", "https://", "//cdn", "@import", "url("):
+        assert external not in page  # nothing loaded from elsewhere
+
+
+def test_htmx_and_its_license_are_served_from_the_package(world: dict[str, Any]) -> None:
+    script = get(world["service"], "/ui/static/htmx.min.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "htmx" in script.text[:200]
+    assert "Zero-Clause BSD" in get(world["service"], "/ui/static/htmx.LICENSE").text
+    assert get(world["service"], "/ui/static/../dashboard.py").status_code == 404
+    assert get(world["service"], "/ui/static/nothing.js").status_code == 404
 
 
 def test_a_wide_map_lists_the_first_50_items_and_every_failed_one(world: dict[str, Any]) -> None:
     page = get(world["service"], f"/ui/instances/{world['wide']}", BEARER).text
     assert "60 items: 1 failed, 59 succeeded (showing the first 50 and 1 failed)" in page
-    assert "<td>each</td><td>49</td>" in page
-    assert "<td>each</td><td>50</td>" not in page
-    assert "<td>each</td><td>55</td>" in page
+    assert "<td>49</td>" in page
+    assert "<td>50</td>" not in page
+    assert "<td>55</td>" in page
     assert "item 55 failed" in page
 
 

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
+from stepline.api.dashboard_actions import router as actions_router
 from stepline.api.docs import install_docs
 from stepline.api.errors import install_error_handlers
 from stepline.api.health import DatabaseProbe
@@ -120,6 +121,7 @@ def _build(
     app.include_router(operations_router)
     app.include_router(dashboard_router)
     install_docs(app)
+    app.include_router(actions_router)
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(UnhandledErrors, secrets=service.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)

@@ -6,6 +6,7 @@ transaction per call), and Starlette runs them in its thread pool, off the event
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -33,10 +34,17 @@ from stepline.api.models import (
     json_problem,
 )
 from stepline.api.security import require_token
-from stepline.api.views import batch_detail, batch_summary, instance_detail, instance_out
+from stepline.api.views import (
+    batch_detail,
+    batch_summary,
+    instance_detail,
+    instance_out,
+    instance_secrets,
+)
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus
 from stepline.errors import DefinitionError, Problem, StoreUnavailable, shown
+from stepline.redact import redact_value
 from stepline.service import Stepline
 
 __all__ = ["database_answers", "health_router", "router"]
@@ -81,6 +89,14 @@ router = APIRouter(dependencies=[Depends(require_token)], responses=_PROTECTED)
 health_router = APIRouter()
 
 
+def _audit(service: Stepline, action: str, batch: str, instance_id: int, detail: str) -> None:
+    """Record an action taken through the API (shown on the dashboard's instance page)."""
+    actor = "api token" if service.settings.api_token is not None else "local (no token configured)"
+    service.store.record_audit(
+        actor, action, batch=batch, instance_id=instance_id, detail=f"{detail} (HTTP API)"
+    )
+
+
 def _accepted(
     service: Stepline, batch: str, run: RunRequest | None, key: str | None, response: Response
 ) -> InstanceAccepted | JSONResponse:
@@ -94,6 +110,14 @@ def _accepted(
         return JSONResponse(body.model_dump(mode="json"), status_code=409)
     if created:
         service.wake()
+        secrets = instance_secrets(instance, service.secrets())
+        _audit(
+            service,
+            "run",
+            instance.batch,
+            instance.id,
+            "params " + json.dumps(redact_value(run.params if run else {}, secrets)),
+        )
     else:
         # A repeated Idempotency-Key: nothing new was accepted, the earlier instance is shown.
         response.status_code = 200
@@ -287,6 +311,7 @@ def retry_instance(instance_id: InstanceId, service: ServiceDep) -> InstanceAcce
     a queued or running one cannot be retried (409)."""
     instance = service.retry(instance_id)
     service.wake()
+    _audit(service, "retry", instance.batch, instance.id, "every step that did not succeed")
     return InstanceAccepted(instance_id=instance.id, batch=instance.batch, status=instance.status)
 
 
@@ -303,6 +328,7 @@ def cancel_instance(instance_id: InstanceId, service: ServiceDep) -> InstanceAcc
     else its owner stops it at its next step (status still ``running``). 409 if it is
     already final."""
     instance = service.cancel(instance_id)
+    _audit(service, "cancel", instance.batch, instance.id, "cancel requested")
     return InstanceAccepted(instance_id=instance.id, batch=instance.batch, status=instance.status)
 
 

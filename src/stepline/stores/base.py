@@ -313,14 +313,18 @@ class InstanceTransaction(ABC):
 
     @abstractmethod
     def reset_unsuccessful(
-        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
+        self,
+        predecessors: Mapping[str, Sequence[str]],
+        mapped: Iterable[str] = (),
+        only_items: Mapping[str, Iterable[int]] | None = None,
     ) -> list[str]:
         """Send every step that did not succeed back to ``pending`` (to be decided again by
         the next advance) for a retry of the instance; succeeded rows and their
         results stay. Each reset step's retry budget starts again. Of a ``mapped`` step
         whose upstream all succeeded, only the items that did not succeed run again; if its
-        upstream runs again too, its items are dropped and it expands anew. Returns the
-        reset keys.
+        upstream runs again too, its items are dropped and it expands anew. With
+        ``only_items`` ({mapped key: map indexes}) just those of a key's unfinished items run
+        again; its other failed items stay failed. Returns the reset keys.
         """
 
     @abstractmethod
@@ -354,6 +358,43 @@ class InstanceTransaction(ABC):
     ) -> None:
         """Move the instance to ``status`` (timestamps follow); ``owner`` takes ownership,
         ``release`` leaves it unowned (for whichever process admits it next)."""
+
+
+@dataclass(frozen=True)
+class InstanceQuery:
+    """Which instances a listing wants: every field left None matches all."""
+
+    batch: str | None = None
+    status: InstanceStatus | None = None
+    trigger: str | None = None
+    created_from: datetime | None = None
+    """Created at or after this instant."""
+    created_to: datetime | None = None
+    """Created before this instant."""
+    before_id: int | None = None
+    """Only instances with a smaller id (the next page of a newest-first listing)."""
+
+
+@dataclass(frozen=True)
+class StepOverview:
+    """An instance's step rows for a page: every unmapped row, the first items of each
+    mapped step and its later failed ones, and each mapped step's item counts by status."""
+
+    rows: list[StepResultRecord]
+    item_counts: dict[str, dict[StepStatus, int]]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One operator action: who did what, when, to which batch or instance."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    batch: str | None
+    instance_id: int | None
+    detail: str | None
 
 
 class Store(ABC):
@@ -582,6 +623,34 @@ class Store(ABC):
     @abstractmethod
     def count_purgeable(self, which: PurgeFilter) -> int:
         """How many instances :meth:`purge_chunk` would delete in total."""
+
+    @abstractmethod
+    def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
+        """Instances matching ``query``, newest (highest id) first, at most ``limit``."""
+
+    @abstractmethod
+    def step_overview(self, instance_id: int, first_items: int, failed_items: int) -> StepOverview:
+        """The rows a page shows without reading every item of a wide map: unmapped rows,
+        items with map_index < ``first_items``, up to ``failed_items`` later unsuccessful
+        ones, and every mapped step's item counts by status (counted in the database)."""
+
+    @abstractmethod
+    def record_audit(
+        self,
+        actor: str,
+        action: str,
+        *,
+        batch: str | None = None,
+        instance_id: int | None = None,
+        detail: str | None = None,
+    ) -> AuditRecord:
+        """Store one operator action (its own transaction) and return it."""
+
+    @abstractmethod
+    def audit(
+        self, *, instance_id: int | None = None, batch: str | None = None, limit: int = 200
+    ) -> list[AuditRecord]:
+        """Recorded actions on an instance (or a batch), newest first."""
 
     @abstractmethod
     def dispose(self) -> None:

@@ -331,6 +331,20 @@ stepline_lease = sa.Table(
     sa.Column("expires_at", UtcDateTime, nullable=False),
 )
 
+# Who did what from the dashboard or the API (run, retry, cancel, pause, ...), and when.
+stepline_audit = sa.Table(
+    "stepline_audit",
+    metadata,
+    _id(),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("batch", sa.String(200)),
+    sa.Column("instance_id", sa.BigInteger),
+    sa.Column("detail", sa.Text),
+    sa.Index(None, "instance_id"),
+)
+
 # Alerts of failed instances, written in the transaction that makes the instance final and
 # sent after the commit: a process that dies in between leaves the row for the next one.
 stepline_alert_outbox = sa.Table(

@@ -28,14 +28,18 @@ from stepline.errors import (
     shown,
 )
 from stepline.redact import redact_url
+from stepline.stores import listing
 from stepline.stores.base import (
     AttemptRecord,
+    AuditRecord,
     ClaimedStep,
+    InstanceQuery,
     InstanceRecord,
     InstanceTransaction,
     InstanceWatch,
     PendingAlert,
     RunningStep,
+    StepOverview,
     StepResultRecord,
     Store,
     StoredDefinition,
@@ -786,6 +790,30 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             query = query.where(BI.c.status == status.value)
         with self._read() as conn:
             return [self._instance(conn, r) for r in conn.execute(query).all()]
+
+    def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
+        return listing.find_instances(self, query, limit)
+
+    def step_overview(self, instance_id: int, first_items: int, failed_items: int) -> StepOverview:
+        return listing.step_overview(self, instance_id, first_items, failed_items)
+
+    def record_audit(
+        self,
+        actor: str,
+        action: str,
+        *,
+        batch: str | None = None,
+        instance_id: int | None = None,
+        detail: str | None = None,
+    ) -> AuditRecord:
+        return listing.record_audit(
+            self, actor, action, batch=batch, instance_id=instance_id, detail=detail
+        )
+
+    def audit(
+        self, *, instance_id: int | None = None, batch: str | None = None, limit: int = 200
+    ) -> list[AuditRecord]:
+        return listing.audit(self, instance_id=instance_id, batch=batch, limit=limit)
 
     def step_results(self, instance_id: int) -> list[StepResultRecord]:
         query = sa.select(R).where(R.c.batch_instance_id == instance_id).order_by(R.c.id)

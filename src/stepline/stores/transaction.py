@@ -517,9 +517,13 @@ class SqlInstanceTransaction(InstanceTransaction):
         return [r.step_key for r in rows]
 
     def reset_unsuccessful(
-        self, predecessors: Mapping[str, Sequence[str]], mapped: Iterable[str] = ()
+        self,
+        predecessors: Mapping[str, Sequence[str]],
+        mapped: Iterable[str] = (),
+        only_items: Mapping[str, Iterable[int]] | None = None,
     ) -> list[str]:
         mapped = set(mapped)
+        chosen = {k: set(v) for k, v in (only_items or {}).items()}
         rows = self.conn.execute(
             sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.status, R.c.attempt).where(
                 R.c.batch_instance_id == self.id
@@ -538,6 +542,8 @@ class SqlInstanceTransaction(InstanceTransaction):
             reset.append(key)
             waiting = sum(1 for p in predecessors.get(key, ()) if p not in succeeded)
             unfinished = [i for i in items.get(key, []) if i.status != StepStatus.SUCCEEDED.value]
+            if key in chosen:
+                unfinished = [i for i in unfinished if i.map_index in chosen[key]]
             if key in mapped and unfinished and not waiting:
                 # Resume the fan-out: only the items that did not succeed run again.
                 for item in unfinished:
