@@ -25,5 +25,6 @@ def first(ctx: StepContext) -> Any:
     return ctx.step
 
 
-def ten_thousand(ctx: StepContext) -> list[int]:
-    return list(range(10_000))
+def numbers(ctx: StepContext) -> list[int]:
+    """The list a mapped step fans out over: 0..n-1, n from the step's ``with``."""
+    return list(range(int(ctx.args["n"])))
