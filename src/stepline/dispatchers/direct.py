@@ -31,6 +31,7 @@ class DirectDispatcher(Dispatcher):
 
     def start(self, report: Report) -> None:
         self._report = report
+        self._threads.start()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -116,10 +117,13 @@ class DirectDispatcher(Dispatcher):
 
 
 class _DaemonPool:
-    """Threads that run ``def`` runners, started as needed up to ``size``.
+    """``size`` threads that run ``def`` runners, started up front off the caller's thread.
 
     Daemon threads, unlike ThreadPoolExecutor's: at exit the process does not wait for a
     runner past the shutdown grace period; the attempt it was running is recovered as lost.
+    Starting a thread costs the starter up to a millisecond (it waits for the new thread to
+    run); a spawner thread pays that once for all of them, so a submit is one queue put,
+    and a job submitted before its thread exists waits in the queue for the first one.
     """
 
     def __init__(self, size: int) -> None:
@@ -127,19 +131,27 @@ class _DaemonPool:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
         self._jobs = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._spawner: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[..., None], *args: object) -> None:
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-            elif len(self._threads) < self.size:
-                thread = threading.Thread(
-                    target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
-                )
+    def _spawn(self) -> None:
+        for n in range(self.size):
+            thread = threading.Thread(target=self._work, name=f"stepline-step-{n}", daemon=True)
+            with self._lock:
                 self._threads.append(thread)
-                thread.start()
+            thread.start()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = threading.Thread(
+                    target=self._spawn, name="stepline-spawn", daemon=True
+                )
+                self._spawner.start()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        if self._spawner is None:
+            self.start()
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -148,13 +160,12 @@ class _DaemonPool:
             if job is None:
                 return
             fn, args = job
-            try:
-                fn(*args)
-            finally:
-                with self._lock:
-                    self._idle += 1
+            fn(*args)
 
     def shutdown(self, wait: bool) -> None:
+        spawner = self._spawner
+        if spawner is not None:
+            spawner.join()
         for _ in self._threads:
             self._jobs.put(None)
         if wait:

@@ -43,15 +43,33 @@ class HotStatement:
                 del values[name]
                 values.update(zip(names, value, strict=True))
             elif name in self.times and isinstance(value, datetime):
-                naive = value.astimezone(UTC).replace(tzinfo=None)
-                values[name] = naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive
+                values[name] = _time(value, dialect)
         if dialect != "sqlite":
             sql = _NAMED.sub(r"%(\1)s", sql)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(sql, values)
         return cursor
 
-    def _run_typed(self, conn: Connection, params: Mapping[str, Any]) -> Any:
+    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute once per row with the driver's ``executemany`` (psycopg pipelines it,
+        PyMySQL folds an INSERT into multi-row VALUES); no list parameters here."""
+        dialect = conn.dialect.name
+        if dialect == "oracle":
+            conn.execute(sa.text(self.sql).bindparams(*self._typed_binds(rows[0])), list(rows))
+            return
+        if self.times:
+            rows = [
+                {
+                    k: _time(v, dialect) if k in self.times and v is not None else v
+                    for k, v in row.items()
+                }
+                for row in rows
+            ]
+        sql = self.sql if dialect == "sqlite" else _NAMED.sub(r"%(\1)s", self.sql)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.executemany(sql, rows)
+
+    def _typed_binds(self, params: Mapping[str, Any]) -> list[sa.BindParameter[Any]]:
         binds: list[sa.BindParameter[Any]] = []
         for name, value in params.items():
             if isinstance(value, list | tuple):
@@ -60,5 +78,15 @@ class HotStatement:
                 binds.append(sa.bindparam(name, type_=JsonDocument))
             elif name in self.times:
                 binds.append(sa.bindparam(name, type_=UtcDateTime()))
+        return binds
+
+    def _run_typed(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         sql = self.sql.replace(" LIMIT :limit", " FETCH FIRST :limit ROWS ONLY")
-        return conn.execute(sa.text(sql).bindparams(*binds), dict(params)).cursor
+        return conn.execute(
+            sa.text(sql).bindparams(*self._typed_binds(params)), dict(params)
+        ).cursor
+
+
+def _time(value: datetime, dialect: str) -> Any:
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive

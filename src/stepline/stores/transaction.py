@@ -50,7 +50,10 @@ _RECORD = HotStatement(
 )
 _UPSTREAM_DONE = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount"
-    " WHERE batch_instance_id = :iid AND status = 'pending' AND step_key IN :keys"
+    # map_index = -1 keeps it on the unique index, one row per key; on the status index
+    # it would scan every pending row of the instance.
+    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
+    " AND status = 'pending'"
 )
 _READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
@@ -91,6 +94,19 @@ _START_QUEUED = HotStatement(
     "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
     " started_at = :now, finished_at = NULL, available_at = NULL"
     " WHERE id IN :ids AND status = 'queued'",
+    times=["now"],
+)
+_QUEUED_STEPS = HotStatement(
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND status = 'queued' AND map_index = -1"
+    " AND (available_at IS NULL OR available_at <= :now)"
+    " ORDER BY id LIMIT :limit",
+    times=["now"],
+)
+_ADD_ITEM = HotStatement(
+    "INSERT INTO batch_step_result (batch_instance_id, step_key, map_index, status, attempt,"
+    " first_attempt, created_at, upstream_pending)"
+    " VALUES (:iid, :key, :i, 'queued', 0, 1, :now, 0)",
     times=["now"],
 )
 _QUEUE = HotStatement(
@@ -247,59 +263,19 @@ class SqlInstanceTransaction(InstanceTransaction):
     def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
         if limit <= 0:
             return []
-        rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt, R.c.first_attempt)
-            .where(
-                R.c.batch_instance_id == self.id,
-                R.c.map_index == -1,
-                R.c.status == StepStatus.QUEUED.value,
-                sa.or_(R.c.available_at.is_(None), R.c.available_at <= now),
-            )
-            .order_by(R.c.id)
-            .limit(limit)
-        ).all()
+        rows = _QUEUED_STEPS.run(self.conn, {"iid": self.id, "now": now, "limit": limit}).fetchall()
         if not rows:
             return []
-        claimed = [
-            ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now, r.first_attempt)
-            for r in rows
-        ]
-        # Rows of one claim may be on different attempts (retries); group by attempt.
-        by_attempt: dict[int, list[int]] = {}
-        for c in claimed:
-            by_attempt.setdefault(c.attempt, []).append(c.row_id)
-        for attempt, ids in by_attempt.items():
-            self.conn.execute(
-                sa.update(R)
-                .where(R.c.id.in_(ids), R.c.status == StepStatus.QUEUED.value)
-                .values(
-                    status=StepStatus.RUNNING.value,
-                    attempt=attempt,
-                    owner_id=owner,
-                    started_at=now,
-                    finished_at=None,
-                    available_at=None,
-                )
-            )
-        return claimed
+        # attempt + 1 in SQL: the rows were read under this transaction's instance lock.
+        for chunk in iter_chunks(rows, CHUNK):
+            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
+        return [ClaimedStep(r[0], r[1], -1, r[2] + 1, now, r[3]) for r in rows]
 
     def expand(self, key: str, count: int) -> None:
         now = utcnow()
-        rows = [
-            {
-                "batch_instance_id": self.id,
-                "step_key": key,
-                "map_index": index,
-                "status": StepStatus.QUEUED.value,
-                "attempt": 0,
-                "first_attempt": 1,
-                "created_at": now,
-                "upstream_pending": 0,
-            }
-            for index in range(count)
-        ]
+        rows = [{"iid": self.id, "key": key, "i": index, "now": now} for index in range(count)]
         for chunk in iter_chunks(rows, 2000):
-            self.conn.execute(sa.insert(R), list(chunk))
+            _ADD_ITEM.run_many(self.conn, chunk)
         _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
 
     def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
