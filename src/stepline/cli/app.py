@@ -12,24 +12,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-import yaml
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from stepline.cli.progress import Progress
-from stepline.core.definition import BatchDefinition
-from stepline.core.loader import DEFINITION_SUFFIXES, load_definitions
 from stepline.core.states import InstanceStatus
-from stepline.engine.alerts import alert_problems
-from stepline.engine.orchestrator import StepEvent
 from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
-from stepline.logs import configure_logging
-from stepline.service import Stepline
-from stepline.settings import Settings
+
+# Start-up is paid on every command, `--help` included: SQLAlchemy, pydantic-settings,
+# structlog, httpx and rich's tables load where a command needs them, not here
+# (tests/unit/test_cli_startup.py keeps it so).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from stepline.cli.progress import Progress
+    from stepline.engine.orchestrator import StepEvent
+    from stepline.service import Stepline
 
 app = typer.Typer(
     name="stepline",
@@ -41,9 +39,41 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Stepline's own tables.")
 app.add_typer(db_app, name="db")
 
-# Off a terminal (pipes, CI, tests) lines are not folded at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+class _LazyConsole:
+    """A rich Console made on first use (importing rich costs start-up time)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            stream = sys.stderr if self._stderr else sys.stdout
+            # Off a terminal (pipes, CI, tests) lines are not folded at 80 columns.
+            self._console = Console(
+                stderr=self._stderr, highlight=False, width=None if stream.isatty() else 160
+            )
+        return getattr(self._console, name)
+
+
+out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def Table(*headers: str, **options: Any) -> Any:  # a rich Table, imported when drawn
+    from rich.table import Table
+
+    return Table(*headers, **options)
+
 
 Db = Annotated[
     str | None,
@@ -58,8 +88,12 @@ Params = Annotated[
 def main() -> None:
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format, settings.secrets)
+    if sys.argv[1:] and "--help" not in sys.argv[1:]:  # help runs no command
+        from stepline.logs import configure_logging
+        from stepline.settings import Settings
+
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
 
 
@@ -83,10 +117,14 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _open(db: str | None, **kwargs: Any) -> Stepline:
+    from stepline.service import Stepline
+
     return Stepline(db=db, **kwargs)
 
 
 def _is_file(target: str) -> bool:
+    from stepline.core.loader import DEFINITION_SUFFIXES
+
     return target.endswith(DEFINITION_SUFFIXES) or os.sep in target or Path(target).is_file()
 
 
@@ -98,6 +136,8 @@ def _add_import_path(path: Path) -> None:
 
 
 def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -148,6 +188,8 @@ def run(
     db: Db = None,
 ) -> None:
     """Run one instance to the end in this process, with live progress."""
+    from stepline.cli.progress import Progress
+
     params = _parse_params(param)
     forward = _Forward()
     with _errors(), _open(db, listener=forward) as service:
@@ -191,6 +233,7 @@ def serve(
     from stepline.api.metrics import Metrics, StepMetrics, observe_scheduler_lag
     from stepline.api.security import check_bind, check_token
     from stepline.scheduling.scheduler import Scheduler
+    from stepline.settings import Settings
 
     settings = Settings()
     try:
@@ -245,6 +288,8 @@ def serve(
 @app.command()
 def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
     """Re-run what did not succeed in a failed or cancelled instance, reusing stored results."""
+    from stepline.cli.progress import Progress
+
     forward = _Forward()
     with _errors(), _open(db, listener=forward) as service:
         instance = service.retry(instance_id)
@@ -296,6 +341,10 @@ def apply(
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="Files or directories")]) -> None:
     """Check definitions without touching any database; print every problem."""
+    from stepline.core.definition import BatchDefinition
+    from stepline.core.loader import load_definitions
+    from stepline.engine.alerts import alert_problems
+
     bad = 0
     with _errors():
         for path in paths:
