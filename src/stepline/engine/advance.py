@@ -63,12 +63,16 @@ def advance(
     done = Advance()
     items_done: Counter[str] = Counter()
     item_keys: set[str] = set()
+    decided: list[tuple[StepOutcome, datetime | None]] = []
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
         if not o.succeeded and o.retryable and o.tries < policy.attempts:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
-        if not tx.record(o, retry_at=retry_at, owner=owner):
+        decided.append((o, retry_at))
+    recorded = tx.record_many(decided, owner=owner) if decided else []
+    for (o, retry_at), stored in zip(decided, recorded, strict=True):
+        if not stored:
             continue
         if o.map_index >= 0:
             item_keys.add(o.step_key)

@@ -125,6 +125,14 @@ class InstanceTransaction(ABC):
         available from that time, and keeps the failed attempt in the attempt history.
         """
 
+    def record_many(
+        self, outcomes: Sequence[tuple[StepOutcome, datetime | None]], *, owner: str
+    ) -> list[bool]:
+        """:meth:`record` each ``(outcome, retry_at)``, in order; one result per outcome.
+
+        A store may send them together (one round trip instead of one per outcome)."""
+        return [self.record(o, retry_at=at, owner=owner) for o, at in outcomes]
+
     @abstractmethod
     def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
         """Subtract ``counts[key]`` from each pending step's count of unfinished upstream

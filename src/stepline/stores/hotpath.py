@@ -50,13 +50,18 @@ class HotStatement:
         cursor.execute(sql, values)
         return cursor
 
-    def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def run_many(
+        self, conn: Connection, rows: Sequence[Mapping[str, Any]], *, returning: bool = False
+    ) -> Any:
         """Execute once per row with the driver's ``executemany`` (psycopg pipelines it,
-        PyMySQL folds an INSERT into multi-row VALUES); no list parameters here."""
+        PyMySQL folds an INSERT into multi-row VALUES); no list parameters here.
+
+        ``returning`` (psycopg only) keeps each row's result set: read one, then
+        ``nextset()``. Returns the DBAPI cursor."""
         dialect = conn.dialect.name
         if dialect == "oracle":
-            conn.execute(sa.text(self.sql).bindparams(*self._typed_binds(rows[0])), list(rows))
-            return
+            typed = sa.text(self.sql).bindparams(*self._typed_binds(rows[0]))
+            return conn.execute(typed, list(rows)).cursor
         if self.times:
             rows = [
                 {
@@ -67,7 +72,11 @@ class HotStatement:
             ]
         sql = self.sql if dialect == "sqlite" else _NAMED.sub(r"%(\1)s", self.sql)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.executemany(sql, rows)
+        if returning:
+            cursor.executemany(sql, rows, returning=True)
+        else:
+            cursor.executemany(sql, rows)
+        return cursor
 
     def _typed_binds(self, params: Mapping[str, Any]) -> list[sa.BindParameter[Any]]:
         binds: list[sa.BindParameter[Any]] = []
