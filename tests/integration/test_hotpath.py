@@ -105,3 +105,22 @@ def test_the_indexes_are_in_the_schema() -> None:
         "status",
         "map_index",
     ]
+
+
+def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
+    """The driver adopts every instance it runs; the version it started with is already
+    in memory, so adoption reads and decodes no stored document."""
+    from sqlalchemy import event
+
+    from stepline.service import Stepline
+
+    app = Stepline(db=f"sqlite:///{tmp_path}/adopt.db")
+    try:
+        app.apply(batch("b", [step("a", "tests.fixture_runners:work")]))
+        instance, _ = app.trigger("b", owned=True)
+        seen: list[str] = []
+        event.listen(app.store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+        assert app.run_instance(instance.id).status == "succeeded"
+        assert not [sql for sql in seen if "batch_definition_version" in sql]
+    finally:
+        app.close()

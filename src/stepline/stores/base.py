@@ -270,6 +270,11 @@ class Store(ABC):
     def definition(self, name: str, version: int | None = None) -> StoredDefinition:
         """The named batch at ``version`` (default: current); NotFound if absent."""
 
+    def definition_for(self, instance: InstanceRecord) -> BatchDefinition:
+        """The definition version ``instance`` started with. Versions never change, so an
+        implementation may keep them in memory (the driver asks at every adoption)."""
+        return self.definition(instance.batch, instance.definition_version).definition
+
     @abstractmethod
     def definitions(self) -> list[StoredDefinition]:
         """Every batch at its current version, by name."""
