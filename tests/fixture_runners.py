@@ -128,3 +128,38 @@ def item_work(ctx: StepContext) -> Any:
 running: dict[str, int] = {}
 peak: dict[str, int] = {}
 healed: set[str] = set()
+
+
+def _unstorable_value(kind: str, args: Any) -> Any:
+    if kind == "deep":
+        value: list[Any] = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+    if kind == "surrogate":
+        return {"text": "\ud800"}
+    if kind == "nul":
+        return "a\x00b"
+    if kind == "big":
+        return "x" * int(args["bytes"])
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def unstorable(ctx: StepContext) -> Any:
+    """Returns a value no store can keep as is (see ``_unstorable_value``)."""
+    _count(ctx)
+    if ctx.args["kind"] == "exit":
+        raise SystemExit(3)
+    return _unstorable_value(ctx.args["kind"], ctx.args)
+
+
+async def aunstorable(ctx: StepContext) -> Any:
+    _count(ctx)
+    if ctx.args["kind"] == "exit":
+        raise SystemExit(3)
+    return _unstorable_value(ctx.args["kind"], ctx.args)
+
+
+def raises_odd_text(ctx: StepContext) -> None:
+    _count(ctx)
+    raise RuntimeError("odd \x00 text \udcff here")

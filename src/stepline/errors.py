@@ -42,4 +42,11 @@ class Conflict(SteplineError):
 
 
 class StoreUnavailable(SteplineError):
-    """The database cannot be reached; nothing was written by the failed call."""
+    """The database cannot be reached, or refused for a passing reason (a deadlock, a
+    serialization failure, a timeout); nothing was written by the failed call, and the
+    same call may succeed later."""
+
+
+class StoreRejected(SteplineError):
+    """The database refused what was written (a value it cannot hold, a constraint);
+    nothing was written, and the same call would fail again."""

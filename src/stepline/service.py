@@ -23,7 +23,7 @@ from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems
-from stepline.engine.orchestrator import Listener, Orchestrator
+from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
 from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StoredDefinition
@@ -40,14 +40,16 @@ class Stepline:
         db: str | None = None,
         dispatcher: Dispatcher | None = None,
         listener: Listener | None = None,
+        store: SqlAlchemyStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.store = SqlAlchemyStore(db or self.settings.db)
+        self.store = store or SqlAlchemyStore(db or self.settings.db)
         self.store.initialize()
         self._dispatcher = dispatcher
         self._listener = listener
         self._orchestrator: Orchestrator | None = None
         self._lock = threading.Lock()
+        self._backoff = Backoff(None)
 
     @property
     def orchestrator(self) -> Orchestrator:
@@ -64,6 +66,7 @@ class Stepline:
                 dispatcher,
                 lease_seconds=self.settings.lease_seconds,
                 listener=self._listener,
+                max_result_bytes=self.settings.max_result_bytes,
             )
         return self._orchestrator
 
@@ -146,9 +149,55 @@ class Stepline:
         if self._orchestrator is not None:
             self._orchestrator.wake()
 
-    def run_instance(self, instance_id: int) -> InstanceRecord:
-        """Drive one instance to a final state in this process."""
+    def run_instance(
+        self, instance_id: int, *, on_wait: Callable[[str], None] | None = None
+    ) -> InstanceRecord:
+        """Drive one instance to a final state in this process.
+
+        A waiting (``queued``) instance is admitted first under its batch's
+        ``max_active_instances``, like a trigger from cron or HTTP: with ``on_busy: queue``
+        this waits for a free place (``on_wait`` is told why, once); with ``on_busy: skip``
+        the instance ends ``cancelled`` with the reason, and is returned as such.
+        """
+        skipped = self._admit_or_wait(instance_id, on_wait)
+        if skipped is not None:
+            return skipped
         return self.orchestrator.run(instance_id)
+
+    def _admit_or_wait(
+        self, instance_id: int, on_wait: Callable[[str], None] | None
+    ) -> InstanceRecord | None:
+        orchestrator = self.orchestrator
+        told = False
+        backoff = Backoff(orchestrator.db_patience_seconds)
+        while True:
+            try:
+                instance = self.store.instance(instance_id)
+                if instance.status is not InstanceStatus.QUEUED or instance.owner_id not in (
+                    None,
+                    orchestrator.owner,
+                ):
+                    return None  # admitted already, final, or another owner's: run() decides
+                definition = self.store.definition_for(instance)
+                limit = definition.max_active_instances
+                if self.store.admit(instance_id, orchestrator.owner, limit):
+                    return None
+                reason = (
+                    f"{instance.batch} already has {limit} running instance(s) "
+                    "(max_active_instances)"
+                )
+                if definition.extra.get("on_busy", "queue") == "skip":
+                    why = f"skipped: {reason} and on_busy is skip"
+                    self.store.skip_waiting(instance_id, orchestrator.owner, why)
+                    return self.store.instance(instance_id)
+                if not told and on_wait is not None:
+                    on_wait(f"waiting: {reason}; instance {instance_id} starts when one ends")
+                told = True
+                orchestrator.heartbeat()  # it owns the waiting instance: stay alive
+                backoff.reset()
+                time.sleep(min(orchestrator.poll_seconds, 0.25))
+            except StoreUnavailable as exc:
+                backoff.wait(exc)
 
     def retry(self, instance_id: int) -> InstanceRecord:
         """Reset a failed or cancelled instance in place: only what did not succeed runs again.
@@ -219,15 +268,17 @@ class Stepline:
         log.info("driver stopped", unfinished=orchestrator.active_ids())
 
     def _guard(self, action: Callable[[], object]) -> None:
-        """The driver must outlive any one failure: log it, pause, go on."""
+        """The driver must outlive any one failure: log it, pause (longer each time in a
+        row, up to 5 s), go on. Nothing it holds is lost: see Orchestrator.step_once."""
         try:
             action()
         except StoreUnavailable as exc:
-            log.warning("database unavailable; retrying", error=str(exc))
-            time.sleep(1.0)
+            self._backoff.wait(exc)
         except Exception as exc:
             log.exception("driver error; continuing", error=f"{type(exc).__name__}: {exc}")
             time.sleep(0.2)
+        else:
+            self._backoff.reset()
 
     def _admit(self) -> None:
         orchestrator = self.orchestrator
@@ -261,15 +312,46 @@ class Stepline:
         return dead
 
     def recover(self) -> list[InstanceRecord]:
-        """Resume every instance whose owner died, and run them all to a final state."""
+        """Resume every instance whose owner died, and run them all to a final state.
+
+        One instance that cannot be resumed does not stop the others: the error is logged
+        and the rest are driven to the end. An instance whose dead owner was still waiting
+        to start it (``max_active_instances``) goes back to waiting; it runs here if its
+        batch has room, and is otherwise left for ``serve`` to admit.
+        """
         orphans = self.store.orphaned_instances(self.dead_owners())
-        adopted = [i for i, owner in orphans if self._adopt(i, owner)]
+        adopted: list[int] = []
+        for instance_id, owner in orphans:
+            try:
+                if self._adopt(instance_id, owner) or self._admit_released(instance_id):
+                    adopted.append(instance_id)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.exception("could not resume instance", instance_id=instance_id, error=str(exc))
         for instance_id in adopted:
-            self.orchestrator.run(instance_id)
+            try:
+                self.orchestrator.run(instance_id)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.exception("could not resume instance", instance_id=instance_id, error=str(exc))
         return [self.store.instance(i) for i in adopted]
 
+    def _admit_released(self, instance_id: int) -> bool:
+        instance = self.store.instance(instance_id)
+        if instance.status is not InstanceStatus.QUEUED or instance.owner_id is not None:
+            return False
+        limit = self.store.definition_for(instance).max_active_instances
+        return self.store.admit(instance_id, self.orchestrator.owner, limit)
+
     def _adopt(self, instance_id: int, dead_owner: str | None) -> bool:
+        """Take over a dead owner's instance; one it never started (still ``queued``)
+        goes back to admission instead, so a crash cannot bypass max_active_instances."""
         try:
+            if dead_owner is not None and self.store.release_waiting(instance_id, dead_owner):
+                log.info("instance of a dead owner goes back to waiting", instance_id=instance_id)
+                return False
             return self.orchestrator.adopt(instance_id, takeover=True, expected_owner=dead_owner)
         except (NotFound, Conflict):
             return False

@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     timezone: str = Field("UTC", description="Default timezone of cron schedules")
     capacity: int = Field(32, ge=1, description="Steps one process runs at once")
     lease_seconds: float = Field(30.0, gt=0, description="Owner lease, timed by the database")
+    max_result_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest step result stored, in bytes of JSON; a larger one fails the step",
+    )
     log_format: str = Field("console", description="console or json")
     log_level: str = Field("info")
     connections: dict[str, SecretStr] = Field(

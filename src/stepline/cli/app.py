@@ -152,7 +152,7 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
     try:
-        final = service.run_instance(instance_id)
+        final = service.run_instance(instance_id, on_wait=lambda text: err.print(escape(text)))
     except KeyboardInterrupt:
         progress.close()
         err.print(
@@ -161,6 +161,8 @@ def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
         )
         raise typer.Exit(130) from None
     progress.close()
+    if final.status is InstanceStatus.CANCELLED and (final.error or "").startswith("skipped:"):
+        _fail(f"instance {final.id} of {final.batch} was not run: {final.error}", 2)
     colour = "green" if final.status is InstanceStatus.SUCCEEDED else "red"
     out.print(
         f"instance {final.id} of {final.batch} [{colour}]{final.status.value}[/] "

@@ -25,6 +25,8 @@ class StepWork:
     missing_results: tuple[str, ...] = ()
     """Upstream keys whose results must be read from the store before the runner starts."""
     item: Any = None
+    max_result_bytes: int | None = None
+    """The largest encoded result the store can keep; a larger one fails the attempt."""
 
 
 Report = Callable[[StepOutcome], None]

@@ -73,7 +73,11 @@ class DirectDispatcher(Dispatcher):
             self._threads.submit(self._run_thread, work, report)
 
     def _run_thread(self, work: StepWork, report: Report) -> None:
-        report(run_sync(work, self._load))
+        try:
+            result = run_sync(work, self._load)
+        except BaseException as exc:  # an attempt must end with an outcome, whatever happens
+            result = outcome(work, datetime.now(UTC), error=exc)
+        report(result)
 
     async def _run_task(self, work: StepWork, report: Report) -> None:
         started = datetime.now(UTC)

@@ -6,8 +6,10 @@ worker elsewhere. Nothing here touches a database transaction while the runner r
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
+from stepline.errors import StoreUnavailable
 from stepline.stores.base import StepOutcome
 
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
@@ -26,6 +29,7 @@ ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
 _runners: dict[str, Runner] = {}
 _log = structlog.get_logger("stepline.runner")
 _MAX_ERROR = 8000
+_LOAD_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
 
 
 def runner_for(reference: str) -> Runner:
@@ -42,7 +46,7 @@ def is_async(reference: str) -> bool:
 def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     results: Mapping[str, Any] = work.results
     if work.missing_results and load is not None:
-        results = {**results, **load(work.instance_id, work.missing_results)}
+        results = {**results, **_load_patiently(load, work.instance_id, work.missing_results)}
     args: Mapping[str, Any] = work.step.args
     if args and has_templates(args):
         namespace = {"params": work.params, "results": results, "item": work.item}
@@ -69,22 +73,37 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     )
 
 
+def _load_patiently(
+    load: ResultLoader, instance_id: int, keys: tuple[str, ...]
+) -> Mapping[str, Any]:
+    """Upstream results, waiting out a passing database error (up to about 30 s) rather
+    than failing an attempt that has not started."""
+    for delay in _LOAD_DELAYS:
+        try:
+            return load(instance_id, keys)
+        except StoreUnavailable:
+            time.sleep(delay)
+    return load(instance_id, keys)
+
+
 def outcome(
     work: StepWork, started: datetime, value: Any = None, error: BaseException | None = None
 ) -> StepOutcome:
-    """The outcome of an attempt that returned ``value`` or raised ``error``."""
+    """The outcome of an attempt that returned ``value`` or raised ``error``.
+
+    Never raises: a value that cannot be stored (not JSON, too deep, not valid Unicode,
+    too large for the store) fails the attempt with a message that says why, without a
+    retry, since the runner would return the same value again.
+    """
     claimed = work.claimed
     payload: str | None = None
     retryable = True
     message: str | None = None
     if error is None:
         try:
-            payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            message = (
-                f"runner {work.step.runner!r} returned a value that is not "
-                f"JSON-serialisable ({type(value).__name__}): {exc}"
-            )
+            payload = encode_result(value, work.max_result_bytes)
+        except UnstorableResult as exc:
+            message = f"runner {work.step.runner!r} {exc}"
             retryable = False
     else:
         message = describe(error)
@@ -104,12 +123,65 @@ def outcome(
     )
 
 
+class UnstorableResult(ValueError):
+    """A runner's return value that no store could keep; the message says why."""
+
+
+def encode_result(value: Any, max_bytes: int | None = None) -> str:
+    """``value`` as the JSON text stored in ``result_payload``; raises UnstorableResult."""
+    try:
+        payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise UnstorableResult(
+            f"returned a value nested too deeply to store as JSON ({type(value).__name__})"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise UnstorableResult(
+            f"returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"
+        ) from None
+    except Exception as exc:  # a __str__ or a dict key that raises: still the value's fault
+        raise UnstorableResult(
+            f"returned a value that could not be encoded as JSON: {_safe_text(exc)}"
+        ) from None
+    size = len(payload)
+    if not payload.isascii():
+        try:
+            size = len(payload.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise UnstorableResult(
+                "returned text that is not valid Unicode (a lone surrogate "
+                f"{payload[exc.start : exc.end]!a} at position {exc.start}); "
+                "decode bytes with errors='replace' or return them base64-encoded"
+            ) from None
+    if max_bytes is not None and size > max_bytes:
+        raise UnstorableResult(
+            f"returned a result of {size:,} bytes as JSON; the store keeps at most "
+            f"{max_bytes:,} (STEPLINE_MAX_RESULT_BYTES): store large data elsewhere and "
+            "return a reference to it"
+        )
+    return payload
+
+
 def describe(error: BaseException) -> str:
-    text = "".join(traceback.format_exception(error))
-    head = f"{type(error).__name__}: {error}"
+    """An exception as stored text: its head line, then the traceback, cut to a size that
+    every database keeps, with NUL and lone surrogates (which some refuse) escaped."""
+    try:
+        text = "".join(traceback.format_exception(error))
+        head = f"{type(error).__name__}: {error}"
+    except Exception:  # an exception whose __str__ raises
+        text = head = f"{type(error).__name__}: <the error's message could not be shown>"
     if len(text) > _MAX_ERROR:
         text = text[: _MAX_ERROR // 2] + "\n...\n" + text[-_MAX_ERROR // 2 :]
-    return f"{head}\n{text}"
+    return _safe_text(f"{head}\n{text}")
+
+
+def _safe_text(text: object) -> str:
+    value = str(text)
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    if not value.isascii():
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
@@ -132,6 +204,8 @@ async def run_async(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     try:
         context = build_context(work, load)
         value = await runner_for(work.step.runner)(context)
-    except Exception as exc:
+    except asyncio.CancelledError:
+        raise  # the dispatcher tells an abandoned attempt from one that cancelled itself
+    except BaseException as exc:  # SystemExit in a runner must still end its attempt
         return outcome(work, started, error=exc)
     return outcome(work, started, value)

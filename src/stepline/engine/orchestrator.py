@@ -27,7 +27,7 @@ from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
 from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import send_alerts
-from stepline.errors import Conflict
+from stepline.errors import Conflict, StoreUnavailable
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
 
 log = structlog.get_logger("stepline.orchestrator")
@@ -40,6 +40,37 @@ def process_owner_id() -> str:
 
 
 _MIN_WAKE = 0.05
+_RESYNC_DELAY = 0.05
+
+
+class Backoff:
+    """Waits between attempts at a database that does not answer: 50 ms doubling to 5 s,
+    for at most ``patience`` seconds in a row, after which the last error is raised."""
+
+    def __init__(self, patience: float | None) -> None:
+        self.patience = patience
+        self.reset()
+
+    def reset(self) -> None:
+        self._delay = 0.05
+        self._since: float | None = None
+
+    def wait(self, error: BaseException) -> None:
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        if self.patience is not None and now - self._since >= self.patience:
+            raise error
+        log.warning(
+            "database unavailable; retrying", error=_short_error(error), in_seconds=self._delay
+        )
+        time.sleep(self._delay)
+        self._delay = min(self._delay * 2, 5.0)
+
+
+def _short_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 500 else text[:500] + "..."
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,8 @@ class _Active:
     settle_pending: bool = False
     map_items: dict[str, list[Any]] = field(default_factory=dict)
     wake_at: float | None = None
+    resync: bool = False
+    failures: int = 0
     final: InstanceRecord | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -91,6 +124,8 @@ class Orchestrator:
         lease_seconds: float = 30.0,
         poll_seconds: float = 1.0,
         listener: Listener | None = None,
+        max_result_bytes: int | None = None,
+        db_patience_seconds: float = 300.0,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -98,6 +133,11 @@ class Orchestrator:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.listener = listener
+        limit = store.payload_limit()
+        if max_result_bytes is None or (limit is not None and limit < max_result_bytes):
+            max_result_bytes = limit
+        self.max_result_bytes = max_result_bytes
+        self.db_patience_seconds = db_patience_seconds
         self._outcomes: queue.SimpleQueue[StepOutcome | None] = queue.SimpleQueue()
         self._active: dict[int, _Active] = {}
         self._next_heartbeat = 0.0
@@ -123,16 +163,35 @@ class Orchestrator:
         return instance
 
     def run(self, instance_id: int, timeout: float | None = None) -> InstanceRecord:
-        """Drive ``instance_id`` (and anything else active) in this thread until it is final."""
-        self._heartbeat(force=True)
-        self.adopt(instance_id)
-        active = self._active.get(instance_id)
+        """Drive ``instance_id`` (and anything else active) in this thread until it is final.
+
+        A database that stops answering is waited for (``db_patience_seconds``), then
+        StoreUnavailable is raised and the instance is left for recovery.
+        """
         end = None if timeout is None else time.monotonic() + timeout
+        backoff = Backoff(self.db_patience_seconds)
+        while True:
+            try:
+                self._heartbeat(force=True)
+                self.adopt(instance_id)
+                break
+            except StoreUnavailable as exc:
+                backoff.wait(exc)
+        active = self._active.get(instance_id)
         while active is not None and not active.done.is_set():
             if end is not None and time.monotonic() > end:
                 raise TimeoutError(f"instance {instance_id} did not finish in {timeout} s")
-            self.step_once()
-        return self.store.instance(instance_id)
+            try:
+                self.step_once()
+            except StoreUnavailable as exc:
+                backoff.wait(exc)
+            else:
+                backoff.reset()
+        while True:
+            try:
+                return self.store.instance(instance_id)
+            except StoreUnavailable as exc:
+                backoff.wait(exc)
 
     def adopt(
         self, instance_id: int, *, takeover: bool = False, expected_owner: str | None = None
@@ -203,6 +262,7 @@ class Orchestrator:
                         by_instance.setdefault(instance_id, []).append(o)
                     break
         now = time.monotonic()
+        failure: BaseException | None = None
         for instance_id, active in list(self._active.items()):
             outcomes = by_instance.get(instance_id, [])
             outcomes.extend(self._expired(instance_id, active, now))
@@ -210,10 +270,21 @@ class Orchestrator:
             if due:
                 active.look_for_queued = True  # a retry delay ended: its step is claimable
             if outcomes or due:
-                self._advance(active, outcomes)
+                # One instance's failure must not cost another its outcomes: each is
+                # recorded (or put back) on its own, and the first error is raised after.
+                try:
+                    self._advance(active, outcomes)
+                except Exception as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
         if now >= self._next_poll:
             self._next_poll = now + self.poll_seconds
             self._poll_cancellations()
+        self._heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew this process's lease now if it is due (while it waits outside step_once)."""
         self._heartbeat()
 
     def wake(self) -> None:
@@ -238,7 +309,7 @@ class Orchestrator:
     def _definition(self, instance: InstanceRecord) -> BatchDefinition:
         return self.store.definition_for(instance)  # cached: no read, no decoding
 
-    def _advance(self, active: _Active, outcomes: list[StepOutcome]) -> None:
+    def _advance(self, active: _Active, outcomes: list[StepOutcome], *, split: bool = True) -> None:
         instance_id = active.instance.id
         running = sum(len(a.inflight) for a in self._active.values()) - len(outcomes)
         slots = self.dispatcher.capacity - running
@@ -255,6 +326,8 @@ class Orchestrator:
                 if tx.instance.cancel_requested:
                     self._cancel(active, tx)
                     return
+                if active.resync:
+                    self._resync(active, tx)
                 done = advance(
                     tx,
                     active.definition,
@@ -271,11 +344,23 @@ class Orchestrator:
                         i.step.key for i in still_running.values() if i.map_index >= 0
                     ),
                 )
-        except Exception:
-            # Nothing was recorded: the outcomes go back to be recorded on the next turn.
+        except Exception as exc:
+            if split and outcomes and not isinstance(exc, StoreUnavailable):
+                # The database refused this burst for good (a value it cannot hold): find
+                # the outcome it refuses, and record that attempt as failed instead.
+                self._advance_one_by_one(active, outcomes, exc)
+                return
+            # Nothing was recorded, or the commit's fate is unknown: the outcomes go back
+            # to be recorded on the next turn (the attempt fence makes a second record a
+            # no-op), and that turn first reconciles the stored state with this process.
             for o in outcomes:
                 self._outcomes.put(o)
+            active.resync = True
+            active.failures += 1
+            active.wake_at = time.monotonic() + min(_RESYNC_DELAY * 2**active.failures, 5.0)
             raise
+        active.resync = False
+        active.failures = 0
         for o in outcomes:
             active.inflight.pop(o.row_id, None)
         active.settle_pending = False
@@ -327,8 +412,64 @@ class Orchestrator:
                     results=known,
                     missing_results=tuple(k for k in preds if k not in known),
                     item=item,
+                    max_result_bytes=self.max_result_bytes,
                 )
             )
+
+    def _advance_one_by_one(
+        self, active: _Active, outcomes: list[StepOutcome], error: Exception
+    ) -> None:
+        """Record ``outcomes`` one at a time; an outcome the store refuses on its own is
+        recorded as a failed attempt that says why (not retried: it would fail again)."""
+        log.warning(
+            "the database refused a burst of outcomes; recording them one by one",
+            instance_id=active.instance.id,
+            error=_short_error(error),
+        )
+        for o in outcomes:
+            if active.instance.id not in self._active:
+                return  # it ended or was lost meanwhile; the rest are fenced off anyway
+            try:
+                self._advance(active, [o], split=False)
+                continue
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                refused = exc
+            if o.row_id not in active.inflight:
+                continue
+            log.warning(
+                "step outcome could not be stored; failing the attempt",
+                instance_id=active.instance.id,
+                step=o.step_key,
+                attempt=o.attempt,
+                error=_short_error(refused),
+            )
+            failed = replace(
+                o,
+                succeeded=False,
+                payload=None,
+                retryable=False,
+                error=f"the result of attempt {o.attempt} could not be stored: "
+                f"{_short_error(refused)}",
+            )
+            self._advance(active, [failed], split=False)
+
+    def _resync(self, active: _Active, tx: Any) -> None:
+        """After a transaction whose commit may or may not have happened: steps the store
+        has ``running`` under this process that it is not running are queued again."""
+        tracked = {(row_id, i.attempt) for row_id, i in active.inflight.items()}
+        mapped = [s.key for s in active.definition.steps if s.map is not None]
+        unclaimed = tx.unclaim_untracked(self.owner, tracked, exclude_keys=mapped)
+        if unclaimed:
+            log.info(
+                "steps claimed in a transaction whose commit was not confirmed are queued again",
+                instance_id=active.instance.id,
+                steps=unclaimed,
+            )
+        active.look_for_queued = True
+        active.settle_pending = True
+        active.map_items.clear()
 
     def _items(self, active: _Active, step: StepDefinition) -> list[Any]:
         """A mapped step's list; read again from the store after a restart."""
@@ -379,6 +520,7 @@ class Orchestrator:
             if inflight.deadline is None or inflight.deadline > now:
                 continue
             assert inflight.step.timeout is not None
+            inflight.deadline = None  # reported once; if recording fails, it is put back
             self.dispatcher.abandon(instance_id, row_id, inflight.attempt)
             finished = datetime.now(UTC)
             expired.append(

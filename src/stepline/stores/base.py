@@ -195,6 +195,19 @@ class InstanceTransaction(ABC):
         """Status of every row of the instance, as ``"key"`` or ``"key[index]"``."""
 
     @abstractmethod
+    def unclaim_untracked(
+        self, owner: str, tracked: set[tuple[int, int]], *, exclude_keys: Iterable[str] = ()
+    ) -> list[str]:
+        """Undo ``owner``'s claims of steps it holds ``running`` but never started: every
+        such row except the (row, attempt) pairs in ``tracked`` goes back to ``queued`` at
+        its previous attempt number, as if never claimed (no attempt is used up).
+
+        For an owner that cannot tell whether its last transaction committed: it starts a
+        runner only after the claim's commit is confirmed, so a claim it does not track
+        never ran. ``exclude_keys`` as for :meth:`requeue_running`.
+        """
+
+    @abstractmethod
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
     ) -> list[str]:
@@ -311,9 +324,21 @@ class Store(ABC):
 
     @abstractmethod
     def admit(self, instance_id: int, owner: str, max_active: int) -> bool:
-        """Make ``owner`` the owner of a waiting instance if fewer than ``max_active``
+        """Start a waiting (``queued``) instance as ``owner``'s if fewer than ``max_active``
         instances of its batch are running; atomic across processes (the batch's
-        definition row is locked while counting)."""
+        definition row is locked while counting). The instance must be unowned or already
+        ``owner``'s (``stepline run`` owns its instance while it waits); returns False if
+        the batch is at its limit or the instance is not waiting for ``owner``."""
+
+    @abstractmethod
+    def release_waiting(self, instance_id: int, owner: str) -> bool:
+        """Give up ``owner``'s claim on an instance still ``queued`` (never admitted), so
+        admission decides it like any trigger; False if it is not queued under ``owner``."""
+
+    @abstractmethod
+    def skip_waiting(self, instance_id: int, owner: str, reason: str) -> bool:
+        """End ``owner``'s waiting instance as ``cancelled`` with ``reason`` (``on_busy:
+        skip``): the trigger is kept, nothing runs; False if it is no longer waiting."""
 
     @abstractmethod
     def instance_transaction(
@@ -346,6 +371,11 @@ class Store(ABC):
     @abstractmethod
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
         """Stored payloads of succeeded steps, by key; a mapped step gives its item list."""
+
+    def payload_limit(self) -> int | None:
+        """The largest JSON result (in bytes) this database accepts in one statement, if
+        it sets one below what the settings allow (MariaDB's ``max_allowed_packet``)."""
+        return None
 
     @abstractmethod
     def heartbeat(self, owner: str, ttl_seconds: float) -> None:

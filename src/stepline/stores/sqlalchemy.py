@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.errors import NotFound, StoreUnavailable
+from stepline.errors import NotFound, StoreRejected, StoreUnavailable
 from stepline.stores.base import (
     AttemptRecord,
     InstanceRecord,
@@ -133,6 +133,12 @@ class SqlAlchemyStore(Store):
         # SQLite has one writer; queueing our own threads here is cheaper than its
         # busy-wait handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        dbapi = self.engine.dialect.loaded_dbapi
+        self._dbapi_error: type[Exception] = dbapi.Error
+        self._dbapi_transient: tuple[type[Exception], ...] = (
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+        )
         self._names: dict[int, str] = {}
         self._definitions: dict[tuple[int, int], BatchDefinition] = {}
         quote = self.engine.dialect.identifier_preparer.quote
@@ -156,8 +162,11 @@ class SqlAlchemyStore(Store):
             try:
                 with self.engine.begin() as conn:
                     yield conn
-            except sa.exc.OperationalError as exc:
-                raise _unavailable(self, exc) from exc
+            except (sa.exc.DBAPIError, self._dbapi_error) as exc:
+                translated = self._translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -166,8 +175,27 @@ class SqlAlchemyStore(Store):
                 conn = conn.execution_options(stepline_read=True)
                 with conn.begin():
                     yield conn
-        except sa.exc.OperationalError as exc:
-            raise _unavailable(self, exc) from exc
+        except (sa.exc.DBAPIError, self._dbapi_error) as exc:
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _translate(self, exc: Exception) -> Exception:
+        """A database error as StoreUnavailable (passing: retry later) or StoreRejected.
+
+        The hot path runs on the driver's cursor, so its errors arrive unwrapped."""
+        if isinstance(exc, sa.exc.IntegrityError):
+            return exc  # callers handle a unique violation (another process was first)
+        original = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        transient = (
+            isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+            or (isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated)
+            or isinstance(original, self._dbapi_transient)
+        )
+        if transient:
+            return StoreUnavailable(f"database {self!r} is unavailable: {original}")
+        return StoreRejected(f"database {self!r} refused the write: {original}")
 
     def initialize(self) -> None:
         from stepline.stores.migrations import upgrade
@@ -179,6 +207,15 @@ class SqlAlchemyStore(Store):
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def payload_limit(self) -> int | None:
+        if self.dialect not in ("mysql", "mariadb"):
+            return None
+        with self._read() as conn:
+            packet = int(conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
+        packet = min(packet, 16 * 1024 * 1024)  # PyMySQL's own limit on what it sends
+        # The statement carries the payload escaped (up to twice its size) beside the rest.
+        return max(packet - 64 * 1024, 0) // 2
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -428,7 +465,7 @@ class SqlAlchemyStore(Store):
                     BI.c.id == instance_id
                 )
             ).first()
-            if row is None or row.owner_id is not None or row.status != "queued":
+            if row is None or row.owner_id not in (None, owner) or row.status != "queued":
                 return False
             conn.execute(
                 sa.select(batch_definition.c.id)
@@ -449,11 +486,45 @@ class SqlAlchemyStore(Store):
                 sa.update(BI)
                 .where(
                     BI.c.id == instance_id,
-                    BI.c.owner_id.is_(None),
+                    sa.or_(BI.c.owner_id.is_(None), BI.c.owner_id == owner),
                     BI.c.status == InstanceStatus.QUEUED.value,
                 )
                 .values(owner_id=owner, status=InstanceStatus.RUNNING.value, started_at=utcnow())
             ).rowcount
+            return bool(taken)
+
+    def release_waiting(self, instance_id: int, owner: str) -> bool:
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(BI)
+                    .where(
+                        BI.c.id == instance_id,
+                        BI.c.owner_id == owner,
+                        BI.c.status == InstanceStatus.QUEUED.value,
+                    )
+                    .values(owner_id=None)
+                ).rowcount
+            )
+
+    def skip_waiting(self, instance_id: int, owner: str, reason: str) -> bool:
+        now = utcnow()
+        with self._write() as conn:
+            taken = conn.execute(
+                sa.update(BI)
+                .where(
+                    BI.c.id == instance_id,
+                    sa.or_(BI.c.owner_id.is_(None), BI.c.owner_id == owner),
+                    BI.c.status == InstanceStatus.QUEUED.value,
+                )
+                .values(status=InstanceStatus.CANCELLED.value, finished_at=now, error=reason)
+            ).rowcount
+            if taken:
+                conn.execute(
+                    sa.update(R)
+                    .where(R.c.batch_instance_id == instance_id, R.c.status == "pending")
+                    .values(status=StepStatus.CANCELLED.value, finished_at=now, error=reason)
+                )
             return bool(taken)
 
     @contextmanager

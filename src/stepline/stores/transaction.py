@@ -398,15 +398,46 @@ class SqlInstanceTransaction(InstanceTransaction):
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
     ) -> list[str]:
+        query = self._running(exclude_keys)
+        if exclude_owner is not None:
+            query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
+        rows = self.conn.execute(query).all()
+        return self._requeue(rows, "lost: its owner {owner} stopped before the attempt ended")
+
+    def unclaim_untracked(
+        self, owner: str, tracked: set[tuple[int, int]], *, exclude_keys: Iterable[str] = ()
+    ) -> list[str]:
+        rows = [
+            r
+            for r in self.conn.execute(self._running(exclude_keys).where(R.c.owner_id == owner))
+            if (r.id, r.attempt) not in tracked
+        ]
+        for r in rows:
+            self.conn.execute(
+                sa.update(R)
+                .where(
+                    R.c.id == r.id, R.c.attempt == r.attempt, R.c.status == StepStatus.RUNNING.value
+                )
+                .values(
+                    status=StepStatus.QUEUED.value,
+                    attempt=r.attempt - 1,
+                    owner_id=None,
+                    started_at=None,
+                    available_at=None,
+                )
+            )
+        return [r.step_key for r in rows]
+
+    def _running(self, exclude_keys: Iterable[str]) -> sa.Select[Any]:
         query = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
             R.c.batch_instance_id == self.id, R.c.status == StepStatus.RUNNING.value
         )
-        if exclude_owner is not None:
-            query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
         skip = list(exclude_keys)
-        if skip:
+        if skip:  # a mapped step's own row stays running while its items run
             query = query.where(sa.or_(R.c.map_index >= 0, R.c.step_key.not_in(skip)))
-        rows = self.conn.execute(query).all()
+        return query
+
+    def _requeue(self, rows: Sequence[Row[Any]], reason: str) -> list[str]:
         now = utcnow()
         for r in rows:
             updated = self.conn.execute(
@@ -422,7 +453,7 @@ class SqlInstanceTransaction(InstanceTransaction):
                         step_result_id=r.id,
                         attempt=r.attempt,
                         status=StepStatus.FAILED.value,
-                        error=f"lost: its owner {r.owner_id} stopped before the attempt ended",
+                        error=reason.format(owner=r.owner_id),
                         owner_id=r.owner_id,
                         started_at=r.started_at,
                         finished_at=now,

@@ -1,0 +1,113 @@
+"""Guarantee 8, part one: a result the store cannot keep fails its step with a clear error.
+
+The step ends ``failed`` (never retried: the runner would return the same value), the
+instance ends, nothing is left ``running``, and ``recover`` has nothing to do afterwards —
+on every database. Each case used to hang ``run`` or crash ``run`` and ``recover``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_engine import calls, run, s
+
+from stepline import InstanceStatus, StepStatus
+from stepline.service import Stepline
+from stepline.settings import Settings
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Stepline]:
+    with Stepline(Settings(max_result_bytes=256 * 1024), db=db_url) as service:
+        yield service
+
+
+RETRY = {"attempts": 3, "backoff": "10ms"}
+
+
+def _assert_failed_cleanly(app: Stepline, final: object, rows: dict, fragment: str) -> None:
+    assert final.status is InstanceStatus.FAILED  # type: ignore[attr-defined]
+    bad = rows["bad"]
+    assert bad.status is StepStatus.FAILED
+    assert bad.attempt == 1, "an unstorable result is not retried"
+    assert fragment in (bad.error or ""), bad.error
+    assert rows["after"].status is StepStatus.UPSTREAM_FAILED
+    assert all(r.status.is_final for r in app.store.step_results(final.id))  # type: ignore[attr-defined]
+    attempts = app.store.attempts(final.id)  # type: ignore[attr-defined]
+    # recover finds nothing: the failure is final, not an orphan run again and again.
+    assert app.recover() == []
+    assert app.store.step_results(final.id)[0].attempt == 1  # type: ignore[attr-defined]
+    assert app.store.attempts(final.id) == attempts  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("runner", ["unstorable", "aunstorable"])
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("deep", "nested too deeply"),
+        ("surrogate", "not valid Unicode"),
+        ("exit", "SystemExit"),
+    ],
+)
+def test_an_unstorable_result_fails_the_step_and_ends_the_instance(
+    app: Stepline, runner: str, kind: str, fragment: str
+) -> None:
+    final, rows = run(
+        app,
+        [s("bad", ["after"], runner=runner, kind=kind, retry=RETRY), s("after")],
+    )
+    if kind == "exit":
+        # A runner that exits is an ordinary failure: retried like any other.
+        assert final.status is InstanceStatus.FAILED
+        assert rows["bad"].attempt == 3 and calls(final, "bad") == 3
+        assert "SystemExit" in (rows["bad"].error or "")
+        assert app.recover() == []
+        return
+    assert calls(final, "bad") == 1
+    _assert_failed_cleanly(app, final, rows, fragment)
+
+
+def test_a_result_larger_than_the_limit_fails_the_step(app: Stepline) -> None:
+    final, rows = run(
+        app,
+        [
+            s("bad", ["after"], runner="unstorable", kind="big", bytes=300_000, retry=RETRY),
+            s("after"),
+        ],
+    )
+    _assert_failed_cleanly(app, final, rows, "store keeps at most")
+
+
+def test_a_nul_character_is_stored_where_the_database_can_and_fails_cleanly_elsewhere(
+    app: Stepline,
+) -> None:
+    final, rows = run(
+        app, [s("bad", ["after"], runner="unstorable", kind="nul", retry=RETRY), s("after")]
+    )
+    if app.store.dialect == "postgresql":
+        # jsonb cannot hold \u0000: the database refuses it, and the attempt says so.
+        _assert_failed_cleanly(app, final, rows, "could not be stored")
+    else:
+        assert final.status is InstanceStatus.SUCCEEDED
+        assert rows["bad"].result_payload == "a\x00b"
+
+
+def test_a_result_over_mariadb_max_allowed_packet_fails_the_step(db_url: str) -> None:
+    if not db_url.startswith("mysql"):
+        pytest.skip("MariaDB's max_allowed_packet only")
+    with Stepline(db=db_url) as app:  # the default limit: the database's packet decides
+        limit = app.orchestrator.max_result_bytes
+        assert limit is not None and limit < 20_000_000
+        final, rows = run(
+            app,
+            [s("bad", ["after"], runner="unstorable", kind="big", bytes=20_000_000), s("after")],
+        )
+        _assert_failed_cleanly(app, final, rows, "store keeps at most")
+
+
+def test_an_error_message_with_nul_and_surrogates_is_stored(app: Stepline) -> None:
+    final, rows = run(app, [s("bad", ["after"], runner="raises_odd_text"), s("after")])
+    assert final.status is InstanceStatus.FAILED
+    assert rows["bad"].status is StepStatus.FAILED
+    assert "odd \\x00 text" in (rows["bad"].error or "")
