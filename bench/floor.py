@@ -62,14 +62,16 @@ class _Pool:
         self.thread.join()
 
 
-def _connect(url: str) -> tuple[Any, str, Callable[[Any], None], Callable[[Any], None]]:
+def _connect(
+    url: str, synchronous: str = "NORMAL"
+) -> tuple[Any, str, Callable[[Any], None], Callable[[Any], None]]:
     """A raw DBAPI connection, its parameter marker, and begin/commit functions."""
     if url == "sqlite" or url.startswith("sqlite:"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
         path = path or str(Path(tempfile.mkdtemp()) / "floor.db")
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("DROP TABLE IF EXISTS floor_step")
         conn.execute(_TABLE)
         return conn, "?", lambda c: c.execute("BEGIN IMMEDIATE"), lambda c: c.execute("COMMIT")
@@ -82,9 +84,9 @@ def _connect(url: str) -> tuple[Any, str, Callable[[Any], None], Callable[[Any],
     return conn, "%s", lambda c: None, lambda c: c.commit()
 
 
-def floor(url: str, steps: int = 1000) -> float:
+def floor(url: str, steps: int = 1000, *, synchronous: str = "NORMAL") -> float:
     """Seconds per durable step of a chain of ``steps`` no-op steps."""
-    conn, p, begin, commit = _connect(url)
+    conn, p, begin, commit = _connect(url, synchronous)
     record, start = _RECORD.format(p=p), _START.format(p=p)
     begin(conn)
     cur = conn.cursor()
@@ -118,10 +120,13 @@ def main() -> None:
     parser.add_argument("--db", action="append", help="sqlite, or a PostgreSQL URL")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sqlite-sync", default="NORMAL", choices=["NORMAL", "FULL"])
     args = parser.parse_args()
     print(f"{'db':<12}{'steps':>6}{'floor ms/step':>16}")
     for url in args.db or ["sqlite", PG_DEFAULT]:
-        per_step = statistics.median(floor(url, args.steps) for _ in range(args.repeat))
+        per_step = statistics.median(
+            floor(url, args.steps, synchronous=args.sqlite_sync) for _ in range(args.repeat)
+        )
         label = "sqlite" if url.startswith("sqlite") else url.split(":", 1)[0].split("+")[0]
         print(f"{label:<12}{args.steps:>6}{per_step * 1000:>16.3f}")
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -103,11 +104,22 @@ CLASSIC = {
 SCALING = [chain(100), chain(1000), chain(3000), fan(500), fan(5000), mapped(5000), mapped(50_000)]
 
 
+SQLITE_SYNC = "NORMAL"
+"""Stepline's setting; ``--sqlite-sync FULL`` measures what fsync at every commit costs."""
+
+
 def fresh_store(url: str) -> SqlAlchemyStore:
     if url == "sqlite":
         path = Path(tempfile.mkdtemp()) / "bench.db"
         url = f"sqlite:///{path}"
     store = SqlAlchemyStore(url)
+    if store.dialect == "sqlite" and SQLITE_SYNC != "NORMAL":
+        from sqlalchemy import event
+
+        @event.listens_for(store.engine, "connect")
+        def _sync(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute(f"PRAGMA synchronous={SQLITE_SYNC}")
+
     if store.dialect != "sqlite":
         from stepline.stores.schema import metadata
 
@@ -120,16 +132,23 @@ def fresh_store(url: str) -> SqlAlchemyStore:
 
 def run_once(store: SqlAlchemyStore, definition: BatchDefinition) -> float:
     """Wall seconds of one instance, from its first advance to its final state."""
+    return run_timed(store, definition)[0]
+
+
+def run_timed(store: SqlAlchemyStore, definition: BatchDefinition) -> tuple[float, float]:
+    """Wall and CPU seconds (all of this process's threads) of one instance."""
     stored = store.apply(definition)
     orchestrator = Orchestrator(store, DirectDispatcher(capacity=64, load=store.results_for))
     instance = orchestrator.start(stored, {})
     gc.collect()
+    cpu = time.process_time()
     start = time.perf_counter()
     final = orchestrator.run(instance.id)
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     assert final.status == "succeeded", final
     orchestrator.close()
-    return wall
+    return wall, cpu
 
 
 def label_of(url: str) -> str:
@@ -159,33 +178,43 @@ def classic(urls: list[str], only: str | None, repeat: int) -> None:
 
 
 def scaling(urls: list[str], rounds: int) -> None:
-    """Per-step cost by size, in alternating rounds, beside the floor."""
+    """Per-step cost by size, in alternating rounds, beside the floor.
+
+    CPU ms/step (this process, all threads) is printed too: on a busy machine it moves
+    less than wall time. PostgreSQL's own CPU is not in it."""
     print(
         f"{'db':<12}{'workload':<12}{'steps':>7}{'wall s':>9}{'ms/step':>9}"
-        f"{'x floor':>9}{'x smallest':>12}"
+        f"{'x floor':>9}{'x smallest':>12}{'cpu ms/step':>13}"
     )
     for url in urls:
         store = fresh_store(url)
         definitions = [(w, w.make()) for w in SCALING]
-        floors: list[float] = []
-        walls: dict[str, list[float]] = {w.name: [] for w in SCALING}
+        floors: list[tuple[float, float]] = []
+        walls: dict[str, list[tuple[float, float]]] = {w.name: [] for w in SCALING}
         for _ in range(rounds):
-            floors.append(floor(url))
+            cpu = time.process_time()
+            per_step = floor(url, synchronous=SQLITE_SYNC)
+            floors.append((per_step, (time.process_time() - cpu) / 1000))
             for w, definition in definitions:
-                walls[w.name].append(run_once(store, definition))
+                walls[w.name].append(run_timed(store, definition))
         store.dispose()
-        base = statistics.median(floors) * 1000
+        base = statistics.median(f[0] for f in floors) * 1000
+        base_cpu = statistics.median(f[1] for f in floors) * 1000
         label = label_of(url)
-        print(f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{'':>12}")
+        print(
+            f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{'':>12}"
+            f"{base_cpu:>13.3f}"
+        )
         smallest: dict[str, float] = {}
         for w in SCALING:
-            wall = statistics.median(walls[w.name])
+            wall = statistics.median(t[0] for t in walls[w.name])
+            cpu = statistics.median(t[1] for t in walls[w.name]) / w.steps * 1000
             per_step = wall / w.steps * 1000
             shape = w.name.split(":")[0]
             smallest.setdefault(shape, per_step)
             print(
                 f"{label:<12}{w.name:<12}{w.steps:>7}{wall:>9.3f}{per_step:>9.3f}"
-                f"{per_step / base:>9.2f}{per_step / smallest[shape]:>12.2f}"
+                f"{per_step / base:>9.2f}{per_step / smallest[shape]:>12.2f}{cpu:>13.3f}"
             )
 
 
@@ -205,7 +234,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs (rounds with --scaling)")
     parser.add_argument("--only", help="one workload: W1..W4, chain:N, fan:N or map:N")
     parser.add_argument("--scaling", action="store_true", help="the per-step cost by size")
+    parser.add_argument("--sqlite-sync", default="NORMAL", choices=["NORMAL", "FULL"])
     args = parser.parse_args()
+    global SQLITE_SYNC
+    SQLITE_SYNC = args.sqlite_sync
     urls = args.db or ["sqlite", os.environ.get("STEPLINE_BENCH_PG", PG_DEFAULT)]
     if args.scaling:
         scaling(urls, args.repeat)

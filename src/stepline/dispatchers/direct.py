@@ -121,29 +121,25 @@ class DirectDispatcher(Dispatcher):
 
 
 class _DaemonPool:
-    """``size`` threads that run ``def`` runners, started up front off the caller's thread.
+    """Threads that run ``def`` runners, started as needed up to ``size``.
 
     Daemon threads, unlike ThreadPoolExecutor's: at exit the process does not wait for a
     runner past the shutdown grace period; the attempt it was running is recovered as lost.
-    Starting a thread costs the starter up to a millisecond (it waits for the new thread to
-    run); a spawner thread pays that once for all of them, so a submit is one queue put,
-    and a job submitted before its thread exists waits in the queue for the first one.
+    Starting a thread costs its starter up to a millisecond (it waits until the new thread
+    runs), so a spawner thread starts them: a submit is a queue put, and a job submitted
+    while its thread is being born waits in the queue for the first free thread.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
         self._jobs = queue.SimpleQueue()
+        self._births: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._count = 0  # threads started or asked for
+        self._idle = 0
         self._spawner: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    def _spawn(self) -> None:
-        for n in range(self.size):
-            thread = threading.Thread(target=self._work, name=f"stepline-step-{n}", daemon=True)
-            with self._lock:
-                self._threads.append(thread)
-            thread.start()
 
     def start(self) -> None:
         with self._lock:
@@ -153,9 +149,27 @@ class _DaemonPool:
                 )
                 self._spawner.start()
 
+    def _spawn(self) -> None:
+        while self._births.get():
+            thread = threading.Thread(
+                target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
+            )
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
     def submit(self, fn: Callable[..., None], *args: object) -> None:
         if self._spawner is None:
             self.start()
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                born = False
+            else:
+                born = self._count < self.size
+                self._count += born
+        if born:
+            self._births.put(True)
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -164,11 +178,16 @@ class _DaemonPool:
             if job is None:
                 return
             fn, args = job
-            fn(*args)
+            try:
+                fn(*args)
+            finally:
+                with self._lock:
+                    self._idle += 1
 
     def shutdown(self, wait: bool) -> None:
         spawner = self._spawner
         if spawner is not None:
+            self._births.put(False)
             spawner.join()
         for _ in self._threads:
             self._jobs.put(None)
