@@ -74,3 +74,14 @@ def test_on_a_terminal_the_display_ends_with_the_final_counts() -> None:
         progress(event(key, StepStatus.SUCCEEDED))
     progress.close()
     assert "200/200 done, 0 running, 0 failed" in sink.getvalue()
+
+
+def test_a_running_map_is_summarised_with_its_items() -> None:
+    console, sink = piped()
+    progress = Progress(console, ["list", "each"])
+    progress(event("list", StepStatus.SUCCEEDED))
+    progress._next_line = 0.0  # the next tick is due: no sleeping in a unit test
+    progress(event("each", StepStatus.RUNNING, map_index=0))
+    progress(event("each", StepStatus.SUCCEEDED, map_index=0))
+    assert progress.status["each"] is StepStatus.RUNNING
+    assert "each: 0 items done, 0 failed, 1 running" in sink.getvalue()

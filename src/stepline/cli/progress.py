@@ -94,6 +94,8 @@ class Progress:
 
     def _item(self, event: StepEvent) -> None:
         with self._lock:
+            if not self.status.get(event.step_key, StepStatus.SUCCEEDED).is_final:
+                self.status[event.step_key] = StepStatus.RUNNING  # its items are running
             counts = self.items.setdefault(event.step_key, [0, 0, 0])
             if event.status is StepStatus.RUNNING:
                 counts[0] += 1
@@ -133,7 +135,7 @@ class Progress:
         parts = [
             f"; {key}: {finished} items done, {failed} failed, {started - finished} running"
             for key, (started, finished, failed) in self.items.items()
-            if self.status.get(key) is StepStatus.RUNNING
+            if not self.status.get(key, StepStatus.SUCCEEDED).is_final
         ]
         return "".join(parts)
 
