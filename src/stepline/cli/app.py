@@ -47,7 +47,8 @@ class _LazyConsole:
         self._stderr = stderr
         self._console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def get(self) -> Console:
+        """The Console itself (rich's Live needs the object, not attribute access)."""
         if self._console is None:
             from rich.console import Console
 
@@ -56,7 +57,15 @@ class _LazyConsole:
             self._console = Console(
                 stderr=self._stderr, highlight=False, width=None if stream.isatty() else 160
             )
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+def _real(console: Console) -> Console:
+    """The Console behind ``out``/``err`` (rich's Live needs the object itself)."""
+    return console.get() if isinstance(console, _LazyConsole) else console
 
 
 out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
@@ -209,7 +218,7 @@ def run(
         out.print(
             f"instance {instance.id} of {name} started (version {instance.definition_version})"
         )
-        forward.target = Progress(out, [s.key for s in definition.steps])
+        forward.target = Progress(_real(out), [s.key for s in definition.steps])
         _drive(service, instance.id, forward.target)
 
 
@@ -297,7 +306,7 @@ def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = No
         instance = service.retry(instance_id)
         results = service.store.step_results(instance_id)
         out.print(f"instance {instance_id} of {instance.batch} retrying")
-        progress = Progress(out, [r.step_key for r in results if r.map_index < 0])
+        progress = Progress(_real(out), [r.step_key for r in results if r.map_index < 0])
         for r in results:
             if r.map_index < 0:
                 progress.status[r.step_key] = r.status

@@ -64,8 +64,6 @@ class Progress:
                 get_renderable=self._render,
                 console=console,
                 refresh_per_second=4,
-                redirect_stdout=False,
-                redirect_stderr=False,
             )
             self._live.start()
 
