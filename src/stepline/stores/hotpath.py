@@ -7,6 +7,7 @@ Oracle keeps SQLAlchemy's typed path: its CLOB binds need the dialect's handling
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -45,7 +46,7 @@ class HotStatement:
             elif name in self.times and isinstance(value, datetime):
                 values[name] = _time(value, dialect)
         if dialect != "sqlite":
-            sql = _NAMED.sub(r"%(\1)s", sql)
+            sql = _pyformat(sql)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(sql, values)
         return cursor
@@ -70,7 +71,7 @@ class HotStatement:
                 }
                 for row in rows
             ]
-        sql = self.sql if dialect == "sqlite" else _NAMED.sub(r"%(\1)s", self.sql)
+        sql = self.sql if dialect == "sqlite" else _pyformat(self.sql)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         if returning:
             cursor.executemany(sql, rows, returning=True)
@@ -94,6 +95,12 @@ class HotStatement:
         return conn.execute(
             sa.text(sql).bindparams(*self._typed_binds(params)), dict(params)
         ).cursor
+
+
+@functools.lru_cache(maxsize=512)
+def _pyformat(sql: str) -> str:
+    """``:name`` as ``%(name)s`` (psycopg, PyMySQL); once per statement shape, not per call."""
+    return _NAMED.sub(r"%(\1)s", sql)
 
 
 def _time(value: datetime, dialect: str) -> Any:
