@@ -130,6 +130,39 @@ peak: dict[str, int] = {}
 healed: set[str] = set()
 
 
+def _gate(ctx: StepContext) -> threading.Event:
+    return gates.setdefault(str(ctx.args["gate"]), threading.Event())
+
+
+def wait_gate(ctx: StepContext) -> Any:
+    """Fail the first ``fail_times`` calls; then wait (at most ``wait`` s) for the gate
+    ``gate`` to open and report whether it did; with ``fatal`` fail after waiting."""
+    n = _count(ctx)
+    if n <= int(ctx.args.get("fail_times", 0)):
+        raise RuntimeError(f"planned failure {n} of {ctx.step}")
+    opened = _gate(ctx).wait(float(ctx.args.get("wait", 20)))
+    if ctx.args.get("fatal"):
+        raise DoNotRetry(
+            f"{ctx.step} failed after the gate {'opened' if opened else 'stayed shut'}"
+        )
+    return {"opened": opened}
+
+
+def open_gate(ctx: StepContext) -> Any:
+    """Fail the first ``fail_times`` calls; then open the gate ``gate``."""
+    n = _count(ctx)
+    if n <= int(ctx.args.get("fail_times", 0)):
+        raise RuntimeError(f"planned failure {n} of {ctx.step}")
+    _gate(ctx).set()
+    return {"step": ctx.step, "upstream": sorted(ctx.results)}
+
+
+def fail_with(ctx: StepContext) -> None:
+    """Fail for good with the step's ``message`` (templates resolved: it may carry params)."""
+    _count(ctx)
+    raise DoNotRetry(str(ctx.args["message"]))
+
+
 def _unstorable_value(kind: str, args: Any) -> Any:
     if kind == "deep":
         value: list[Any] = []

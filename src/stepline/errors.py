@@ -5,9 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+CLIP = 200
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """``text`` cut to ``limit`` characters for an error message, saying how long it was:
+    a 100,000-character name echoed whole would bury the message (and fill logs)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def shown(value: object, limit: int = CLIP) -> str:
+    """``repr(value)`` for an error message, a long string cut like :func:`clip`."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    return clip(repr(value), limit)
+
 
 class SteplineError(Exception):
     """Base of every error Stepline raises on purpose."""
+
+
+class InvalidSetting(SteplineError):
+    """A setting or option is invalid (e.g. a database URL that names no database):
+    refused at start, CLI exit 2."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +42,12 @@ class Problem:
 
     def __str__(self) -> str:
         where = ": ".join(
-            p for p in (self.source, f"step {self.step!r}" if self.step else None) if p
+            p
+            for p in (
+                clip(self.source) if self.source else None,
+                f"step {shown(self.step)}" if self.step else None,
+            )
+            if p
         )
         return f"{where}: {self.message}" if where else self.message
 

@@ -22,14 +22,16 @@ from stepline.core.loader import load_definitions
 from stepline.core.states import InstanceStatus
 from stepline.dispatchers.base import Dispatcher
 from stepline.dispatchers.direct import DirectDispatcher
-from stepline.engine.alerts import alert_problems
+from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
 from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
 from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
+from stepline.redact import add_secret_names, remember_secrets, url_secrets
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StoredDefinition
-from stepline.stores.sqlalchemy import SqlAlchemyStore
+from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts
 
 log = structlog.get_logger("stepline")
+_ALERT_SWEEP_SECONDS = 5.0
 
 
 class Stepline:
@@ -43,7 +45,12 @@ class Stepline:
         store: SqlAlchemyStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.store = store or SqlAlchemyStore(db or self.settings.db)
+        url = store.url if store is not None else db or self.settings.db
+        add_secret_names(self.settings.secret_name_list())
+        self._secrets = list(dict.fromkeys([*self.settings.secrets(), *url_secrets(url)]))
+        remember_secrets(self._secrets)  # for log lines, which carry no list of their own
+        timeouts = Timeouts(self.settings.db_connect_timeout, self.settings.db_statement_timeout)
+        self.store = store or SqlAlchemyStore(url, timeouts=timeouts)
         self.store.initialize()
         self._dispatcher = dispatcher
         self._listener = listener
@@ -69,6 +76,10 @@ class Stepline:
                 max_result_bytes=self.settings.max_result_bytes,
             )
         return self._orchestrator
+
+    def secrets(self) -> list[str]:
+        """The secret values of settings and of the database URL in use, for redaction."""
+        return list(self._secrets)
 
     def close(self) -> None:
         if self._orchestrator is not None:
@@ -250,7 +261,8 @@ class Stepline:
         owners' instances, until ``stop``; then let running steps end for up to
         ``grace_seconds`` and leave the rest to recovery (by this or another process)."""
         orchestrator = self.orchestrator
-        next_admission = next_recovery = 0.0
+        next_admission = next_recovery = next_alerts = 0.0
+        sweeper: threading.Thread | None = None
         while not stop.is_set():
             now = time.monotonic()
             if orchestrator.woken or now >= next_admission:
@@ -260,6 +272,12 @@ class Stepline:
             if now >= next_recovery:
                 next_recovery = now + max(self.settings.lease_seconds / 3, 1.0)
                 self._guard(self._recover_orphans)
+            if now >= next_alerts and (sweeper is None or not sweeper.is_alive()):
+                # Alerts a failed send or a dead process left in the outbox.
+                next_alerts = now + _ALERT_SWEEP_SECONDS
+                sweeper = deliver_in_background(
+                    self.store, orchestrator.owner, orchestrator.alert_claim_seconds
+                )
             self._guard(orchestrator.step_once)
         orchestrator.draining = True
         deadline = time.monotonic() + grace_seconds
@@ -293,7 +311,10 @@ class Stepline:
                 full.add(instance.definition_id)
 
     def _recover_orphans(self) -> None:
-        for instance_id, owner in self.store.orphaned_instances(self.dead_owners()):
+        # This process's own instances that it does not drive are orphans too: an adoption
+        # whose transaction failed after admission committed leaves one behind.
+        own = self.orchestrator.owner
+        for instance_id, owner in self.store.orphaned_instances([*self.dead_owners(), own]):
             if instance_id not in self.orchestrator.active_ids():
                 log.info(
                     "recovering instance of a dead owner", instance_id=instance_id, dead_owner=owner
@@ -336,6 +357,8 @@ class Stepline:
                 raise
             except Exception as exc:
                 log.exception("could not resume instance", instance_id=instance_id, error=str(exc))
+        # Alerts that a dead process never sent, or that failed to go out before.
+        deliver_alerts(self.store, self.orchestrator.owner, self.orchestrator.alert_claim_seconds)
         return [self.store.instance(i) for i in adopted]
 
     def _admit_released(self, instance_id: int) -> bool:

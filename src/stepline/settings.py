@@ -28,18 +28,44 @@ class Settings(BaseSettings):
     connections: dict[str, SecretStr] = Field(
         default_factory=dict, description="Named business databases: STEPLINE_CONNECTIONS__NAME"
     )
+    db_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for a connection to Stepline's database"
+    )
+    db_statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds one statement on Stepline's database may take (0: no limit); "
+        "migrations are exempt",
+    )
+    secret_names: str = Field(
+        "",
+        description="Comma-separated extra name endings that mark a param or field secret "
+        "(besides password, token, secret, api_key, ...)",
+    )
+
+    def secret_name_list(self) -> list[str]:
+        return [n.strip() for n in self.secret_names.split(",") if n.strip()]
 
     def secrets(self) -> list[str]:
-        """Every configured secret value, for redaction of logs and error messages."""
+        """Every configured secret value, for redaction of logs and error messages: the API
+        token, the broker URL, the connection URLs, and their passwords and query tokens."""
+        from stepline.redact import url_secrets
+
         values = [s.get_secret_value() for s in (self.api_token, self.broker_url) if s]
         values += [c.get_secret_value() for c in self.connections.values()]
-        from sqlalchemy import make_url
-
         for url in [self.db, *values]:
-            try:
-                password = make_url(url).password
-            except Exception:
-                continue
-            if password:
-                values.append(str(password))
-        return [v for v in values if v]
+            values.extend(_url_passwords(url))
+            if "://" in url:
+                values.extend(url_secrets(url))
+        return list(dict.fromkeys(v for v in values if v))
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password of a SQLAlchemy URL (which urlsplit may not parse, e.g. oracle DSNs)."""
+    from sqlalchemy import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return []
+    return [str(password)] if password else []

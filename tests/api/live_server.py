@@ -38,8 +38,9 @@ def free_port() -> int:
 class LiveServer:
     """One running ``uvicorn --factory`` process and what a test needs to talk to it."""
 
-    def __init__(self, root: Path, token: str | None) -> None:
+    def __init__(self, root: Path, token: str | None, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.extra_env = env or {}
         self.db_path = root / "x.db"
         self.db_url = f"sqlite:///{self.db_path}"
         self.token = token
@@ -60,6 +61,7 @@ class LiveServer:
         if self.token:
             env["STEPLINE_API_TOKEN"] = self.token
         env["STEPLINE_LOG_FORMAT"] = "json"
+        env.update(self.extra_env)
         # The runners of the test definitions (fixture_runners) must import for PUT.
         env["PYTHONPATH"] = str(TESTS)
         for attempt in range(3):

@@ -162,6 +162,26 @@ def test_the_scheduler_follows_a_new_cron_without_a_restart(app: Stepline) -> No
     assert [f.minute for f in fire_times(app, batch_name)] == [5, 10]
 
 
+def test_fall_back_night_interval_twice_fixed_time_once(app: Stepline) -> None:
+    """America/New_York repeats 01:00-02:00 on 2026-11-01 (05:00-06:00 EDT, 06:00-07:00 EST)."""
+    interval, fixed = name(), name()
+    zone = "America/New_York"
+    app.apply(batch(interval, [s("a")], cron="*/15 1-2 * * *", timezone=zone, misfire="all"))
+    app.apply(batch(fixed, [s("a")], cron="30 1 * * *", timezone=zone, misfire="all"))
+    start = datetime(2026, 11, 1, 4, 50, tzinfo=UTC)
+    clock = Clock(start)
+    sched = scheduler(app, clock)
+    sched.tick()
+    for step in range(1, 45):
+        clock.now = start + timedelta(minutes=5 * step)
+        sched.tick()
+    quarter_hours = [
+        datetime(2026, 11, 1, 5, tzinfo=UTC) + timedelta(minutes=15 * q) for q in range(12)
+    ]
+    assert fire_times(app, interval) == quarter_hours  # 01:00-01:45 EDT, again EST, 02:00-02:45
+    assert fire_times(app, fixed) == [datetime(2026, 11, 1, 5, 30, tzinfo=UTC)]
+
+
 def test_a_busy_batch_records_a_skipped_fire_with_on_busy_skip(app: Stepline) -> None:
     batch_name = every_minute(app, on_busy="skip")
     clock = Clock(T0)

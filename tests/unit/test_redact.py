@@ -1,10 +1,24 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from stepline.redact import redact_processor, redact_text, redact_url, url_secrets
+from stepline.redact import (
+    MIN_SECRET_LENGTH,
+    add_secret_names,
+    is_secret_name,
+    redact_processor,
+    redact_text,
+    redact_url,
+    redact_value,
+    remember_secrets,
+    remembered_secrets,
+    secret_values,
+    url_secrets,
+)
 
 
 @pytest.mark.parametrize(
@@ -141,3 +155,155 @@ def test_redact_processor_asks_the_provider_on_every_event() -> None:
         structlog.get_logger().info("second", value="pw-0001")
 
     assert [entry["value"] for entry in logs] == ["pw-0001", "***"]
+
+
+# -- secret names --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password", "db_password", "DB-Password", "passwd", "pwd", "secret", "client_secret",
+        "clientSecret", "token", "access_token", "refresh-token", "api_key", "apiKey",
+        "X-Api-Key", "serviceKey", "private_key", "signature", "credentials", "Authorization",
+        "passphrase",
+    ],
+)  # fmt: skip
+def test_secret_names_are_recognised_whatever_their_case_and_separators(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["key", "step_key", "monkey", "tokens_left", "password_hint", "author", "period", 3]
+)
+def test_ordinary_names_are_not_secret(name: object) -> None:
+    assert not is_secret_name(name)
+
+
+def test_more_names_can_be_marked_secret() -> None:
+    assert not is_secret_name("licence_code_zq")
+    add_secret_names(["licence-code-zq"])
+    assert is_secret_name("licence_code_zq") and is_secret_name("MyLicenceCodeZq")
+    assert redact_text("licence_code_zq=ABCD-1234", []) == "licence_code_zq=***"
+
+
+# -- assignments in text --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("login password=hunter22 failed", "login password=*** failed"),
+        ('{"api_key": "abc def 123", "n": 1}', '{"api_key": "***", "n": 1}'),
+        ("{'password': 'it''s', 'user': 'me'}", "{'password': '***''s', 'user': 'me'}"),
+        (
+            "Driver={ODBC};Server=db;Uid=app;Pwd=s3cr3tPwd;",
+            "Driver={ODBC};Server=db;Uid=app;Pwd=***;",
+        ),
+        ("host=db user=app password=pg-pass-1 dbname=x", "host=db user=app password=*** dbname=x"),
+        ("Authorization: Bearer eyJhbGciOi.x.y", "Authorization: Bearer ***"),
+        ("X-Api-Key: k-778899", "X-Api-Key: ***"),
+        ("client_secret = 'abc'", "client_secret = '***'"),
+    ],
+)
+def test_values_assigned_to_secret_names_are_masked(text: str, expected: str) -> None:
+    assert redact_text(text, []) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"key": "collect_stats", "tokens_left": 3}',
+        "FATAL: password authentication failed for user app",
+        "password: ${DB_PASSWORD}",
+        "Authorization: Bearer ${API_TOKEN}",
+        "sqlite:///var/lib/stepline.db",
+        "password=",
+    ],
+)
+def test_text_without_a_secret_is_kept(text: str) -> None:
+    assert redact_text(text, []) == text
+
+
+# -- known values --------------------------------------------------------------------------
+
+
+def test_a_known_value_is_masked_under_any_key_and_in_any_message() -> None:
+    secrets = ["hunter22"]
+    value = {"plain": "hunter22", "note": ["ran with hunter22"], "n": 1}
+    assert redact_value(value, secrets) == {"plain": "***", "note": ["ran with ***"], "n": 1}
+
+
+def test_a_known_value_is_masked_json_and_repr_encoded() -> None:
+    secret = 'pa"ss\\w0rd'
+    encoded = json.dumps({"x": secret})
+    assert secret not in redact_text(secret, [secret])
+    assert redact_text(encoded, [secret]) == '{"x": "***"}'
+    assert redact_text(repr({"x": "it's-" + secret}), ["it's-" + secret]) == "{'x': '***'}"
+
+
+def test_short_values_are_not_matched_as_text_but_are_masked_under_a_secret_name() -> None:
+    # Masking every "abc" in the output would hide nothing and wreck it: see MIN_SECRET_LENGTH.
+    assert MIN_SECRET_LENGTH == 4
+    assert redact_value({"password": "abc", "note": "abc"}, ["abc"]) == {
+        "password": "***",
+        "note": "abc",
+    }
+
+
+def test_numbers_and_lists_under_a_secret_name_are_masked_and_references_kept() -> None:
+    value = {"pin_password": 12345678, "tokens": {"api_token": ["t-1", "t-2"]}, "flag": True}
+    assert redact_value(value, []) == {
+        "pin_password": "***",
+        "tokens": {"api_token": ["***", "***"]},
+        "flag": True,
+    }
+    assert redact_value({"password": "${DB_PASS}"}, []) == {"password": "${DB_PASS}"}
+
+
+def test_redact_url_keeps_a_url_without_secrets_as_written() -> None:
+    assert redact_url("sqlite:///stepline.db") == "sqlite:///stepline.db"
+    assert redact_text("see sqlite:////var/x.db now", []) == "see sqlite:////var/x.db now"
+
+
+# -- secret values of params ----------------------------------------------------------------
+
+
+def test_secret_values_of_params_include_urls_and_connection_strings() -> None:
+    params = {
+        "period": "WEEK",
+        "password": "hunter22",
+        "nested": {"api_token": "tok-1234", "pin_password": 98765},
+        "source": "https://u:urlpass9@api.example.com/v1?serviceKey=SK-00aa&page=1",
+        "odbc": "Server=db;Uid=app;Pwd=odbcPass5;",
+        "client_secret": "${CLIENT_SECRET}",
+        "count": 7,
+    }
+    found = set(secret_values(params))
+    assert {"hunter22", "tok-1234", "98765", "urlpass9", "SK-00aa", "odbcPass5"} <= found
+    assert not found & {"WEEK", "${CLIENT_SECRET}", "7", "app", "db"}
+
+
+# -- log events ----------------------------------------------------------------------------
+
+
+def test_the_log_processor_masks_secret_fields_and_remembered_values() -> None:
+    remember_secrets(["rem-4455-zz"])
+    processor = redact_processor(list)
+    event = {
+        "event": "connecting with rem-4455-zz",
+        "params": {"password": "pw-1", "token": "t0k-1", "api_key": "k-1", "period": "WEEK"},
+        "api_key": "k-2",
+    }
+    assert processor(None, "info", event) == {
+        "event": "connecting with ***",
+        "params": {"password": "***", "token": "***", "api_key": "***", "period": "WEEK"},
+        "api_key": "***",
+    }
+    assert "rem-4455-zz" in remembered_secrets()
+
+
+def test_many_secrets_sharing_prefixes_are_each_masked_whole() -> None:
+    secrets = [f"tok-{i:04d}-end" for i in range(300)] + ["tok-0001", "tok-0001-end-more"]
+    text = "a tok-0001-end-more b tok-0299-end c tok-0001 d tok-0300-end"
+    assert redact_text(text, secrets) == "a *** b *** c *** d tok-0300-end"

@@ -19,9 +19,10 @@ from fastapi import FastAPI
 
 from stepline.api.dashboard import router as dashboard_router
 from stepline.api.errors import install_error_handlers
+from stepline.api.health import DatabaseProbe
 from stepline.api.metrics import Metrics
 from stepline.api.middleware import BodySizeLimit, UnhandledErrors
-from stepline.api.routes import health_router, router
+from stepline.api.routes import database_answers, health_router, router
 from stepline.api.security import check_token
 from stepline.logs import configure_logging
 from stepline.service import Stepline
@@ -73,7 +74,7 @@ def create_app_from_env() -> FastAPI:
     """
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.secrets)
-    check_token(settings.api_token.get_secret_value() if settings.api_token else None)
+    check_token(settings.api_token.get_secret_value() if settings.api_token is not None else None)
     # PUT validates that runners import, from the current directory as the CLI does.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -106,6 +107,7 @@ def _build(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.probe = DatabaseProbe(lambda: database_answers(service))
     app.state.metrics = metrics or Metrics()
     app.state.metrics.watch(service.store.engine)
     install_error_handlers(app)
@@ -113,6 +115,6 @@ def _build(
     app.include_router(router)
     app.include_router(dashboard_router)
     # Added last = outermost: the size limit applies before anything reads the body.
-    app.add_middleware(UnhandledErrors, secrets=service.settings.secrets)
+    app.add_middleware(UnhandledErrors, secrets=service.secrets)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     return app

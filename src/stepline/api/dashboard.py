@@ -30,11 +30,12 @@ from fastapi.security.utils import get_authorization_scheme_param
 from stepline.api.dependencies import ServiceDep
 from stepline.api.routes import MAX_ID
 from stepline.api.security import require_token
-from stepline.api.views import redact_value
+from stepline.api.views import instance_secrets
 from stepline.core.definition import NAME_PATTERN
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.errors import NotFound
-from stepline.redact import redact_text
+from stepline.errors import shown as quoted
+from stepline.redact import redact_text, redact_value
 from stepline.scheduling.cron import CronSchedule
 from stepline.service import Stepline
 from stepline.stores.base import AttemptRecord, StepResultRecord
@@ -94,7 +95,7 @@ def _message(
     request: Request, service: Stepline, status: int, title: str, text: str, headers: Headers = None
 ) -> Response:
     """A page that says what went wrong, with no secret (the text may echo the request)."""
-    body = f"<h1>{_e(title)}</h1><p>{_e(redact_text(text, service.settings.secrets()))}</p>"
+    body = f"<h1>{_e(title)}</h1><p>{_e(redact_text(text, service.secrets()))}</p>"
     home = f'<p><a href="{_e(_base(request))}/ui">Dashboard</a></p>'
     return _page(title, body + home, status, headers)
 
@@ -216,13 +217,13 @@ def overview(
         wanted = InstanceStatus(status) if status else None
     except ValueError:
         allowed = ", ".join(s.value for s in InstanceStatus)
-        text = f"unknown status {status!r}; use one of {allowed}"
+        text = f"unknown status {quoted(status)}; use one of {allowed}"
         return _message(request, service, 422, "Invalid filter", text)
     if batch and not NAME_PATTERN.fullmatch(batch):
-        text = f"{batch!r} is not a batch name ([a-z0-9_-], 1-200 characters)"
+        text = f"{quoted(batch)} is not a batch name ([a-z0-9_-], 1-200 characters)"
         return _message(request, service, 422, "Invalid filter", text)
     base = _e(_base(request))
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     definitions = service.store.definitions()
     batch_rows = []
     for stored in definitions:
@@ -241,7 +242,7 @@ def overview(
             _when(i.scheduled_for),
             _when(i.created_at),
             _duration(i.started_at, i.finished_at),
-            _text_cell(redact_text(i.error, secrets) if i.error else None),
+            _text_cell(redact_text(i.error, instance_secrets(i, secrets)) if i.error else None),
         )
         for i in service.store.instances(batch or None, wanted, INSTANCES_SHOWN)
     ]
@@ -297,13 +298,13 @@ def instance_page(request: Request, service: ServiceDep, instance_id: str) -> Re
         return refusal
     number = int(instance_id) if instance_id.isascii() and instance_id.isdigit() else 0
     if not 1 <= number <= MAX_ID:
-        text = f"{instance_id!r} is not an instance id (a whole number from 1)"
+        text = f"{quoted(instance_id)} is not an instance id (a whole number from 1)"
         return _message(request, service, 404, "Not found", text)
     try:
         instance = service.store.instance(number)
     except NotFound as exc:
         return _message(request, service, 404, "Not found", str(exc))
-    secrets = service.settings.secrets()
+    secrets = instance_secrets(instance, service.secrets())
     results = service.store.step_results(number)
     parents = {r.step_key: r for r in results if r.map_index < 0}
     items: dict[str, list[StepResultRecord]] = {}

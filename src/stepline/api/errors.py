@@ -35,7 +35,7 @@ RETRY_AFTER = "5"
 
 
 def _secrets(request: Request) -> list[str]:
-    return service_of(request).settings.secrets()
+    return service_of(request).secrets()
 
 
 def _answer(

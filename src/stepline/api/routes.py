@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from stepline.api.dependencies import MetricsDep, ServiceDep
+from stepline.api.health import DatabaseProbe
 from stepline.api.models import (
     BATCH_NAME,
     BatchApplied,
@@ -35,10 +36,10 @@ from stepline.api.security import require_token
 from stepline.api.views import batch_detail, batch_summary, instance_detail, instance_out
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus
-from stepline.errors import DefinitionError, Problem, StoreUnavailable
+from stepline.errors import DefinitionError, Problem, StoreUnavailable, shown
 from stepline.service import Stepline
 
-__all__ = ["health_router", "router"]
+__all__ = ["database_answers", "health_router", "router"]
 
 # Ids are BIGINT: a larger number would overflow the driver instead of finding nothing.
 MAX_ID = 2**63 - 1
@@ -165,7 +166,7 @@ def list_batches(service: ServiceDep) -> BatchList:
 )
 def get_batch(name: BatchName, service: ServiceDep) -> BatchDetail:
     """The current version's document, with secrets masked."""
-    return batch_detail(service.store.definition(name), service.settings.secrets())
+    return batch_detail(service.store.definition(name), service.secrets())
 
 
 @router.put(
@@ -204,7 +205,9 @@ def put_batch(
     if problem:
         raise DefinitionError([Problem(problem, source)])
     if "name" in document and document["name"] != name:
-        mismatch = f"name {document['name']!r} in the body differs from {name!r} in the path"
+        mismatch = (
+            f"name {shown(document['name'])} in the body differs from {shown(name)} in the path"
+        )
         raise DefinitionError([Problem(mismatch, source)])
     definition = parse_definition({**document, "name": name}, source=source)
     stored = service.apply(definition)
@@ -225,7 +228,7 @@ def list_instances(
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
 ) -> InstanceList:
     """Instances, newest first."""
-    secrets = service.settings.secrets()
+    secrets = service.secrets()
     found = service.store.instances(batch, status, limit)
     return InstanceList(instances=[instance_out(i, secrets) for i in found])
 
@@ -241,7 +244,7 @@ def get_instance(instance_id: InstanceId, service: ServiceDep) -> InstanceDetail
     """The instance with every step result (one per step, or per item of a mapped step)."""
     instance = service.store.instance(instance_id)
     steps = service.store.step_results(instance_id)
-    return instance_detail(instance, steps, service.settings.secrets())
+    return instance_detail(instance, steps, service.secrets())
 
 
 _ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -296,7 +299,8 @@ def get_metrics(metrics: MetricsDep) -> Response:
     return Response(body, media_type=content_type)
 
 
-def _database_answers(service: Stepline) -> bool:
+def database_answers(service: Stepline) -> bool:
+    """Whether Stepline's database answers a query now (for /healthz, via DatabaseProbe)."""
     engine = service.store.engine
     try:
         # A read-only transaction: see stepline.api.metrics for why the option matters.
@@ -314,8 +318,9 @@ def _database_answers(service: Stepline) -> bool:
     tags=["operations"],
     summary="Liveness and database check (no token needed)",
 )
-def healthz(service: ServiceDep) -> Health | JSONResponse:
-    """200 ``{"status": "ok"}`` when the database answers a query, else 503."""
-    if _database_answers(service):
+def healthz(request: Request) -> Health | JSONResponse:
+    """200 ``{"status": "ok"}`` when the database answers a query, else 503 (within 2 s)."""
+    probe: DatabaseProbe = request.app.state.probe
+    if probe.answers():
         return Health(status="ok")
     return JSONResponse(Health(status="unavailable").model_dump(), status_code=503)

@@ -6,7 +6,6 @@ results and error texts, any of which may hold a password or a URL with a token.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,14 @@ from stepline.api.models import (
     InstanceOut,
     StepResultOut,
 )
-from stepline.redact import MASK, SECRET_QUERY_KEYS, redact_text, redact_url
+from stepline.redact import (
+    MASK,
+    only_references,
+    redact_text,
+    redact_url,
+    redact_value,
+    secret_values,
+)
 from stepline.stores.base import InstanceRecord, StepResultRecord, StoredDefinition
 
 __all__ = [
@@ -25,67 +31,35 @@ __all__ = [
     "batch_summary",
     "instance_detail",
     "instance_out",
+    "instance_secrets",
     "redact_document",
     "redact_value",
 ]
-
-# "${NAME}" is resolved from the server's environment when an alert is sent: it names a
-# secret without holding it, so it is shown as is (and a GET -> PUT round trip keeps it).
-_ENV_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
-_AUTH_SCHEMES = frozenset({"", "bearer", "basic", "token"})
-# The names stepline.redact masks in URL queries (refresh_token, client_secret, ...), less
-# "key": in a document it is a step's key far more often than a credential.
-_SECRET_NAMES = SECRET_QUERY_KEYS - {"key"}
-_SECRET_NAME_SUFFIXES = ("_key", "_token", "_secret", "_password", "_signature")
-
-
-def _is_secret_name(name: object) -> bool:
-    if not isinstance(name, str):
-        return False
-    normalized = name.strip().lower().replace("-", "_")
-    return normalized in _SECRET_NAMES or normalized.endswith(_SECRET_NAME_SUFFIXES)
-
-
-def redact_value(value: Any, secrets: Sequence[str]) -> Any:
-    """``value`` with :func:`redact_text` applied to every string inside it, and the text
-    under a secret-looking key (password, token, api_key, ...) masked whole."""
-    if isinstance(value, str):
-        return redact_text(value, secrets)
-    if isinstance(value, Mapping):
-        return {
-            key: MASK
-            if isinstance(item, str) and _is_secret_name(key) and not _only_references(item)
-            else redact_value(item, secrets)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact_value(item, secrets) for item in value]
-    return value
-
-
-def _only_references(value: Any) -> bool:
-    """Whether ``value`` holds no literal secret: only ${NAME} references (and a scheme)."""
-    if not isinstance(value, str) or not _ENV_REFERENCE.search(value):
-        return False
-    return _ENV_REFERENCE.sub("", value).strip().lower() in _AUTH_SCHEMES
 
 
 def _redact_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(alert)
     if isinstance(out.get("url"), str):
         out["url"] = redact_url(out["url"])
-    if "password" in out and not _only_references(out["password"]):
+    # "${NAME}" is resolved from the server's environment when an alert is sent: it names a
+    # secret without holding it, so it is shown as is (a GET -> PUT round trip keeps it).
+    password = out.get("password")
+    if isinstance(password, str) and not only_references(password):
         out["password"] = MASK
     headers = out.get("headers")
     if isinstance(headers, Mapping):
         # Headers of a webhook are how it authenticates: masked unless they only refer.
-        out["headers"] = {k: v if _only_references(v) else MASK for k, v in headers.items()}
+        out["headers"] = {
+            k: v if isinstance(v, str) and only_references(v) else MASK for k, v in headers.items()
+        }
     return out
 
 
 def redact_document(document: Mapping[str, Any], secrets: Sequence[str]) -> dict[str, Any]:
-    """A definition document with alert credentials and every known secret masked."""
+    """A definition document with alert credentials, the values of its secret params and
+    every known secret masked."""
     out = dict(document)
+    secrets = [*secrets, *secret_values(out.get("params") or {})]
     alerts = out.get("alerts")
     if isinstance(alerts, list):
         out["alerts"] = [_redact_alert(a) if isinstance(a, Mapping) else a for a in alerts]
@@ -120,6 +94,12 @@ def _redact_error(error: str | None, secrets: Sequence[str]) -> str | None:
     return None if error is None else redact_text(error, secrets)
 
 
+def instance_secrets(instance: InstanceRecord, secrets: Sequence[str]) -> list[str]:
+    """``secrets`` and the values of the instance's secret params (a runner may copy them
+    anywhere: under another key of its result, into an error message)."""
+    return [*secrets, *secret_values(instance.params)]
+
+
 def _instance_fields(instance: InstanceRecord, secrets: Sequence[str]) -> dict[str, Any]:
     return {
         "id": instance.id,
@@ -138,12 +118,13 @@ def _instance_fields(instance: InstanceRecord, secrets: Sequence[str]) -> dict[s
 
 
 def instance_out(instance: InstanceRecord, secrets: Sequence[str]) -> InstanceOut:
-    return InstanceOut(**_instance_fields(instance, secrets))
+    return InstanceOut(**_instance_fields(instance, instance_secrets(instance, secrets)))
 
 
 def instance_detail(
     instance: InstanceRecord, steps: Iterable[StepResultRecord], secrets: Sequence[str]
 ) -> InstanceDetail:
+    secrets = instance_secrets(instance, secrets)
     return InstanceDetail(
         **_instance_fields(instance, secrets),
         steps=[

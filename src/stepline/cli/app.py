@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from stepline.core.states import InstanceStatus
-from stepline.errors import Conflict, DefinitionError, NotFound, StoreUnavailable
+from stepline.errors import (
+    Conflict,
+    DefinitionError,
+    InvalidSetting,
+    NotFound,
+    StoreUnavailable,
+    shown,
+)
 
 # Start-up is paid on every command, `--help` included: SQLAlchemy, pydantic-settings,
 # structlog, httpx and rich's tables load where a command needs them, not here
@@ -111,17 +118,22 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except DefinitionError as exc:
+        from stepline.redact import redact_text, remembered_secrets
+
         for problem in exc.problems:
-            err.print(f"[red]error[/]: {escape(str(problem))}")
+            shown_problem = redact_text(str(problem), remembered_secrets())
+            err.print(f"[red]error[/]: {escape(shown_problem)}")
         raise typer.Exit(2) from None
-    except (NotFound, Conflict) as exc:
+    except (NotFound, Conflict, InvalidSetting) as exc:
         _fail(str(exc), 2)
     except StoreUnavailable as exc:
         _fail(str(exc), 3)
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error[/]: {escape(message)}")
+    from stepline.redact import redact_text, remembered_secrets
+
+    err.print(f"[red]error[/]: {escape(redact_text(message, remembered_secrets()))}")
     raise typer.Exit(code)
 
 
@@ -134,12 +146,20 @@ def _open(db: str | None, **kwargs: Any) -> Stepline:
 def _is_file(target: str) -> bool:
     from stepline.core.loader import DEFINITION_SUFFIXES
 
-    return target.endswith(DEFINITION_SUFFIXES) or os.sep in target or Path(target).is_file()
+    if target.endswith(DEFINITION_SUFFIXES) or os.sep in target:
+        return True
+    try:
+        return Path(target).is_file()
+    except OSError:  # e.g. a name longer than the file system allows: not a file
+        return False
 
 
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
-    folder = str((path if path.is_dir() else path.parent).resolve())
+    try:
+        folder = str((path if path.is_dir() else path.parent).resolve())
+    except OSError:
+        return  # not a readable path: loading it reports why
     if folder not in sys.path:
         sys.path.insert(1, folder)
 
@@ -247,9 +267,11 @@ def serve(
     from stepline.settings import Settings
 
     settings = Settings()
+    token = settings.api_token
     try:
-        check_bind(host, settings.api_token is not None)
-        check_token(settings.api_token.get_secret_value() if settings.api_token else None)
+        # Blank first: a blank token is "configured" for check_bind, yet no client can send it.
+        check_token(token.get_secret_value() if token is not None else None)
+        check_bind(host, token is not None)
     except ValueError as exc:
         _fail(str(exc), 2)
     metrics = Metrics()
@@ -258,6 +280,7 @@ def serve(
             _add_import_path(path)
             for stored in service.apply_path(path):
                 out.print(f"{stored.name}: version {stored.version}")
+        api = create_app(service, metrics=metrics)
         stop = threading.Event()
         driver = threading.Thread(
             target=service.serve_forever,
@@ -272,11 +295,8 @@ def serve(
             on_lag=lambda seconds: observe_scheduler_lag(metrics, seconds),
         )
         ticker = threading.Thread(target=scheduler.run, args=(stop,), name="stepline-scheduler")
-        driver.start()
-        ticker.start()
-        out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
         config = uvicorn.Config(
-            create_app(service, metrics=metrics),
+            api,
             host=host,
             port=port,
             log_config=None,
@@ -288,11 +308,17 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: None)
         try:
+            # Inside the try: whatever fails from here on, the threads stop and we exit.
+            driver.start()
+            ticker.start()
+            out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
             uvicorn.Server(config).run()
         finally:
             stop.set()
-            ticker.join()
-            driver.join()
+            if ticker.is_alive():
+                ticker.join()
+            if driver.is_alive():
+                driver.join()
         out.print("stopped; unfinished instances are left for recovery")
 
 
@@ -408,7 +434,7 @@ def next_fires(
     with _errors(), _open(db) as service:
         d = service.store.definition(batch).definition
         if not d.cron:
-            _fail(f"batch {batch!r} has no cron schedule", 2)
+            _fail(f"batch {shown(batch)} has no cron schedule", 2)
         tz = d.timezone or service.settings.timezone
         for fire in CronSchedule.parse(d.cron, tz).fire_times(datetime.now(UTC), n):
             out.print(fire.astimezone(_zone(tz)).isoformat())
@@ -440,18 +466,27 @@ def instances(
 @app.command()
 def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
     """Show an instance and each step: status, attempt, duration, result or error."""
+    from stepline.redact import redact_text, redact_value, secret_values
+
     with _errors(), _open(db) as service:
         i = service.store.instance(instance_id)
+        # A runner may copy a secret param anywhere: mask its value wherever it shows.
+        secrets = [*service.secrets(), *secret_values(i.params)]
+        params = redact_value(dict(i.params), secrets)
         out.print(
             f"instance {i.id}  batch {i.batch} v{i.definition_version}  {i.status.value}  "
-            f"trigger {i.trigger}  params {escape(str(i.params))}"
+            f"trigger {i.trigger}  params {escape(str(params))}"
         )
         if i.error:
-            out.print(f"error: {escape(i.error)}")
+            out.print(f"error: {escape(redact_text(i.error, secrets))}")
         table = Table("step", "status", "attempt", "duration", "result / error")
         for r in service.store.step_results(instance_id):
             key = r.step_key if r.map_index < 0 else f"{r.step_key}[{r.map_index}]"
-            detail = _short(r.error.splitlines()[0]) if r.error else _short(r.result_payload)
+            detail = (
+                _short(_first_line(redact_text(r.error, secrets)))
+                if r.error
+                else _short(redact_value(r.result_payload, secrets))
+            )
             table.add_row(
                 key, r.status.value, str(r.attempt), _duration(r.started_at, r.finished_at), detail
             )
@@ -461,7 +496,7 @@ def show(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = Non
             history = Table("step", "attempt", "status", "error", title="earlier attempts")
             for a in attempts:
                 key = a.step_key if a.map_index < 0 else f"{a.step_key}[{a.map_index}]"
-                first = a.error.splitlines()[0] if a.error else ""
+                first = _first_line(redact_text(a.error, secrets)) if a.error else ""
                 history.add_row(key, str(a.attempt), a.status.value, _short(first))
             out.print(history)
 
@@ -483,6 +518,10 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""
     return f"{(end - start).total_seconds():.3f}s"
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
 
 
 def _short(value: object, width: int = 60) -> str:

@@ -28,7 +28,7 @@ from stepline.core.expressions import ExpressionError, check_expression
 from stepline.core.runners import resolve_runner
 from stepline.core.states import TriggerRule
 from stepline.core.templates import check_templates
-from stepline.errors import DefinitionError, Problem
+from stepline.errors import DefinitionError, Problem, shown
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
 _STEP_FIELDS = {
@@ -41,6 +41,8 @@ _BATCH_FIELDS = {
 }  # fmt: skip
 # Options read by the scheduler and API layers; the core only carries them.
 _EXTRA_FIELDS = {"misfire", "misfire_grace", "misfire_cap", "on_busy"}
+# Names Airflow has since retired, named in the error so a migrated DAG is easy to fix.
+_OLD_AIRFLOW_RULES = {"dummy": "always", "none_failed_or_skipped": "none_failed_min_one_success"}
 
 
 class _Collector:
@@ -61,18 +63,18 @@ def parse_definition(
         out.add(f"a batch definition must be a mapping, got {type(doc).__name__}")
         raise DefinitionError(out.problems)
     for unknown in sorted(set(doc) - _BATCH_FIELDS - _EXTRA_FIELDS):
-        out.add(f"unknown field {unknown!r} (known: {', '.join(sorted(_BATCH_FIELDS))})")
+        out.add(f"unknown field {shown(unknown)} (known: {', '.join(sorted(_BATCH_FIELDS))})")
 
     name = doc.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        out.add(f"name {name!r} must be 1-200 characters of a-z, 0-9, '_' and '-'")
+        out.add(f"name {shown(name)} must be 1-200 characters of a-z, 0-9, '_' and '-'")
     cron = doc.get("cron")
     timezone = doc.get("timezone")
     if timezone is not None:
         try:
             ZoneInfo(str(timezone))
         except (ZoneInfoNotFoundError, ValueError, OSError):
-            out.add(f"unknown timezone {timezone!r}: use an IANA name such as Asia/Seoul")
+            out.add(f"unknown timezone {shown(timezone)}: use an IANA name such as Asia/Seoul")
             timezone = None
     if cron is not None:
         from stepline.scheduling.cron import CronError, CronSchedule
@@ -83,7 +85,7 @@ def parse_definition(
             out.add(str(exc))
     max_active = doc.get("max_active_instances", 1)
     if not isinstance(max_active, int) or isinstance(max_active, bool) or max_active < 1:
-        out.add(f"max_active_instances {max_active!r} must be a whole number >= 1")
+        out.add(f"max_active_instances {shown(max_active)} must be a whole number >= 1")
         max_active = 1
     params = doc.get("params") or {}
     if not isinstance(params, Mapping):
@@ -106,7 +108,7 @@ def parse_definition(
             if parsed is None:
                 continue
             if parsed.key in seen:
-                out.add(f"duplicate step key {parsed.key!r}", parsed.key)
+                out.add(f"duplicate step key {shown(parsed.key)}", parsed.key)
                 continue
             seen.add(parsed.key)
             steps.append(parsed)
@@ -130,9 +132,9 @@ def parse_definition(
 
 def _check_scheduling_options(doc: Mapping[str, Any], out: _Collector) -> None:
     if doc.get("misfire", "once") not in ("once", "all", "skip"):
-        out.add(f"misfire {doc['misfire']!r} must be once, all or skip")
+        out.add(f"misfire {shown(doc['misfire'])} must be once, all or skip")
     if doc.get("on_busy", "queue") not in ("queue", "skip"):
-        out.add(f"on_busy {doc['on_busy']!r} must be queue or skip")
+        out.add(f"on_busy {shown(doc['on_busy'])} must be queue or skip")
     if "misfire_grace" in doc:
         try:
             parse_duration(doc["misfire_grace"])
@@ -140,7 +142,7 @@ def _check_scheduling_options(doc: Mapping[str, Any], out: _Collector) -> None:
             out.add(f"misfire_grace: {exc}")
     cap = doc.get("misfire_cap", 100)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-        out.add(f"misfire_cap {cap!r} must be a whole number >= 1")
+        out.add(f"misfire_cap {shown(cap)} must be a whole number >= 1")
 
 
 def _parse_step(
@@ -151,10 +153,12 @@ def _parse_step(
         return None
     key = raw.get("key")
     if not isinstance(key, str) or not STEP_KEY_PATTERN.match(key):
-        out.add(f"step #{index + 1} has an invalid key {key!r} (letters, digits, '_', '-', '.')")
+        out.add(
+            f"step #{index + 1} has an invalid key {shown(key)} (letters, digits, '_', '-', '.')"
+        )
         return None
     for unknown in sorted(set(raw) - _STEP_FIELDS):
-        out.add(f"unknown field {unknown!r} (known: {', '.join(sorted(_STEP_FIELDS))})", key)
+        out.add(f"unknown field {shown(unknown)} (known: {', '.join(sorted(_STEP_FIELDS))})", key)
     runner = raw.get("runner")
     if not isinstance(runner, str) or not runner:
         out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
@@ -186,7 +190,9 @@ def _parse_step(
         rule = TriggerRule(rule_text)
     except ValueError:
         known = ", ".join(r.value for r in TriggerRule)
-        out.add(f"unknown trigger_rule {rule_text!r} (known: {known})", key)
+        renamed = _OLD_AIRFLOW_RULES.get(rule_text) if isinstance(rule_text, str) else None
+        hint = f"Airflow's old name for {renamed!r}; " if renamed else ""
+        out.add(f"unknown trigger_rule {shown(rule_text)} ({hint}known: {known})", key)
         rule = TriggerRule.ALL_SUCCESS
     condition = raw.get("condition")
     if condition is not None and not isinstance(condition, str | bool):
@@ -223,7 +229,7 @@ def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:
         return RetryPolicy()
     attempts = raw.get("attempts", 1)
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        out.add(f"retry.attempts {attempts!r} must be a whole number >= 1", key)
+        out.add(f"retry.attempts {shown(attempts)} must be a whole number >= 1", key)
         attempts = 1
     policy = RetryPolicy(attempts=attempts, jitter=bool(raw.get("jitter", True)))
     for name in ("backoff", "max_backoff"):
@@ -251,7 +257,7 @@ def _parse_map(raw: object, key: str, out: _Collector) -> MapSpec | None:
         return None
     concurrency = raw.get("concurrency", 16)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        out.add(f"map.concurrency {concurrency!r} must be a whole number >= 1", key)
+        out.add(f"map.concurrency {shown(concurrency)} must be a whole number >= 1", key)
         concurrency = 16
     return MapSpec(over=raw["over"], concurrency=concurrency)
 
@@ -262,7 +268,7 @@ def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _C
     for s in steps:
         for nxt in s.next_steps:
             if nxt not in keys:
-                out.add(f"next_steps names unknown step {nxt!r}", s.key)
+                out.add(f"next_steps names unknown step {shown(nxt)}", s.key)
             else:
                 predecessors[nxt].add(s.key)
             if nxt == s.key:
@@ -273,33 +279,84 @@ def _check_graph(steps: list[StepDefinition], params: Mapping[str, Any], out: _C
     for s in steps:
         if s.map is not None and s.map.over not in predecessors[s.key] and s.map.over not in params:
             out.add(
-                f"map.over {s.map.over!r} is neither an upstream step of this step "
+                f"map.over {shown(s.map.over)} is neither an upstream step of this step "
                 "nor a key of params",
+                s.key,
+            )
+        elif (
+            s.map is not None and s.trigger_rule is TriggerRule.ALWAYS and s.map.over not in params
+        ):
+            out.add(
+                f"map.over {s.map.over!r}: an 'always' step starts without waiting for its "
+                "upstream steps, so it has no result to map over (use trigger_rule all_done)",
                 s.key,
             )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key that a mapping repeats (YAML 1.2 forbids it; PyYAML
+    would keep the last value silently, so a half-edited step would run unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" keys may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = first_line.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {shown(key, 80)} (first on line {first})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"duplicate key {shown(key, 80)}")
+        document[key] = value
+    return document
+
+
 def read_document(path: Path) -> object:
-    """Read a YAML or JSON file; raise DefinitionError naming the file and the line."""
+    """Read a YAML or JSON file; raise DefinitionError naming the file and the line.
+
+    A mapping that repeats a key is refused (naming the key and its lines), in both formats.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DefinitionError([Problem(f"cannot read file: {exc.strerror}", str(path))]) from exc
     try:
         if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         problem = Problem(f"not valid {path.suffix[1:].upper()}: {exc}", str(path))
+        raise DefinitionError([problem]) from None
+    except ValueError as exc:  # from _unique_pairs
+        problem = Problem(f"not valid JSON: {exc}", str(path))
         raise DefinitionError([problem]) from None
 
 
 def definition_files(path: Path) -> list[Path]:
     """A file, or every definition file directly inside a directory, sorted."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
-    if not path.exists():
-        raise DefinitionError([Problem("no such file or directory", str(path))])
+    try:
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.suffix in DEFINITION_SUFFIXES)
+        if not path.exists():
+            raise DefinitionError([Problem("no such file or directory", str(path))])
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise DefinitionError([Problem(f"cannot read: {exc.strerror}", str(path))]) from None
     return [path]
 
 

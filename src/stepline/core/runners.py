@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from stepline.errors import shown
+
 Runner = Callable[..., Any]
 
 _registry: dict[str, Runner] = {}
@@ -40,20 +42,20 @@ def resolve_runner(reference: str) -> Runner:
     module_name, sep, attr_path = reference.partition(":")
     if not sep or not module_name or not attr_path:
         raise ImportError(
-            f"runner {reference!r} is neither a registered name nor 'module:function'"
+            f"runner {shown(reference)} is neither a registered name nor 'module:function'"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(
-            f"runner {reference!r}: cannot import module {module_name!r} ({exc}); runner "
+            f"runner {shown(reference)}: cannot import module {shown(module_name)} ({exc}); runner "
             "modules are imported with the current directory on sys.path"
         ) from exc
     except Exception as exc:
         # A module that raises on import (a syntax error, a failing top-level call) is a
         # problem with the definition's runner, reported like a missing one.
         raise ImportError(
-            f"runner {reference!r}: importing module {module_name!r} failed: "
+            f"runner {shown(reference)}: importing module {shown(module_name)} failed: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     target: Any = module
@@ -62,9 +64,10 @@ def resolve_runner(reference: str) -> Runner:
             target = getattr(target, attr)
         except AttributeError:
             raise ImportError(
-                f"runner {reference!r}: module {module_name!r} has no attribute {attr_path!r}"
+                f"runner {shown(reference)}: module {shown(module_name)} "
+                f"has no attribute {shown(attr_path)}"
             ) from None
     if not callable(target):
-        raise ImportError(f"runner {reference!r} is not callable")
+        raise ImportError(f"runner {shown(reference)} is not callable")
     fn: Runner = target
     return fn

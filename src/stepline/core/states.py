@@ -45,7 +45,6 @@ FINAL_STEP_STATES = frozenset(
         StepStatus.CANCELLED,
     }
 )
-_FAILED_LIKE = frozenset({StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED})
 
 S = StepStatus
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
@@ -80,44 +79,87 @@ def can_move(current: StepStatus, new: StepStatus) -> bool:
 
 
 class TriggerRule(StrEnum):
+    """Apache Airflow's trigger rules, with the same names and semantics (docs/trigger-rules.md)."""
+
     ALL_SUCCESS = "all_success"
+    ALL_FAILED = "all_failed"
     ALL_DONE = "all_done"
+    ALL_SKIPPED = "all_skipped"
     ONE_SUCCESS = "one_success"
     ONE_FAILED = "one_failed"
-    ALL_FAILED = "all_failed"
+    ONE_DONE = "one_done"
     NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    NONE_SKIPPED = "none_skipped"
+    ALWAYS = "always"
 
 
-def decide(rule: TriggerRule, upstream: Iterable[StepStatus]) -> StepStatus:
-    """What a step becomes once every upstream step is final.
+TR = TriggerRule
 
-    Returns QUEUED (run it), SKIPPED, or UPSTREAM_FAILED. A step with no upstream always runs.
-    A cancelled upstream counts as failed: the work it stood for did not happen.
+# The rules that fire before every upstream step is final: the one_* rules as soon as one
+# upstream step ends in a status below, ``always`` as soon as the instance starts.
+_FIRES_ON: dict[TriggerRule, frozenset[StepStatus]] = {
+    TR.ONE_SUCCESS: frozenset({S.SUCCEEDED}),
+    TR.ONE_FAILED: frozenset({S.FAILED, S.UPSTREAM_FAILED, S.CANCELLED}),
+    # As Airflow: "succeeded or failed"; a step that never ran (upstream_failed) is not done.
+    TR.ONE_DONE: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+}
+EARLY_RULES = frozenset({*_FIRES_ON, TR.ALWAYS})
+
+
+def fires_on(rule: TriggerRule, upstream: StepStatus) -> bool:
+    """Whether one upstream step ending in ``upstream`` makes a ``rule`` step run at once,
+    whatever its other upstream steps do."""
+    fires = _FIRES_ON.get(rule)
+    return fires is not None and upstream in fires
+
+
+def decide(rule: TriggerRule, upstream: Iterable[StepStatus]) -> StepStatus | None:
+    """What a step becomes, given the statuses of its upstream steps so far.
+
+    Returns QUEUED (run it), SKIPPED, UPSTREAM_FAILED, or None while it cannot be decided
+    yet. Only the early rules (:data:`EARLY_RULES`) decide before every upstream step is
+    final, and only to run. A step with no upstream always runs. A cancelled upstream
+    counts as failed: the work it stood for did not happen.
     """
     statuses = list(upstream)
-    if not statuses:
+    if not statuses or rule is TR.ALWAYS:
         return S.QUEUED
-    failed = sum(1 for s in statuses if s in _FAILED_LIKE)
-    succeeded = sum(1 for s in statuses if s is S.SUCCEEDED)
+    fires = _FIRES_ON.get(rule)
+    if fires is not None and any(s in fires for s in statuses):
+        return S.QUEUED
+    if any(not s.is_final for s in statuses):
+        return None
     total = len(statuses)
+    succeeded = statuses.count(S.SUCCEEDED)
+    skipped = statuses.count(S.SKIPPED)
+    failed = total - succeeded - skipped  # failed, upstream_failed or cancelled
     match rule:
-        case TriggerRule.ALL_SUCCESS:
-            if succeeded == total:
-                return S.QUEUED
-            return S.UPSTREAM_FAILED if failed else S.SKIPPED
-        case TriggerRule.ALL_DONE:
-            return S.QUEUED
-        case TriggerRule.ONE_SUCCESS:
-            if succeeded:
-                return S.QUEUED
-            # As Airflow: skipped only if every upstream step was skipped.
-            return S.SKIPPED if failed == 0 else S.UPSTREAM_FAILED
-        case TriggerRule.ONE_FAILED:
-            return S.QUEUED if failed else S.SKIPPED
-        case TriggerRule.ALL_FAILED:
-            return S.QUEUED if failed == total else S.SKIPPED
-        case TriggerRule.NONE_FAILED:
+        # A failure wins over a skip: the step cannot hold, and says why.
+        case TR.ALL_SUCCESS:
+            if failed:
+                return S.UPSTREAM_FAILED
+            return S.QUEUED if succeeded == total else S.SKIPPED
+        case TR.NONE_FAILED:
             return S.UPSTREAM_FAILED if failed else S.QUEUED
+        case TR.NONE_FAILED_MIN_ONE_SUCCESS:
+            if failed:
+                return S.UPSTREAM_FAILED
+            return S.QUEUED if succeeded else S.SKIPPED
+        case TR.ALL_FAILED:
+            return S.QUEUED if failed == total else S.SKIPPED
+        case TR.ALL_SKIPPED:
+            return S.QUEUED if skipped == total else S.SKIPPED
+        case TR.ALL_DONE:
+            return S.QUEUED
+        case TR.NONE_SKIPPED:
+            return S.SKIPPED if skipped else S.QUEUED
+        case TR.ONE_SUCCESS:
+            # Nothing succeeded. As Airflow: skipped only if every upstream step was skipped.
+            return S.SKIPPED if skipped == total else S.UPSTREAM_FAILED
+        case _:
+            # one_failed / one_done with nothing that fires them: there is nothing to handle.
+            return S.SKIPPED
 
 
 def instance_outcome(step_statuses: Iterable[StepStatus]) -> InstanceStatus:

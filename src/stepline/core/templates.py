@@ -24,6 +24,7 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from stepline.core.expressions import NAMES, ExpressionError, check_expression, evaluate
+from stepline.errors import shown
 
 __all__ = ["TemplateError", "check_templates", "has_templates", "resolve"]
 
@@ -76,7 +77,7 @@ def check_templates(value: Any, *, names: Collection[str] | None = NAMES) -> lis
             try:
                 check_expression(slot.expression, names=names)
             except ExpressionError as exc:
-                problems.append(_at(where, f"template {slot.source!r}: {exc}"))
+                problems.append(_at(where, f"template {shown(slot.source)}: {exc}"))
     return problems
 
 
@@ -93,7 +94,7 @@ def _evaluate(slot: _Slot, namespace: Mapping[str, Any]) -> Any:
     try:
         return evaluate(slot.expression, namespace)
     except ExpressionError as exc:
-        raise TemplateError(f"template {slot.source!r}: {exc}") from None
+        raise TemplateError(f"template {shown(slot.source)}: {exc}") from None
 
 
 def _render(value: Any) -> str:
@@ -112,7 +113,7 @@ def _parse(text: str) -> tuple[str | _Slot, ...]:
     parts.append(text[position:])
     for part in parts:
         if isinstance(part, str) and "{{" in part:
-            raise TemplateError(f"{text!r}: '{{{{' without a closing '}}}}'")
+            raise TemplateError(f"{shown(text)}: '{{{{' without a closing '}}}}'")
     return tuple(part for part in parts if part)
 
 

@@ -18,7 +18,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stepline.core.definition import BatchDefinition, StepDefinition
-from stepline.core.states import InstanceStatus, StepStatus, decide, instance_outcome
+from stepline.core.states import (
+    EARLY_RULES,
+    InstanceStatus,
+    StepStatus,
+    decide,
+    fires_on,
+    instance_outcome,
+)
 from stepline.stores.base import ClaimedStep, InstanceTransaction, StepOutcome
 
 
@@ -58,7 +65,9 @@ def advance(
     unfinished step can be finalised here. ``running_items`` counts the items of each
     mapped step the caller is running, for the step's ``concurrency``. With
     ``settle_pending`` (a new owner taking the instance) pending steps with nothing left
-    upstream, roots and steps reset by a retry, are decided first.
+    upstream, roots and steps reset by a retry, are decided first, and so are pending
+    steps whose rule may fire early (``always``, or a ``one_*`` rule whose upstream step
+    already ended).
     """
     done = Advance()
     items_done: Counter[str] = Counter()
@@ -90,7 +99,12 @@ def advance(
     known: dict[str, StepStatus] = dict(done.finished)
     frontier = list(done.finished)
     look_for_items = look_for_queued
-    initial = tx.pending_ready() if settle_pending else []
+    initial: list[str] = []
+    if settle_pending:
+        initial = tx.pending_ready()
+        early = [s.key for s in definition.steps if s.trigger_rule in EARLY_RULES]
+        if early:
+            initial += tx.pending_among([k for k in early if k not in initial])
     while True:
         to_run = _settle(tx, definition, frontier, known, done, params, results, initial)
         initial = []
@@ -132,6 +146,8 @@ def advance(
         else:
             done.final = instance_outcome(tx.step_statuses().values())
             tx.set_instance(done.final, error=_instance_error(done.final))
+            if done.final is InstanceStatus.FAILED and definition.alerts:
+                tx.enqueue_alerts(len(definition.alerts))
     return done
 
 
@@ -146,15 +162,34 @@ def _settle(
     ready_now: list[str],
 ) -> list[str]:
     """Decide ``ready_now`` and propagate newly final steps through the DAG; return the
-    steps that may now run."""
+    steps that may now run.
+
+    A step is looked at when its count of unfinished upstream steps reaches zero, or
+    earlier when its rule fires on an upstream step that just ended (``one_success``,
+    ``one_failed``, ``one_done``). Either way it is decided once: once it leaves
+    ``pending`` the counts and the readiness reads pass it by, so later upstream steps
+    never start it again.
+    """
     graph = definition.graph
     to_run: list[str] = []
+    decided: set[str] = set()
     while frontier or ready_now:
         ready = ready_now
         ready_now = []
         counts = Counter(s for k in frontier for s in graph.successors.get(k, ()))
         if counts:
             ready = ready + tx.upstream_done(counts)
+        early = {
+            s
+            for k in frontier
+            for s in graph.successors.get(k, ())
+            if fires_on(definition.step(s).trigger_rule, known[k])
+        }
+        early -= decided.union(ready)
+        if early:
+            ready = ready + tx.pending_among(sorted(early))
+        # A step decided earlier in this transaction is still pending until start().
+        ready = [k for k in dict.fromkeys(ready) if k not in decided]
         if not ready:
             break
         unknown = {p for k in ready for p in graph.predecessors[k]} - known.keys()
@@ -165,6 +200,9 @@ def _settle(
         for key in ready:
             step = definition.step(key)
             verdict = decide(step.trigger_rule, (known[p] for p in graph.predecessors[key]))
+            if verdict is None:
+                continue  # an early rule that has not fired yet: it waits for its upstream
+            decided.add(key)
             error = _why(verdict)
             if verdict is StepStatus.QUEUED and step.condition is not None:
                 verdict, error = _check_condition(tx, definition, key, params, results)

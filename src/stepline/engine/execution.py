@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from stepline.core.runners import Runner, resolve_runner
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
 from stepline.errors import StoreUnavailable
+from stepline.redact import remember_secrets, secret_values
 from stepline.stores.base import StepOutcome
 
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
@@ -43,6 +45,26 @@ def is_async(reference: str) -> bool:
     return inspect.iscoroutinefunction(runner_for(reference))
 
 
+_remembered: dict[int, Mapping[str, Any]] = {}
+_remembered_lock = threading.Lock()
+
+
+def _remember_params(params: Mapping[str, Any]) -> None:
+    """A runner may log its params or copy them anywhere: this process's log lines mask the
+    instance's secret values from now on, whatever key or message carries them.
+
+    Walked once per params object (the driver passes an instance's own dict to each of its
+    steps): params may hold a list of 10,000 map items.
+    """
+    if _remembered.get(id(params)) is params:
+        return
+    remember_secrets(secret_values(params))
+    with _remembered_lock:
+        _remembered[id(params)] = params  # held, so its id is not reused while cached
+        while len(_remembered) > 64:
+            del _remembered[next(iter(_remembered))]
+
+
 def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     results: Mapping[str, Any] = work.results
     if work.missing_results and load is not None:
@@ -51,6 +73,7 @@ def build_context(work: StepWork, load: ResultLoader | None) -> StepContext:
     if args and has_templates(args):
         namespace = {"params": work.params, "results": results, "item": work.item}
         args = resolve(args, namespace)
+    _remember_params(work.params)
     claimed = work.claimed
     log = _log.bind(
         batch=work.batch,

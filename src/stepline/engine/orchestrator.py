@@ -26,7 +26,7 @@ from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import Dispatcher, StepWork
 from stepline.engine.advance import Advance, advance, map_items
-from stepline.engine.alerts import send_alerts
+from stepline.engine.alerts import deliver_in_background
 from stepline.errors import Conflict, StoreUnavailable
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
 
@@ -224,8 +224,10 @@ class Orchestrator:
                     f"`stepline cancel {instance_id}` stops it"
                 )
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
+            # Taking back one of its own that it does not drive: none of its steps run here.
+            ours = takeover and expected_owner == self.owner
             requeued = tx.requeue_running(
-                exclude_owner=self.owner,
+                exclude_owner=None if ours else self.owner,
                 exclude_keys=[s.key for s in definition.steps if s.map is not None],
             )
         if requeued:
@@ -300,8 +302,18 @@ class Orchestrator:
     def active_ids(self) -> list[int]:
         return list(self._active)
 
+    @property
+    def alert_claim_seconds(self) -> float:
+        """How long a sender holds an alert before another process may send it again."""
+        return 2 * self.lease_seconds
+
     def close(self) -> None:
+        """Stop; alerts being sent get up to 30 s (whatever is unsent stays in the outbox)."""
         self.dispatcher.shutdown(wait=False)
+        deadline = time.monotonic() + 30
+        for thread in self.alert_threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.store.release(self.owner)
 
     # -- internals ------------------------------------------------------------------------
@@ -385,7 +397,7 @@ class Orchestrator:
         active.wake_at = wake
         self._emit(active, done, outcomes, now)
         if done.final is not None:
-            self._finish(active)
+            self._finish(active, done.final)
             return
         for claimed in done.claimed:
             step = active.definition.step(claimed.step_key)
@@ -545,7 +557,7 @@ class Orchestrator:
         active.inflight.clear()
         tx.cancel_unfinished()
         tx.set_instance(InstanceStatus.CANCELLED, error="cancelled on request")
-        self._finish(active)
+        self._finish(active, InstanceStatus.CANCELLED)
 
     def _lose(self, active: _Active) -> None:
         """The instance is no longer ours (recovered by another process, or final)."""
@@ -556,12 +568,17 @@ class Orchestrator:
         self._active.pop(active.instance.id, None)
         active.done.set()
 
-    def _finish(self, active: _Active) -> None:
+    def _finish(self, active: _Active, final: InstanceStatus) -> None:
         del self._active[active.instance.id]
-        if active.definition.alerts:
-            final = self.store.instance(active.instance.id)
-            if final.status is InstanceStatus.FAILED:
-                self.alert_threads.append(send_alerts(self.store, final, active.definition.alerts))
+        if final is InstanceStatus.FAILED and active.definition.alerts:
+            self.alert_threads.append(
+                deliver_in_background(
+                    self.store,
+                    self.owner,
+                    self.alert_claim_seconds,
+                    instance_id=active.instance.id,
+                )
+            )
         active.done.set()
 
     def _poll_cancellations(self) -> None:

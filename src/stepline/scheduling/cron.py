@@ -1,44 +1,42 @@
-"""Cron schedules evaluated in an IANA timezone, with defined daylight-saving behaviour.
+"""Cron schedules evaluated in an IANA timezone, with crontab(8)'s daylight-saving behaviour.
 
-Expressions have 5 fields (``minute hour day month weekday``) or 6 with seconds *first*
-(``second minute hour day month weekday``, the NestJS/Spring order: ``0 0 2 * * 1`` is
-Mondays at 02:00:00). Field syntax is croniter's; ``@daily``-style aliases are not accepted.
+Expressions follow crontab(5) (see :mod:`stepline.scheduling.cron_fields` and docs/cron.md):
+5 fields (``minute hour day month weekday``), 6 with seconds *first* (the NestJS/Spring order:
+``0 0 2 * * 1`` is Mondays at 02:00:00), or an alias such as ``@daily``.
 
-Fields are matched against wall-clock time in the schedule's timezone, and every fire time is
+Fields are matched against wall-clock time in the schedule's timezone; every fire time is
 returned as an aware UTC datetime. Around daylight-saving transitions:
 
-* Gap (spring forward): a wall time that does not exist fires once, at the first instant
-  after the gap. ``30 2 * * *`` in America/New_York fires on 2026-03-08 at 03:00 EDT
-  (07:00 UTC). Every missing time in one gap, and a fire time at the gap's end (03:00 here),
-  collapse into that single firing: nothing is skipped and nothing fires twice.
-* Overlap (fall back): a schedule that names its hours fires a wall time that occurs twice
-  once, at its first occurrence (``fold=0``): ``30 1 * * *`` in America/New_York fires on
-  2026-11-01 at 01:30 EDT (05:30 UTC) only. A schedule whose hour field is ``*`` runs at
-  intervals, so it keeps running through the repeated hour, in both passes (as classic cron
-  does): ``0 * * * *`` fires at 05:00, 06:00 and 07:00 UTC that night.
+* Gap (spring forward): wall times that do not exist fire once, at the first instant after
+  the gap. ``30 2 * * *`` in America/New_York fires on 2026-03-08 at 03:00 EDT (07:00 UTC).
+  All matching wall times of one gap, and a fire time at the gap's end, collapse into that
+  single firing: nothing is lost and nothing fires twice.
+* Overlap (fall back): a *fixed-time* schedule fires a repeated wall time once, at its first
+  occurrence: ``30 1 * * *`` fires on 2026-11-01 at 01:30 EDT (05:30 UTC) only. An
+  *interval* schedule keeps its wall-clock pattern through both passes of the repeated hour:
+  ``*/15 1-3 * * *`` fires at 01:00, 01:15, 01:30, 01:45 EDT and again at the same wall
+  times EST. A schedule is an interval schedule when it fires more than once in an hour (its
+  second and minute fields allow more than one time within the hour) or in every hour of the
+  day (its hour field allows all 24 hours); every other schedule is fixed-time.
 
 Fire times are therefore strictly increasing UTC instants; none is ever repeated.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, CroniterError, croniter
+from stepline.scheduling.cron_fields import CronFields, CronSyntaxError, parse_fields
 
 __all__ = ["CronError", "CronSchedule"]
 
-_EXPECTED = (
-    "expected 5 fields (minute hour day month weekday) "
-    "or 6 with leading seconds (second minute hour day month weekday)"
-)
-# Any fixed instant works for probing; it only has to precede croniter's search horizon.
-_PROBE_START = datetime(2000, 1, 1)
-_REWIND = timedelta(hours=3)  # longer than any DST shift
+_PROBE = date(2000, 1, 1)  # any date: a valid pattern matches within 400 years of any date
+_ONE_SECOND = timedelta(seconds=1)
 
 
 class CronError(ValueError):
@@ -54,7 +52,7 @@ class CronSchedule:
 
     def __post_init__(self) -> None:
         # Validating here rather than only in parse() means no invalid instance can exist.
-        _check_expression(self.expression)
+        _fields(self.expression)
         _zone(self.timezone)
 
     @classmethod
@@ -63,6 +61,11 @@ class CronSchedule:
         if isinstance(expression, str):
             expression = " ".join(expression.split())
         return cls(expression, timezone)
+
+    @property
+    def interval(self) -> bool:
+        """Keeps its wall-clock pattern through both passes of a repeated hour."""
+        return _fields(self.expression).interval
 
     def next_fire_time(self, after: datetime) -> datetime:
         """The first fire time strictly after the aware datetime ``after``, in UTC."""
@@ -80,7 +83,8 @@ class CronSchedule:
     def _fires(self, after: datetime) -> Iterator[datetime]:
         # Not a generator itself, so a naive datetime fails at the call, not at first next().
         _require_aware(after, "after")
-        return _iter_fires(self.expression, _zone(self.timezone), after.astimezone(UTC))
+        fields = _fields(self.expression)
+        return _iter_fires(fields, _zone(self.timezone), after.astimezone(UTC))
 
 
 def _require_aware(value: datetime, name: str) -> None:
@@ -99,88 +103,94 @@ def _zone(name: object) -> ZoneInfo:
         ) from exc
 
 
-def _croniter(expression: str, start: datetime) -> croniter[datetime]:
-    # croniter reads a 6th field as trailing seconds unless told otherwise.
-    seconds_first = len(expression.split()) == 6
-    return croniter(expression, start, ret_type=datetime, second_at_beginning=seconds_first)
-
-
-def _check_expression(expression: object) -> None:
+def _fields(expression: object) -> CronFields:
     if not isinstance(expression, str):
-        raise CronError(f"invalid cron {expression!r}: not a string; {_EXPECTED}")
-    count = len(expression.split())
-    if count not in (5, 6):
-        raise CronError(f'invalid cron "{expression}": it has {count} fields; {_EXPECTED}')
+        raise CronError(f"invalid cron {expression!r}: not a string")
+    return _parse(expression)
+
+
+@functools.lru_cache(maxsize=512)  # the scheduler re-reads every schedule on every tick
+def _parse(expression: str) -> CronFields:
     try:
-        # Parsing alone accepts dates that never occur (e.g. 30 February); one lookup does not.
-        _croniter(expression, _PROBE_START).get_next(datetime)
-    except CroniterBadDateError as exc:
-        raise CronError(f'invalid cron "{expression}": it never matches a real date') from exc
-    except (CroniterError, ValueError, KeyError, IndexError) as exc:
-        raise CronError(f'invalid cron "{expression}": {exc}; {_EXPECTED}') from exc
+        fields = parse_fields(expression)
+    except CronSyntaxError as exc:
+        raise CronError(f'invalid cron "{expression}": {exc}') from None
+    if fields.next_day(_PROBE) is None:
+        raise CronError(f'invalid cron "{expression}": it never matches a real date')
+    return fields
 
 
-def _iter_fires(expression: str, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
-    # croniter is driven in naive wall time so DST is handled only here; croniter's own
-    # aware mode fires a repeated wall time twice even for a fixed-time schedule.
-    repeat = _names_no_hour(expression)
+def _iter_fires(fields: CronFields, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
     last = after
-    second_pass: list[datetime] = []  # overlap wall times still to fire at fold=1
-    start = after
-    offsets = {(after + k * _REWIND).astimezone(zone).utcoffset() for k in (-1, 0, 1)}
-    if repeat and len(offsets) > 1:
-        # Near a transition, wall times before ``after``'s own may still owe their second
-        # pass: start before the overlap and let ``last`` drop what is already past.
-        start = after - _REWIND
-    walls = _croniter(expression, start.astimezone(zone).replace(tzinfo=None))
-    while True:
-        wall = walls.get_next(datetime)
-        overlap = repeat and _in_overlap(wall, zone)
-        if second_pass and not overlap:
-            for earlier in second_pass:
-                fire = earlier.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    cursor = _wall(after, _offset(after.astimezone(zone)))
+    first, second = _offsets(cursor, zone)
+    if second < first:
+        # ``after`` is inside a repeated hour: its walls from the start of that hour may still
+        # owe their second pass.
+        cursor = _wall(_transition(cursor, zone, first, second), second)
+    while (wall := fields.next_wall(cursor)) is not None:
+        first, second = _offsets(wall, zone)
+        if first == second:
+            fire = _instant(wall, first)
+            if fire > last:
+                last = fire
+                yield fire
+            cursor = wall + _ONE_SECOND
+            continue
+        transition = _transition(wall, zone, first, second)
+        if second > first:  # a gap: every matching wall in it fires once, right after it
+            if transition > last:
+                last = transition
+                yield transition
+            cursor = _wall(transition, second)
+            continue
+        # An overlap: wall times in [start, end) occur first at ``first``, then at ``second``.
+        start, end = _wall(transition, second), _wall(transition, first)
+        passes = ((first, wall), (second, start)) if fields.interval else ((first, wall),)
+        for offset, begin in passes:
+            repeat = fields.next_wall(max(begin, _wall(last, offset)))
+            while repeat is not None and repeat < end:
+                fire = _instant(repeat, offset)
                 if fire > last:
                     last = fire
                     yield fire
-            second_pass.clear()
-        if overlap:
-            second_pass.append(wall)
-        fire = _wall_to_utc(wall, zone)
-        # Gap times collapse onto one instant and overlap times map back to their first pass,
-        # so several wall times can land on or before an instant already handed out.
-        if fire > last:
-            last = fire
-            yield fire
+                repeat = fields.next_wall(repeat + _ONE_SECOND)
+        cursor = end
 
 
-def _names_no_hour(expression: str) -> bool:
-    """An expression whose hour field is ``*`` runs at intervals, not at a time of day."""
-    fields = expression.split()
-    return fields[2 if len(fields) == 6 else 1] == "*"
+def _offset(aware: datetime) -> timedelta:
+    offset = aware.utcoffset()
+    assert offset is not None  # always set: every datetime here carries a ZoneInfo or UTC
+    return offset
 
 
-def _in_overlap(wall: datetime, zone: ZoneInfo) -> bool:
-    first = wall.replace(tzinfo=zone, fold=0)
-    second = wall.replace(tzinfo=zone, fold=1)
-    return first.utcoffset() != second.utcoffset() and (
-        first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall
-    )
+def _offsets(wall: datetime, zone: ZoneInfo) -> tuple[timedelta, timedelta]:
+    """The UTC offsets of a wall time read at fold 0 and fold 1 (equal unless near a change).
+
+    In a gap, fold 0 reads the offset before the change and fold 1 the one after; in an
+    overlap, fold 0 is the first pass and fold 1 the second (PEP 495).
+    """
+    return _offset(wall.replace(tzinfo=zone)), _offset(wall.replace(tzinfo=zone, fold=1))
 
 
-def _wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
-    utc = wall.replace(tzinfo=zone).astimezone(UTC)  # fold=0: first occurrence in an overlap
-    if utc.astimezone(zone).replace(tzinfo=None) == wall:
-        return utc
-    # The wall time is in a gap. With fold=0 zoneinfo applies the pre-gap offset, landing after
-    # the transition; fold=1 lands before it. Bisect whole seconds (tzdata transitions are whole
-    # seconds) for the first instant carrying the post-gap offset.
-    target = utc.astimezone(zone).utcoffset()
-    before = int(wall.replace(tzinfo=zone, fold=1).timestamp())
-    after = int(utc.timestamp())
+def _transition(wall: datetime, zone: ZoneInfo, first: timedelta, second: timedelta) -> datetime:
+    """The instant the offset changes near a wall time that is in a gap or an overlap."""
+    # The two readings of ``wall`` bracket the change; tzdata changes fall on whole seconds.
+    before = int(_instant(wall, max(first, second)).timestamp())
+    after = int(_instant(wall, min(first, second)).timestamp())
+    target = _offset(datetime.fromtimestamp(after, zone))
     while after - before > 1:
-        mid = (before + after) // 2
-        if datetime.fromtimestamp(mid, zone).utcoffset() == target:
-            after = mid
+        middle = (before + after) // 2
+        if _offset(datetime.fromtimestamp(middle, zone)) == target:
+            after = middle
         else:
-            before = mid
+            before = middle
     return datetime.fromtimestamp(after, UTC)
+
+
+def _instant(wall: datetime, offset: timedelta) -> datetime:
+    return (wall - offset).replace(tzinfo=UTC)
+
+
+def _wall(instant: datetime, offset: timedelta) -> datetime:
+    return (instant + offset).replace(tzinfo=None)

@@ -72,6 +72,16 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class PendingAlert:
+    """One alert of a failed instance, claimed for sending."""
+
+    id: int
+    instance_id: int
+    alert_index: int
+    attempts: int
+
+
+@dataclass(frozen=True)
 class ClaimedStep:
     """A step result row this process now owns as ``running`` for ``attempt``."""
 
@@ -144,6 +154,13 @@ class InstanceTransaction(ABC):
         whose trigger rule and condition must be decided now."""
 
     @abstractmethod
+    def pending_among(self, keys: Sequence[str]) -> list[str]:
+        """The named steps that are still ``pending``, whatever their count of unfinished
+        upstream steps: steps whose trigger rule fires before every upstream step ended
+        (``one_success`` on a success, ``always`` at once). Like :meth:`upstream_done`, the
+        returned steps may then be passed to :meth:`start`."""
+
+    @abstractmethod
     def start(
         self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
     ) -> list[ClaimedStep]:
@@ -206,6 +223,13 @@ class InstanceTransaction(ABC):
         runner only after the claim's commit is confirmed, so a claim it does not track
         never ran. ``exclude_keys`` as for :meth:`requeue_running`.
         """
+
+    @abstractmethod
+    def enqueue_alerts(self, count: int) -> None:
+        """Keep ``count`` alerts of this (now failed) instance to send after the commit:
+        one row per entry of the definition's ``alerts:``, in this same transaction, so a
+        process that dies before sending them leaves them to the next (see
+        :meth:`Store.claim_alerts`)."""
 
     @abstractmethod
     def requeue_running(
@@ -371,6 +395,19 @@ class Store(ABC):
     @abstractmethod
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
         """Stored payloads of succeeded steps, by key; a mapped step gives its item list."""
+
+    @abstractmethod
+    def claim_alerts(
+        self, holder: str, claim_seconds: float, *, instance_id: int | None = None
+    ) -> list[PendingAlert]:
+        """Take the alerts due to be sent (of ``instance_id``, or of any instance) for
+        ``claim_seconds``: another process takes them again only once that has passed,
+        so a sender that dies mid-send is replaced (at-least-once delivery)."""
+
+    @abstractmethod
+    def alert_done(self, alert: PendingAlert, holder: str, error: str | None) -> None:
+        """Record a send: sent, or failed with ``error`` (tried again later with a growing
+        delay, up to a limit after which it is kept as ``abandoned`` with the error)."""
 
     def payload_limit(self) -> int | None:
         """The largest JSON result (in bytes) this database accepts in one statement, if

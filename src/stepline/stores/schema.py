@@ -156,7 +156,7 @@ batch_step_result = sa.Table(
     sa.Column("available_at", UtcDateTime),
     sa.UniqueConstraint("batch_instance_id", "step_key", "map_index"),
     # The claim of a mapped step's next items: a seek, then map_index order (not a walk
-    # past every finished item). Migration 0002_perf_indexes.
+    # past every finished item). Migration 0003_perf_indexes.
     sa.Index("ix_step_result_items", "batch_instance_id", "step_key", "status", "map_index"),
     # Steps by status (unfinished, queued, running); map_index lets the claim of queued
     # unmapped steps skip a wide map's queued items.
@@ -196,4 +196,24 @@ stepline_lease = sa.Table(
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+)
+
+# Alerts of failed instances, written in the transaction that makes the instance final and
+# sent after the commit: a process that dies in between leaves the row for the next one.
+stepline_alert_outbox = sa.Table(
+    "stepline_alert_outbox",
+    metadata,
+    _id(),
+    sa.Column(
+        "batch_instance_id", sa.BigInteger, sa.ForeignKey("batch_instance.id"), nullable=False
+    ),
+    sa.Column("alert_index", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("available_at", UtcDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Index(None, "status", "available_at"),
 )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +19,13 @@ from sqlalchemy.engine import Connection, Engine, Row
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import parse_definition
 from stepline.core.states import InstanceStatus, StepStatus
-from stepline.errors import NotFound, StoreRejected, StoreUnavailable
+from stepline.errors import InvalidSetting, NotFound, StoreRejected, StoreUnavailable, clip, shown
+from stepline.redact import redact_url
 from stepline.stores.base import (
     AttemptRecord,
     InstanceRecord,
     InstanceTransaction,
+    PendingAlert,
     StepResultRecord,
     Store,
     StoredDefinition,
@@ -36,6 +39,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_result,
     json_serializer,
+    stepline_alert_outbox,
     stepline_lease,
     stepline_worker,
 )
@@ -48,29 +52,98 @@ from stepline.stores.transaction import (
 
 R = batch_step_result
 BI = batch_instance
+ALERT_ATTEMPTS = 8  # then an alert that never went through is kept as abandoned
 
 
-def create_engine(url: str) -> Engine:
-    """An engine tuned per database: WAL and IMMEDIATE transactions on SQLite,
-    READ COMMITTED on MariaDB/MySQL, psycopg 3 for a bare ``postgresql://`` URL."""
+@dataclass(frozen=True)
+class Timeouts:
+    """How long Stepline waits on its own database, so a stalled server fails a call
+    (``StoreUnavailable``) instead of hanging it.
+
+    ``connect`` bounds opening a connection (TCP and handshake); ``statement`` bounds one
+    statement: PostgreSQL's ``statement_timeout``, PyMySQL's socket read/write timeouts,
+    SQLite's busy timeout (0 = no limit; SQLite then waits 30 s). Migrations run on a
+    connection without the statement limit.
+    """
+
+    connect: float = 10.0
+    statement: float = 30.0
+
+
+def _driver_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL of ``url``, with our default drivers; raises InvalidSetting."""
+    full = url
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        full = "postgresql+psycopg://" + url.split("://", 1)[1]
     elif url.startswith("mysql://") or url.startswith("mariadb://"):
-        url = "mysql+pymysql://" + url.split("://", 1)[1]
+        full = "mysql+pymysql://" + url.split("://", 1)[1]
     elif url.startswith("oracle://"):
-        url = "oracle+oracledb://" + url.split("://", 1)[1]
-    sa_url = sa.make_url(url)
+        full = "oracle+oracledb://" + url.split("://", 1)[1]
+    try:
+        return sa.make_url(full)
+    except (sa.exc.ArgumentError, ValueError):
+        raise InvalidSetting(_bad_url(url, "is not a database URL")) from None
+
+
+def _bad_url(url: str, problem: str) -> str:
+    return (
+        f"database URL {clip(redact_url(url) if '://' in url else url)!r} {problem}; "
+        "use e.g. sqlite:///stepline.db, postgresql://user@host/db or mysql://user@host/db "
+        "(--db or STEPLINE_DB)"
+    )
+
+
+def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) -> Engine:
+    """An engine tuned per database: WAL and IMMEDIATE transactions on SQLite,
+    READ COMMITTED on MariaDB/MySQL, psycopg 3 for a bare ``postgresql://`` URL, and the
+    connect and statement ``timeouts``. Raises InvalidSetting for a URL that names no
+    database we can open."""
+    timeouts = timeouts or Timeouts()
+    sa_url = _driver_url(url)
     kwargs: dict[str, Any] = {"json_serializer": json_serializer}
     backend = sa_url.get_backend_name()
+    statement = timeouts.statement
     if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        kwargs["connect_args"] = {"timeout": statement or 30.0, "check_same_thread": False}
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
-    engine = sa.create_engine(sa_url, **kwargs)
+        # PyMySQL times the handshake with its read timeout: the connect timeout there,
+        # then the statement timeout (see _time_mysql_statements).
+        connect = timeouts.connect
+        kwargs["connect_args"] = {
+            "connect_timeout": connect,
+            "read_timeout": connect,
+            "write_timeout": connect,
+        }
+    elif backend == "postgresql":
+        # libpq counts whole seconds and treats 1 as 2.
+        connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeouts.connect))}
+        if statement:
+            own = f"-c statement_timeout={int(statement * 1000)}"
+            given = sa_url.query.get("options")
+            connect_args["options"] = f"{given} {own}" if isinstance(given, str) else own
+        kwargs["connect_args"] = connect_args
+    elif backend == "oracle":
+        kwargs["connect_args"] = {"tcp_connect_timeout": timeouts.connect}
+    kwargs.update(options)
+    try:
+        engine = sa.create_engine(sa_url, **kwargs)
+    except sa.exc.NoSuchModuleError:
+        raise InvalidSetting(_bad_url(url, f"names an unknown database {backend!r}")) from None
+    except ImportError as exc:
+        extra = {"postgresql": "postgres", "mysql": "mysql", "oracle": "oracle"}.get(backend)
+        hint = f"pip install 'stepline[{extra}]'" if extra else "install its driver"
+        raise InvalidSetting(
+            _bad_url(url, f"needs a driver that is not installed ({exc.name}): {hint}")
+        ) from None
+    except (sa.exc.ArgumentError, ValueError, TypeError) as exc:
+        raise InvalidSetting(_bad_url(url, f"cannot be used: {exc}")) from None
     if backend == "sqlite":
-        _tune_sqlite(engine)
-    else:
-        _ping_when_idle(engine)
+        _tune_sqlite(engine, statement or 30.0)
+        return engine
+    if backend in ("mysql", "mariadb") and sa_url.get_driver_name() == "pymysql":
+        _time_mysql_statements(engine, statement or None)
+    _ping_when_idle(engine)
     return engine
 
 
@@ -103,7 +176,14 @@ def _ping_when_idle(engine: Engine) -> None:
             raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _time_mysql_statements(engine: Engine, seconds: float | None) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # PyMySQL has no public setter; it re-applies these before its next read or write.
+        dbapi_conn._read_timeout = dbapi_conn._write_timeout = seconds
+
+
+def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves, so write transactions take the lock up front
@@ -115,7 +195,7 @@ def _tune_sqlite(engine: Engine) -> None:
         # last commits, which the guarantee (kill -9 of our process) does not cover.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -126,9 +206,12 @@ def _tune_sqlite(engine: Engine) -> None:
 
 
 class SqlAlchemyStore(Store):
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str, *, engine: Engine | None = None, timeouts: Timeouts | None = None
+    ) -> None:
         self.url = url
-        self.engine = engine or create_engine(url)
+        self._timeouts = None if engine is not None else (timeouts or Timeouts())
+        self.engine = engine or create_engine(url, self._timeouts)
         self.dialect = self.engine.dialect.name
         # SQLite has one writer; queueing our own threads here is cheaper than its
         # busy-wait handler, which sleeps in steps of up to 100 ms.
@@ -152,7 +235,9 @@ class SqlAlchemyStore(Store):
         )
 
     def __repr__(self) -> str:
-        return f"SqlAlchemyStore({self.engine.url.render_as_string(hide_password=True)!r})"
+        shown = self.engine.url.render_as_string(hide_password=True)
+        # A password in the query (?password=) is not the URL's password: mask it too.
+        return f"SqlAlchemyStore({redact_url(shown) if '?' in shown else shown!r})"
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -198,10 +283,22 @@ class SqlAlchemyStore(Store):
         return StoreRejected(f"database {self!r} refused the write: {original}")
 
     def initialize(self) -> None:
-        from stepline.stores.migrations import upgrade
+        from stepline.stores.migrations import is_current, upgrade
 
         try:
-            upgrade(self.engine)
+            if is_current(self.engine):
+                return
+            # A migration may rewrite a big table: no statement timeout on its connection.
+            # (It is checked above on a timed one, so a stalled server still fails fast.)
+            engine = self.engine
+            if self._timeouts is not None and self._timeouts.statement:
+                untimed = replace(self._timeouts, statement=0.0)
+                engine = create_engine(self.url, untimed, poolclass=sa.pool.NullPool)
+            try:
+                upgrade(engine)
+            finally:
+                if engine is not self.engine:
+                    engine.dispose()
         except sa.exc.OperationalError as exc:
             raise _unavailable(self, exc) from exc
 
@@ -305,7 +402,7 @@ class SqlAlchemyStore(Store):
         with self._read() as conn:
             row = conn.execute(query).first()
         if row is None:
-            what = f"batch {name!r}" + (f" version {version}" if version is not None else "")
+            what = f"batch {shown(name)}" + (f" version {version}" if version is not None else "")
             raise NotFound(f"{what} does not exist; `stepline apply FILE` stores a definition")
         return self._stored(row.id, row.name, row.doc_version, row.document, row)
 
@@ -705,6 +802,54 @@ class SqlAlchemyStore(Store):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+    def claim_alerts(
+        self, holder: str, claim_seconds: float, *, instance_id: int | None = None
+    ) -> list[PendingAlert]:
+        a = stepline_alert_outbox
+        claimed: list[PendingAlert] = []
+        with self._write() as conn:
+            now = db_now(conn)
+            query = (
+                sa.select(a.c.id, a.c.batch_instance_id, a.c.alert_index, a.c.attempts)
+                .where(a.c.status == "pending", a.c.available_at <= now)
+                .order_by(a.c.id)
+                .limit(100)
+            )
+            if instance_id is not None:
+                query = query.where(a.c.batch_instance_id == instance_id)
+            for row in conn.execute(query).all():
+                taken = conn.execute(
+                    sa.update(a)
+                    .where(a.c.id == row.id, a.c.status == "pending", a.c.available_at <= now)
+                    .values(
+                        claimed_by=holder,
+                        attempts=row.attempts + 1,
+                        available_at=now + timedelta(seconds=claim_seconds),
+                    )
+                ).rowcount
+                if taken:
+                    claimed.append(
+                        PendingAlert(
+                            row.id, row.batch_instance_id, row.alert_index, row.attempts + 1
+                        )
+                    )
+        return claimed
+
+    def alert_done(self, alert: PendingAlert, holder: str, error: str | None) -> None:
+        a = stepline_alert_outbox
+        with self._write() as conn:
+            now = db_now(conn)
+            if error is None:
+                values: dict[str, Any] = {"status": "sent", "sent_at": now, "last_error": None}
+            elif alert.attempts >= ALERT_ATTEMPTS:
+                values = {"status": "abandoned", "last_error": error}
+            else:
+                delay = min(30.0 * 2 ** (alert.attempts - 1), 3600.0)
+                values = {"available_at": now + timedelta(seconds=delay), "last_error": error}
+            conn.execute(
+                sa.update(a).where(a.c.id == alert.id, a.c.claimed_by == holder).values(**values)
+            )
 
     def workers(self) -> list[tuple[str, str, int, bool]]:
         w = stepline_worker

@@ -29,6 +29,7 @@ from stepline.stores.schema import (
     batch_step_attempt,
     batch_step_result,
     json_serializer,
+    stepline_alert_outbox,
     stepline_worker,
 )
 
@@ -71,6 +72,11 @@ _PENDING_READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
     " WHERE batch_instance_id = :iid AND map_index = -1 AND status = 'pending'"
     " AND upstream_pending <= 0"
+)
+_PENDING_AMONG = HotStatement(
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
+    " AND status = 'pending'"
 )
 _START = HotStatement(
     "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
@@ -279,6 +285,16 @@ class SqlInstanceTransaction(InstanceTransaction):
             ready.append(key)
         return ready
 
+    def pending_among(self, keys: Sequence[str]) -> list[str]:
+        ready: list[str] = []
+        for chunk in iter_chunks(list(keys), CHUNK):
+            for row_id, key, attempt, first in _PENDING_AMONG.run(
+                self.conn, {"iid": self.id, "keys": list(chunk)}
+            ).fetchall():
+                self._ready[key] = (row_id, attempt, first)
+                ready.append(key)
+        return ready
+
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
         for chunk in iter_chunks(list(keys), CHUNK):
@@ -394,6 +410,23 @@ class SqlInstanceTransaction(InstanceTransaction):
                 )
             )
         }
+
+    def enqueue_alerts(self, count: int) -> None:
+        now = utcnow()
+        self.conn.execute(
+            sa.insert(stepline_alert_outbox),
+            [
+                {
+                    "batch_instance_id": self.id,
+                    "alert_index": index,
+                    "status": "pending",
+                    "attempts": 0,
+                    "available_at": now,
+                    "created_at": now,
+                }
+                for index in range(count)
+            ],
+        )
 
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()

@@ -658,3 +658,47 @@ def test_definition_lookup_by_key() -> None:
     assert definition.step("check").next_steps == ("run_report",)
     with pytest.raises(KeyError):
         definition.step("ghost")
+
+
+# --- trigger rules ---------------------------------------------------------------------------
+
+AIRFLOW_RULES = [
+    "all_success", "all_failed", "all_done", "all_skipped", "one_success", "one_failed",
+    "one_done", "none_failed", "none_failed_min_one_success", "none_skipped", "always",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("rule", AIRFLOW_RULES)
+def test_every_airflow_rule_is_accepted_and_round_trips(rule: str) -> None:
+    definition = parse_definition(minimal(s("a", "b"), s("b", trigger_rule=rule)))
+    assert definition.step("b").trigger_rule.value == rule
+    assert parse_definition(definition.to_document()) == definition
+
+
+def test_an_unknown_trigger_rule_is_refused_listing_every_valid_one() -> None:
+    (problem,) = problems_of(minimal(s("a", trigger_rule="one_sucess")))
+    assert problem.step == "a"
+    assert problem.message.startswith("unknown trigger_rule 'one_sucess'")
+    listed = problem.message.split("known: ")[1].rstrip(")").split(", ")
+    assert sorted(listed) == sorted(AIRFLOW_RULES)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("dummy", "always"), ("none_failed_or_skipped", "none_failed_min_one_success")]
+)
+def test_a_retired_airflow_rule_name_is_refused_naming_the_current_one(old: str, new: str) -> None:
+    (problem,) = problems_of(minimal(s("a", trigger_rule=old)))
+    assert f"unknown trigger_rule {old!r} (Airflow's old name for {new!r}; known: " in (
+        problem.message
+    )
+
+
+def test_an_always_step_cannot_map_over_an_upstream_result() -> None:
+    (problem,) = problems_of(minimal(s("a", "b"), s("b", map="a", trigger_rule="always")))
+    assert problem.step == "b"
+    assert "an 'always' step starts without waiting" in problem.message
+    assert "all_done" in problem.message
+    ok = minimal(s("a", "b"), s("b", map="a", trigger_rule="all_done"))
+    assert parse_definition(ok).step("b").map == MapSpec(over="a")
+    over_params = minimal(s("a", "b"), s("b", map="xs", trigger_rule="always"), params={"xs": []})
+    assert parse_definition(over_params).step("b").map == MapSpec(over="xs")

@@ -1,8 +1,6 @@
-"""Trigger rules, instance outcome and the table of allowed state moves."""
+"""Instance outcome and the table of allowed state moves (rules: test_trigger_rule_oracle.py)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
@@ -12,107 +10,12 @@ from stepline.core.states import (
     STEP_TRANSITIONS,
     InstanceStatus,
     StepStatus,
-    TriggerRule,
     can_move,
-    decide,
     instance_outcome,
 )
 
 S, F, K = StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED
 U, C = StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED
-RUN, SKIP, UPF = StepStatus.QUEUED, StepStatus.SKIPPED, StepStatus.UPSTREAM_FAILED
-R = TriggerRule
-
-# Upstream combinations (columns of the table below).
-UPSTREAMS: dict[str, tuple[StepStatus, ...]] = {
-    "all_succeeded": (S, S, S),
-    "one_failed": (S, F, S),
-    "all_failed": (F, F),
-    "one_skipped": (S, K),
-    "all_skipped": (K, K),
-    "with_upstream_failed": (S, U),
-    "all_upstream_failed": (U, U),
-    "failed_and_upstream_failed": (F, U),
-    "one_cancelled": (S, C),
-    "all_cancelled": (C,),
-    "failed_and_skipped": (F, K),
-    "single_success": (S,),
-    "single_failure": (F,),
-}
-
-# What each rule decides for each combination, as Airflow's trigger_rule_dep does; a
-# cancelled upstream counts as failed (states.decide docstring).
-# fmt: off
-EXPECTED: dict[TriggerRule, dict[str, StepStatus]] = {
-    R.ALL_SUCCESS: {
-        "all_succeeded": RUN, "one_failed": UPF, "all_failed": UPF, "one_skipped": SKIP,
-        "all_skipped": SKIP, "with_upstream_failed": UPF, "all_upstream_failed": UPF,
-        "failed_and_upstream_failed": UPF, "one_cancelled": UPF, "all_cancelled": UPF,
-        "failed_and_skipped": UPF, "single_success": RUN, "single_failure": UPF,
-    },
-    R.ALL_DONE: dict.fromkeys(UPSTREAMS, RUN),
-    R.ONE_SUCCESS: {
-        "all_succeeded": RUN, "one_failed": RUN, "all_failed": UPF, "one_skipped": RUN,
-        "all_skipped": SKIP, "with_upstream_failed": RUN, "all_upstream_failed": UPF,
-        "failed_and_upstream_failed": UPF, "one_cancelled": RUN, "all_cancelled": UPF,
-        "failed_and_skipped": UPF, "single_success": RUN, "single_failure": UPF,
-    },
-    R.ONE_FAILED: {
-        "all_succeeded": SKIP, "one_failed": RUN, "all_failed": RUN, "one_skipped": SKIP,
-        "all_skipped": SKIP, "with_upstream_failed": RUN, "all_upstream_failed": RUN,
-        "failed_and_upstream_failed": RUN, "one_cancelled": RUN, "all_cancelled": RUN,
-        "failed_and_skipped": RUN, "single_success": SKIP, "single_failure": RUN,
-    },
-    R.ALL_FAILED: {
-        "all_succeeded": SKIP, "one_failed": SKIP, "all_failed": RUN, "one_skipped": SKIP,
-        "all_skipped": SKIP, "with_upstream_failed": SKIP, "all_upstream_failed": RUN,
-        "failed_and_upstream_failed": RUN, "one_cancelled": SKIP, "all_cancelled": RUN,
-        "failed_and_skipped": SKIP, "single_success": SKIP, "single_failure": RUN,
-    },
-    R.NONE_FAILED: {
-        "all_succeeded": RUN, "one_failed": UPF, "all_failed": UPF, "one_skipped": RUN,
-        "all_skipped": RUN, "with_upstream_failed": UPF, "all_upstream_failed": UPF,
-        "failed_and_upstream_failed": UPF, "one_cancelled": UPF, "all_cancelled": UPF,
-        "failed_and_skipped": UPF, "single_success": RUN, "single_failure": UPF,
-    },
-}
-# fmt: on
-
-KNOWN_BUGS: dict[tuple[R, str], str] = {}
-
-
-def _decide_cases() -> list[Any]:
-    cases: list[Any] = []
-    for rule, row in EXPECTED.items():
-        for name, expected in row.items():
-            bug = KNOWN_BUGS.get((rule, name))
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            cases.append(
-                pytest.param(rule, UPSTREAMS[name], expected, id=f"{rule}-{name}", marks=marks)
-            )
-    return cases
-
-
-def test_table_covers_every_rule_and_combination() -> None:
-    assert set(EXPECTED) == set(TriggerRule)
-    assert all(set(row) == set(UPSTREAMS) for row in EXPECTED.values())
-
-
-@pytest.mark.parametrize(("rule", "upstream", "expected"), _decide_cases())
-def test_decide(rule: TriggerRule, upstream: tuple[StepStatus, ...], expected: StepStatus) -> None:
-    assert decide(rule, iter(upstream)) is expected
-    assert decide(rule, list(reversed(upstream))) is expected
-
-
-@pytest.mark.parametrize("rule", list(TriggerRule))
-def test_step_without_upstream_always_runs(rule: TriggerRule) -> None:
-    assert decide(rule, []) is StepStatus.QUEUED
-
-
-@pytest.mark.parametrize("rule", list(TriggerRule))
-def test_decide_only_returns_queued_skipped_or_upstream_failed(rule: TriggerRule) -> None:
-    verdicts = {decide(rule, upstream) for upstream in UPSTREAMS.values()}
-    assert verdicts <= {RUN, SKIP, UPF}
 
 
 @pytest.mark.parametrize(

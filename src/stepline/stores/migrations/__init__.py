@@ -37,11 +37,20 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def is_current(engine: Engine) -> bool:
+    """Whether the database is at the head revision (one short read). Every command opens
+    the store and asks: the head is read from the version files, without importing Alembic."""
+    declared = declared_head()
+    if declared is not None:
+        return _stored_revision(engine) == declared
+    with engine.connect() as conn:
+        return current_revision(conn) == head_revision()
+
+
 def upgrade(engine: Engine) -> None:
     """Migrate to head; cheap when already there, and safe when processes race to do it."""
-    declared = declared_head()
-    if declared is not None and _stored_revision(engine) == declared:
-        return  # every command opens the store: this check does not import Alembic
+    if is_current(engine):
+        return
     from alembic import command
 
     head = head_revision()

@@ -5,16 +5,16 @@ map_index order, instead of walking every finished item from index 0 (quadratic 
 number of items). The status index gains map_index, so the claim of queued unmapped steps
 (map_index -1) skips the items of a wide map.
 
-Revision ID: 0002_perf_indexes
-Revises: 0001
+Revision ID: 0003_perf_indexes
+Revises: 0002_alert_outbox
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0002_perf_indexes"
-down_revision = "0001"
+revision = "0003_perf_indexes"
+down_revision = "0002_alert_outbox"
 branch_labels = None
 depends_on = None
 

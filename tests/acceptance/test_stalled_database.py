@@ -1,0 +1,136 @@
+"""Acceptance: a stalled database (connections open, nothing answering) never hangs a command.
+
+The database sits behind a TCP proxy on 127.0.0.1 that the test stalls (stall_proxy.py):
+``stepline instances`` gives up with exit 3 after the connect timeout, and ``serve``'s
+``/healthz`` answers 503 within 2 s while stalled, and 200 again once the database answers.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from databases import create_database, drop_database
+from stall_proxy import StallProxy, stall_proxy
+from stepline.service import Stepline
+
+STEPLINE = Path(sys.executable).parent / "stepline"
+HEALTH_DEADLINE = 2.0
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[StallProxy, str]]:
+    """A migrated database on PostgreSQL or MariaDB, and its URL through a StallProxy."""
+    url, handle = create_database(request.param, tmp_path)
+    try:
+        Stepline(db=url).close()  # migrated: the commands below only read
+        with stall_proxy(url) as found:
+            yield found
+    finally:
+        drop_database(request.param, handle)
+
+
+def run(cli: Any, *args: str, timeout: float = 60, **env: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(STEPLINE), *args],
+        cwd=cli.root,
+        env={**cli.env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, " ".join(proc.stderr.split()), time.monotonic() - started
+
+
+def test_instances_gives_up_on_a_stalled_database_with_exit_3(
+    cli: Any, proxied: tuple[StallProxy, str]
+) -> None:
+    proxy, url = proxied
+    code, err, _ = run(cli, "instances", "--db", url)
+    assert code == 0, err  # through the proxy, while it forwards
+    proxy.stall()
+    code, err, elapsed = run(cli, "instances", "--db", url, timeout=45)
+    assert code == 3, err
+    assert "is unavailable" in err and "Traceback" not in err
+    assert elapsed < 40, f"took {elapsed:.1f} s"  # the default connect timeout is 10 s
+
+
+def test_the_connect_timeout_is_a_setting(cli: Any, proxied: tuple[StallProxy, str]) -> None:
+    proxy, url = proxied
+    proxy.stall()
+    code, err, elapsed = run(cli, "instances", "--db", url, STEPLINE_DB_CONNECT_TIMEOUT="2")
+    assert code == 3, err
+    assert elapsed < 8, f"took {elapsed:.1f} s with a 2 s connect timeout"
+
+
+def _health(url: str) -> tuple[int | None, float]:
+    started = time.monotonic()
+    try:
+        status: int | None = httpx.get(f"{url}/healthz", timeout=10).status_code
+    except httpx.TimeoutException:
+        status = None
+    return status, time.monotonic() - started
+
+
+def test_healthz_answers_503_within_2_s_while_the_database_is_stalled(
+    cli: Any, proxied: tuple[StallProxy, str]
+) -> None:
+    proxy, db = proxied
+    port = _free_port()
+    err_path = cli.root / "serve.err"
+    with err_path.open("wb") as err:
+        serve = subprocess.Popen(
+            [str(STEPLINE), "serve", "--port", str(port), "--db", db],
+            cwd=cli.root,
+            env=cli.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: _health(url)[0] == 200, 30, "serve answering /healthz")
+        proxy.stall()
+        answers = [_health(url) for _ in range(3)]  # the 2nd and 3rd find a check in flight
+        for status, elapsed in answers:
+            assert status == 503, answers
+            assert elapsed < HEALTH_DEADLINE, answers
+        proxy.resume()
+        _wait_for(lambda: _health(url)[0] == 200, 30, "/healthz 200 after the stall")
+    finally:
+        proxy.resume()
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+    assert "Traceback" not in err_path.read_text(errors="replace")
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {seconds} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

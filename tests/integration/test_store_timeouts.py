@@ -1,0 +1,122 @@
+"""The store's timeouts on every database: a statement that waits too long fails with
+StoreUnavailable instead of hanging its caller, and migrations are exempt (they may rewrite a
+big table or wait for another process's migration)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from databases import create_database, drop_database
+from stepline import batch, step
+from stepline.errors import StoreUnavailable
+from stepline.stores.migrations import _LOCK_ID
+from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts
+
+HELD = 4.0  # seconds another session holds the lock
+SHORT = Timeouts(connect=5.0, statement=0.5)
+
+
+def definition(version: int) -> object:
+    return batch("locked", [step("a", "fixture_runners:work")], params={"v": version})
+
+
+@contextmanager
+def lock_held(url: str, seconds: float) -> Iterator[None]:
+    """Another session holds batch_definition's row of "locked" for ``seconds``."""
+    ready = threading.Event()
+
+    def hold() -> None:
+        if url.startswith("sqlite"):
+            conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            ready.set()
+            time.sleep(seconds)
+            conn.execute("ROLLBACK")
+            conn.close()
+            return
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("SELECT id FROM batch_definition WHERE name = 'locked' FOR UPDATE")
+            )
+            ready.set()
+            time.sleep(seconds)
+        engine.dispose()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert ready.wait(10)
+    try:
+        yield
+    finally:
+        holder.join()
+
+
+def test_a_statement_waiting_on_a_lock_fails_after_the_statement_timeout(db_url: str) -> None:
+    store = SqlAlchemyStore(db_url, timeouts=SHORT)
+    try:
+        store.initialize()
+        store.apply(definition(1))  # type: ignore[arg-type]
+        with lock_held(db_url, HELD):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="is unavailable"):
+                store.apply(definition(2))  # type: ignore[arg-type]
+            elapsed = time.monotonic() - started
+        assert elapsed < HELD - 1, f"waited {elapsed:.1f} s, the lock's whole time"
+        assert store.apply(definition(2)).version == 2  # type: ignore[arg-type]
+    finally:
+        store.dispose()
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url, handle = create_database(request.param, tmp_path)
+    yield url
+    drop_database(request.param, handle)
+
+
+def test_migrations_run_without_the_statement_timeout(fresh_url: str) -> None:
+    """Another process migrating holds the migration lock for 2 s: with a 0.5 s statement
+    timeout, the upgrade still waits for it and then finds nothing left to do."""
+    engine = sa.create_engine(fresh_url, poolclass=sa.pool.NullPool)
+    postgres = engine.dialect.name == "postgresql"
+    take = (
+        f"SELECT pg_advisory_lock({_LOCK_ID})"
+        if postgres
+        else "SELECT GET_LOCK('stepline_migrate', 10)"
+    )
+    release = (
+        f"SELECT pg_advisory_unlock({_LOCK_ID})"
+        if postgres
+        else "SELECT RELEASE_LOCK('stepline_migrate')"
+    )
+    ready = threading.Event()
+
+    def migrating_elsewhere() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text(take))
+            ready.set()
+            time.sleep(2.0)
+            conn.execute(sa.text(release))
+
+    other = threading.Thread(target=migrating_elsewhere)
+    other.start()
+    assert ready.wait(10)
+    store = SqlAlchemyStore(fresh_url, timeouts=SHORT)
+    try:
+        started = time.monotonic()
+        store.initialize()
+        assert time.monotonic() - started > 1.0  # it did wait for the lock
+        assert store.definitions() == []
+    finally:
+        other.join()
+        store.dispose()
+        engine.dispose()
