@@ -90,11 +90,12 @@ def declared_head() -> str | None:
 
 
 def _stored_revision(engine: Engine) -> str | None:
-    """The database's revision, or None when it has no single one (or no table yet)."""
-    try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(stepline_read=True)  # SQLite: a plain BEGIN
-            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    except sa.exc.DBAPIError:
-        return None
+    """The database's revision, or None when it has no single one (or no table yet).
+
+    A database that cannot be reached raises, as Alembic's own check would."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(stepline_read=True)  # SQLite: a plain BEGIN
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
     return str(rows[0][0]) if len(rows) == 1 else None
