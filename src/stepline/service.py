@@ -6,8 +6,6 @@ apply, trigger, run, retry, cancel, recover.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,11 +18,19 @@ import structlog
 from stepline.core.definition import BatchDefinition
 from stepline.core.loader import load_definitions
 from stepline.core.states import InstanceStatus
-from stepline.dispatchers.base import Dispatcher
+from stepline.dispatchers.base import Dispatcher, RemoteDispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
 from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
-from stepline.errors import Conflict, DefinitionError, NotFound, Problem, StoreUnavailable
+from stepline.engine.remote import RemoteOrchestrator, dead_owners
+from stepline.errors import (
+    Conflict,
+    DefinitionError,
+    InvalidSetting,
+    NotFound,
+    Problem,
+    StoreUnavailable,
+)
 from stepline.redact import add_secret_names, remember_secrets, url_secrets
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StoredDefinition
@@ -51,6 +57,8 @@ class Stepline:
         remember_secrets(self._secrets)  # for log lines, which carry no list of their own
         timeouts = Timeouts(self.settings.db_connect_timeout, self.settings.db_statement_timeout)
         self.store = store or SqlAlchemyStore(url, timeouts=timeouts)
+        if self.settings.dispatcher == "celery":
+            self._check_celery()
         self.store.initialize()
         self._dispatcher = dispatcher
         self._listener = listener
@@ -63,7 +71,45 @@ class Stepline:
         with self._lock:  # API threads may ask first; there must be exactly one
             return self._make_orchestrator()
 
+    def _check_celery(self) -> None:
+        """The celery dispatcher needs a broker and a database that workers on other hosts
+        can share: SQLite is refused (one file, one host; its single writer lock would
+        serialise every worker process anyway)."""
+        try:
+            self.settings.broker()
+        except ValueError as exc:
+            self.store.dispose()
+            raise InvalidSetting(str(exc)) from None
+        if self.store.dialect == "sqlite":
+            self.store.dispose()
+            raise InvalidSetting(
+                "the celery dispatcher needs a database that every worker can reach: "
+                "use PostgreSQL or MariaDB/MySQL (STEPLINE_DB), or STEPLINE_DISPATCHER=direct "
+                "with SQLite"
+            )
+
+    def _celery_dispatcher(self) -> Dispatcher:
+        from stepline.dispatchers.celery import CeleryDispatcher
+
+        return CeleryDispatcher(
+            self.settings.broker(),
+            queue=self.settings.queue,
+            visibility_timeout=self.settings.broker_visibility_timeout,
+        )
+
     def _make_orchestrator(self) -> Orchestrator:
+        if self._orchestrator is None and (
+            isinstance(self._dispatcher, RemoteDispatcher)
+            or (self._dispatcher is None and self.settings.dispatcher == "celery")
+        ):
+            remote = self._dispatcher or self._celery_dispatcher()
+            assert isinstance(remote, RemoteDispatcher)
+            self._orchestrator = RemoteOrchestrator(
+                self.store,
+                remote,
+                lease_seconds=self.settings.lease_seconds,
+                listener=self._listener,
+            )
         if self._orchestrator is None:
             dispatcher = self._dispatcher or DirectDispatcher(
                 self.settings.capacity, load=self.store.results_for
@@ -94,8 +140,17 @@ class Stepline:
 
     # -- definitions ----------------------------------------------------------------------
 
+    def _broker_problems(self, definition: BatchDefinition) -> list[Problem]:
+        if self.settings.dispatcher != "celery":
+            return []
+        from stepline.dispatchers.celery import broker_problems
+
+        return broker_problems(
+            definition, self.settings.broker(), self.settings.broker_visibility_timeout
+        )
+
     def apply(self, definition: BatchDefinition) -> StoredDefinition:
-        problems = alert_problems(definition)
+        problems = alert_problems(definition) + self._broker_problems(definition)
         if problems:
             raise DefinitionError(problems)
         return self.store.apply(definition)
@@ -109,6 +164,7 @@ class Stepline:
                 problems.extend(result.problems)
             else:
                 problems.extend(alert_problems(result, str(file)))
+                problems.extend(self._broker_problems(result))
                 definitions.append(result)
         if problems:
             raise DefinitionError(problems)
@@ -323,14 +379,7 @@ class Stepline:
 
     def dead_owners(self) -> list[str]:
         """Owners whose lease expired, or whose process on this host is gone."""
-        host = socket.gethostname()
-        dead = []
-        for owner, hostname, pid, valid in self.store.workers():
-            if owner == self.orchestrator.owner:
-                continue
-            if not valid or (hostname == host and not _pid_alive(pid)):
-                dead.append(owner)
-        return dead
+        return dead_owners(self.store, self.orchestrator.owner)
 
     def recover(self) -> list[InstanceRecord]:
         """Resume every instance whose owner died, and run them all to a final state.
@@ -378,15 +427,3 @@ class Stepline:
             return self.orchestrator.adopt(instance_id, takeover=True, expected_owner=dead_owner)
         except (NotFound, Conflict):
             return False
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

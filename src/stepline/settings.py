@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DISPATCHERS = ("direct", "celery")
 
 
 class Settings(BaseSettings):
@@ -15,6 +17,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token of the HTTP API")
     dispatcher: str = Field("direct", description="direct or celery")
     broker_url: SecretStr | None = Field(None, description="Celery broker URL")
+    queue: str = Field("stepline", description="Celery queue of steps that name no queue")
+    broker_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Redis broker: seconds before an unacknowledged step is resent"
+    )
     timezone: str = Field("UTC", description="Default timezone of cron schedules")
     capacity: int = Field(32, ge=1, description="Steps one process runs at once")
     lease_seconds: float = Field(30.0, gt=0, description="Owner lease, timed by the database")
@@ -45,6 +51,24 @@ class Settings(BaseSettings):
 
     def secret_name_list(self) -> list[str]:
         return [n.strip() for n in self.secret_names.split(",") if n.strip()]
+
+    @field_validator("dispatcher")
+    @classmethod
+    def _known_dispatcher(cls, value: str) -> str:
+        if value not in DISPATCHERS:
+            raise ValueError(
+                f"unknown dispatcher {value!r}; valid values: {', '.join(DISPATCHERS)}"
+            )
+        return value
+
+    def broker(self) -> str:
+        """The broker URL of the celery dispatcher; ValueError naming the fix if unset."""
+        if self.broker_url is None or not self.broker_url.get_secret_value():
+            raise ValueError(
+                "the celery dispatcher needs a broker: set STEPLINE_BROKER_URL to "
+                "redis://host:6379/0 or amqp://user:password@host:5672//"
+            )
+        return self.broker_url.get_secret_value()
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction of logs and error messages: the API

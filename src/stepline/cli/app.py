@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from stepline.cli.progress import Progress
     from stepline.engine.orchestrator import StepEvent
     from stepline.service import Stepline
+    from stepline.settings import Settings
 
 app = typer.Typer(
     name="stepline",
@@ -106,11 +107,26 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     if sys.argv[1:] and "--help" not in sys.argv[1:]:  # help runs no command
         from stepline.logs import configure_logging
-        from stepline.settings import Settings
 
-        settings = Settings()
+        settings = _settings()
         configure_logging(settings.log_level, settings.log_format, settings.secrets)
     app()
+
+
+def _settings() -> Settings:
+    """Settings from the environment; an invalid value ends the command with exit 2."""
+    from pydantic import ValidationError
+
+    from stepline.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "STEPLINE_" + "__".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]error[/]: invalid setting {name}: {escape(message)}")
+        raise SystemExit(2) from None
 
 
 @contextmanager
@@ -320,6 +336,50 @@ def serve(
             if driver.is_alive():
                 driver.join()
         out.print("stopped; unfinished instances are left for recovery")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues to take steps from (default: STEPLINE_QUEUE)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CPU count)")
+    ] = None,
+    db: Db = None,
+) -> None:
+    """A Celery worker: claims, runs and records steps and advances the DAG itself."""
+    from stepline.core.definition import QUEUE_PATTERN
+    from stepline.dispatchers.celery import run_worker
+    from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts, create_engine
+
+    settings = _settings().model_copy(update={"dispatcher": "celery"})
+    names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_PATTERN.match(q)]
+    if not names or bad:
+        _fail(f"--queues {queues!r}: give queue names of letters, digits, '_', '-', '.', ':'", 2)
+    url = db or settings.db
+    timeouts = Timeouts(settings.db_connect_timeout, settings.db_statement_timeout)
+    with _errors(), _open(db, settings=settings):
+        pass  # refuses SQLite or a missing broker; brings the schema up to date
+    out.print(f"stepline worker on queues {', '.join(names)}")
+    run_worker(
+        # The worker retries a failed transaction, so connections need no ping per checkout.
+        lambda: SqlAlchemyStore(url, engine=create_engine(url, timeouts, pool_pre_ping=False)),
+        settings.broker(),
+        queues=names,
+        default_queue=settings.queue,
+        concurrency=concurrency or os.cpu_count() or 1,
+        lease_seconds=settings.lease_seconds,
+        visibility_timeout=settings.broker_visibility_timeout,
+        max_result_bytes=settings.max_result_bytes,
+        loglevel=settings.log_level.upper(),
+    )
 
 
 @app.command()

@@ -14,6 +14,7 @@ from stepline.core.states import TriggerRule
 
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,200}$")
 STEP_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class StepDefinition:
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     condition: str | None = None
     map: MapSpec | None = None
+    queue: str | None = None
+    """Celery dispatcher: only workers listening to this queue run the step."""
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"key": self.key, "runner": self.runner}
@@ -86,6 +89,8 @@ class StepDefinition:
             doc["condition"] = self.condition
         if self.map is not None:
             doc["map"] = self.map.to_document()
+        if self.queue is not None:
+            doc["queue"] = self.queue
         return doc
 
 
@@ -99,6 +104,8 @@ class BatchDefinition:
     params: Mapping[str, Any] = field(default_factory=dict)
     alerts: tuple[Mapping[str, Any], ...] = ()
     description: str | None = None
+    queue: str | None = None
+    """The default queue of the batch's steps on the celery dispatcher."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Batch-level options owned by outer layers (scheduler misfire/overlap policy)."""
 
@@ -115,6 +122,10 @@ class BatchDefinition:
         by_key: dict[str, StepDefinition] = self.__dict__["_by_key"]
         return by_key[key]
 
+    def queue_of(self, key: str) -> str | None:
+        """The queue a step is sent to: its own, else the batch's, else None (the default)."""
+        return self.step(key).queue or self.queue
+
     def to_document(self) -> dict[str, Any]:
         """The canonical document stored in ``batch_definition`` (round-trips through parse)."""
         doc: dict[str, Any] = {"name": self.name}
@@ -129,6 +140,8 @@ class BatchDefinition:
             doc["params"] = dict(self.params)
         if self.alerts:
             doc["alerts"] = [dict(a) for a in self.alerts]
+        if self.queue is not None:
+            doc["queue"] = self.queue
         doc.update(self.extra)
         doc["steps"] = [s.to_document() for s in self.steps]
         return doc

@@ -17,6 +17,7 @@ import yaml
 from stepline.core.dag import find_cycle
 from stepline.core.definition import (
     NAME_PATTERN,
+    QUEUE_PATTERN,
     STEP_KEY_PATTERN,
     BatchDefinition,
     MapSpec,
@@ -33,11 +34,11 @@ from stepline.errors import DefinitionError, Problem, shown
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".json")
 _STEP_FIELDS = {
     "key", "runner", "next_steps", "nextSteps", "with", "retry", "timeout",
-    "trigger_rule", "triggerRule", "condition", "map",
+    "trigger_rule", "triggerRule", "condition", "map", "queue",
 }  # fmt: skip
 _BATCH_FIELDS = {
     "name", "cron", "timezone", "max_active_instances", "params", "steps", "alerts",
-    "description",
+    "description", "queue",
 }  # fmt: skip
 # Options read by the scheduler and API layers; the core only carries them.
 _EXTRA_FIELDS = {"misfire", "misfire_grace", "misfire_cap", "on_busy"}
@@ -97,6 +98,7 @@ def parse_definition(
         alerts = []
 
     _check_scheduling_options(doc, out)
+    queue = _parse_queue(doc.get("queue"), None, out)
     raw_steps = doc.get("steps")
     steps: list[StepDefinition] = []
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -126,6 +128,7 @@ def parse_definition(
         params=dict(params),
         alerts=tuple(dict(a) for a in alerts),
         description=doc.get("description"),
+        queue=queue,
         extra={k: doc[k] for k in _EXTRA_FIELDS if k in doc},
     )
 
@@ -216,7 +219,20 @@ def _parse_step(
         trigger_rule=rule,
         condition=None if condition is None else str(condition),
         map=_parse_map(raw.get("map"), key, out),
+        queue=_parse_queue(raw.get("queue"), key, out),
     )
+
+
+def _parse_queue(raw: object, key: str | None, out: _Collector) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not QUEUE_PATTERN.match(raw):
+        out.add(
+            f"queue {raw!r} must be 1-100 characters of letters, digits, '_', '-', '.' and ':'",
+            key,
+        )
+        return None
+    return raw
 
 
 def _parse_retry(raw: object, key: str, out: _Collector) -> RetryPolicy:

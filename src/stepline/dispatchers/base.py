@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +65,49 @@ class Dispatcher(ABC):
     @abstractmethod
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting work; with ``wait``, return after running attempts end."""
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """What a broker carries for one attempt: identities only, never params or results."""
+
+    instance_id: int
+    row_id: int
+    attempt: int
+    queue: str | None = None
+    """None: the dispatcher's default queue."""
+    timeout: float | None = None
+    """The step's timeout in seconds, for the worker's time limits."""
+
+
+class RemoteDispatcher(Dispatcher):
+    """Hands claimed steps to workers in other processes, which record outcomes themselves.
+
+    The orchestrator claims steps without an owner (``advance(handoff=True)``) and sends a
+    :class:`StepMessage` per step; a worker picks the attempt up (``Store.pickup``, the
+    fence that makes duplicate delivery harmless), runs it, records the outcome and
+    advances the DAG itself. ``report`` is never called.
+    """
+
+    @abstractmethod
+    def send(self, messages: Sequence[StepMessage]) -> None:
+        """Publish the messages; never raises. Messages the broker did not take (it is
+        down) are kept and published again in the background until it takes them; if this
+        process dies first, the owner of the instance sends the attempt again."""
+
+    def submit(self, work: StepWork) -> None:
+        timeout = work.step.timeout.total_seconds() if work.step.timeout is not None else None
+        self.send(
+            [
+                StepMessage(
+                    work.instance_id,
+                    work.claimed.row_id,
+                    work.claimed.attempt,
+                    work.step.queue,
+                    timeout,
+                )
+            ]
+        )
+
+    def abandon(self, instance_id: int, row_id: int, attempt: int) -> None:
+        """Nothing to do: a worker's late report of an abandoned attempt is fenced."""

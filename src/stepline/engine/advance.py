@@ -58,6 +58,7 @@ def advance(
     params: Mapping[str, Any],
     running_items: Mapping[str, int] | None = None,
     settle_pending: bool = False,
+    handoff: bool = False,
 ) -> Advance:
     """Record ``outcomes``, settle every step they made ready, claim up to ``slots`` steps.
 
@@ -67,16 +68,19 @@ def advance(
     ``settle_pending`` (a new owner taking the instance) pending steps with nothing left
     upstream, roots and steps reset by a retry, are decided first, and so are pending
     steps whose rule may fire early (``always``, or a ``one_*`` rule whose upstream step
-    already ended).
+    already ended). With ``handoff`` the claimed steps are left without an owner, for a
+    broker to deliver to whichever worker picks them up first.
     """
     done = Advance()
+    claimer = None if handoff else owner
     items_done: Counter[str] = Counter()
     item_keys: set[str] = set()
     decided: list[tuple[StepOutcome, datetime | None]] = []
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
-        if not o.succeeded and o.retryable and o.tries < policy.attempts:
+        allowed = max(policy.attempts, 2) if o.lost else policy.attempts
+        if not o.succeeded and o.retryable and o.tries < allowed:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         decided.append((o, retry_at))
     recorded = tx.record_many(decided, owner=owner) if decided else []
@@ -110,10 +114,10 @@ def advance(
         initial = []
         claimed: list[ClaimedStep] = []
         if to_run:
-            claimed = tx.start(to_run, max(slots, 0), owner, now=now)
+            claimed = tx.start(to_run, max(slots, 0), claimer, now=now)
             look_for_queued = look_for_queued or len(claimed) < len(to_run)
         if slots - len(claimed) > 0 and (look_for_queued or done.queued_more):
-            claimed += tx.claim(slots - len(claimed), owner, now=now)
+            claimed += tx.claim(slots - len(claimed), claimer, now=now)
             look_for_queued = False
         frontier = []
         for c in claimed:
@@ -135,13 +139,13 @@ def advance(
         assert spec is not None
         limit = min(slots, spec.concurrency - running.get(key, 0))
         if limit > 0:
-            items = tx.claim_items(key, limit, owner, now=now)
+            items = tx.claim_items(key, limit, claimer, now=now)
             done.claimed.extend(items)
             slots -= len(items)
 
     if idle and not done.claimed:
         if tx.has_unfinished():
-            if done.retry_at is None:
+            if done.retry_at is None and not handoff:  # with handoff the owner polls for it
                 done.retry_at = tx.next_available_at()
         else:
             done.final = instance_outcome(tx.step_statuses().values())

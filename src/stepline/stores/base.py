@@ -109,11 +109,40 @@ class StepOutcome:
     finished_at: datetime
     retryable: bool = True
     first_attempt: int = 1
+    lost: bool = False
+    """The attempt's worker died before it reported (remote dispatchers): retried per the
+    policy, but at least once, so one crash does not fail a step that allows no retry."""
 
     @property
     def tries(self) -> int:
         """Attempts used in this run of the step, the number the retry policy limits."""
         return self.attempt - self.first_attempt + 1
+
+
+@dataclass(frozen=True)
+class RunningStep:
+    """A ``running`` row as the owner of its instance sees it (remote dispatchers)."""
+
+    instance_id: int
+    row_id: int
+    step_key: str
+    map_index: int
+    attempt: int
+    first_attempt: int
+    owner_id: str | None
+    """None while the attempt waits in the broker for a worker to pick it up."""
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class InstanceWatch:
+    """What the owner of an instance polls while remote workers drive it."""
+
+    status: InstanceStatus
+    cancel_requested: bool
+    next_available_at: datetime | None
+    """When the earliest queued step becomes claimable (NULL availability counts as now);
+    map items waiting only for a concurrency slot are not counted."""
 
 
 class InstanceTransaction(ABC):
@@ -162,10 +191,14 @@ class InstanceTransaction(ABC):
 
     @abstractmethod
     def start(
-        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
+        self, keys: Sequence[str], limit: int, owner: str | None, *, now: datetime
     ) -> list[ClaimedStep]:
         """Move pending steps that became ready: the first ``limit`` straight to ``running``
-        (claimed by ``owner``), the rest to ``queued``. Saves a claim query per step."""
+        (claimed by ``owner``), the rest to ``queued``. Saves a claim query per step.
+
+        An ``owner`` of None hands the claimed attempts to a broker: the row is ``running``
+        with no owner until a worker picks it up (:meth:`Store.pickup`). The same holds for
+        :meth:`claim` and :meth:`claim_items`."""
 
     @abstractmethod
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
@@ -180,7 +213,7 @@ class InstanceTransaction(ABC):
         """Move pending steps to ``status`` (queued, skipped, upstream_failed, cancelled)."""
 
     @abstractmethod
-    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim(self, limit: int, owner: str | None, *, now: datetime) -> list[ClaimedStep]:
         """Take up to ``limit`` queued steps (not map items) available at ``now``: running,
         attempt + 1."""
 
@@ -190,8 +223,15 @@ class InstanceTransaction(ABC):
         step; the step's own row then counts its unfinished items."""
 
     @abstractmethod
-    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim_items(
+        self, key: str, limit: int, owner: str | None, *, now: datetime
+    ) -> list[ClaimedStep]:
         """Take up to ``limit`` queued, available items of a mapped step, lowest first."""
+
+    @abstractmethod
+    def running_items(self, exclude_rows: Iterable[int] = ()) -> dict[str, int]:
+        """How many items of each mapped step are ``running`` (by any process), not
+        counting ``exclude_rows``: the items whose outcomes this transaction records."""
 
     @abstractmethod
     def items_done(self, key: str, count: int) -> bool:
@@ -373,6 +413,24 @@ class Store(ABC):
         With ``known`` (a record of this instance read earlier) only the fields that other
         processes change are read again. Raises NotFound if there is no such instance.
         """
+
+    @abstractmethod
+    def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
+        """A worker takes an attempt that was handed to a broker; one short transaction.
+
+        Fenced on (row, attempt, ``running``, no owner yet): only the first delivery of an
+        attempt gets it, so a duplicate, a late redelivery or a message of an attempt that
+        was since recovered, cancelled or retried returns None and must run nothing.
+        Returns the instance id and the claimed step; the row's ``started_at`` becomes now.
+        """
+
+    @abstractmethod
+    def running_steps(self, instance_ids: Sequence[int]) -> list[RunningStep]:
+        """Every ``running`` row of the instances (map items included, mapped parents too)."""
+
+    @abstractmethod
+    def watch(self, instance_ids: Sequence[int]) -> dict[int, InstanceWatch]:
+        """Status, cancel flag and next claimable time of each instance, in one read."""
 
     @abstractmethod
     def instance(self, instance_id: int) -> InstanceRecord:

@@ -6,7 +6,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -23,12 +23,16 @@ from stepline.errors import InvalidSetting, NotFound, StoreRejected, StoreUnavai
 from stepline.redact import redact_url
 from stepline.stores.base import (
     AttemptRecord,
+    ClaimedStep,
     InstanceRecord,
     InstanceTransaction,
+    InstanceWatch,
     PendingAlert,
+    RunningStep,
     StepResultRecord,
     Store,
     StoredDefinition,
+    iter_chunks,
 )
 from stepline.stores.hotpath import HotStatement
 from stepline.stores.schema import (
@@ -223,6 +227,7 @@ class SqlAlchemyStore(Store):
             dbapi.InterfaceError,
         )
         self._names: dict[int, str] = {}
+        self._pickups: Engine | None = None
         self._definitions: dict[tuple[int, int], BatchDefinition] = {}
         quote = self.engine.dialect.identifier_preparer.quote
         self._lock_instance = sa.text(
@@ -304,6 +309,8 @@ class SqlAlchemyStore(Store):
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._pickups is not None:
+            self._pickups.dispose()
 
     def payload_limit(self) -> int | None:
         if self.dialect not in ("mysql", "mariadb"):
@@ -648,6 +655,85 @@ class SqlAlchemyStore(Store):
                 instance = self._instance(conn, row)
             yield SqlInstanceTransaction(conn, instance)
 
+    def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
+        now = utcnow()
+        params = {"id": row_id, "attempt": attempt, "owner": owner, "now": now}
+        if self.dialect == "postgresql":
+            # One statement, committed on its own without waiting for an fsync: a pickup lost
+            # in a database crash only lets the attempt run again (the owner sends it again),
+            # and the outcome's own synchronous commit flushes it before anything depends on it.
+            try:
+                with self._pickup_engine().connect() as conn:
+                    row = _PICKUP_RETURNING.run(conn, params).fetchone()
+            except sa.exc.OperationalError as exc:
+                raise _unavailable(self, exc) from exc
+        else:
+            with self._write() as conn:
+                if self.dialect == "sqlite":
+                    row = _PICKUP_RETURNING.run(conn, params).fetchone()
+                else:
+                    row = None
+                    if _PICKUP.run(conn, params).rowcount:
+                        row = _PICKED.run(conn, {"id": row_id}).fetchone()
+        if row is None:
+            return None
+        instance_id, key, index, first = row
+        return int(instance_id), ClaimedStep(row_id, key, index, attempt, now, first)
+
+    def _pickup_engine(self) -> Engine:
+        if self._pickups is None:
+            engine = create_engine(
+                self.url,
+                self._timeouts,
+                isolation_level="AUTOCOMMIT",
+                pool_size=1,
+                pool_pre_ping=self.engine.pool._pre_ping,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _no_fsync(dbapi_conn: Any, _record: Any) -> None:
+                with dbapi_conn.cursor() as cursor:
+                    cursor.execute("SET synchronous_commit = off")
+
+            self._pickups = engine
+        return self._pickups
+
+    def running_steps(self, instance_ids: Sequence[int]) -> list[RunningStep]:
+        out: list[RunningStep] = []
+        with self._read() as conn:
+            for chunk in iter_chunks(list(instance_ids), 500):
+                query = sa.select(
+                    R.c.batch_instance_id, R.c.id, R.c.step_key, R.c.map_index, R.c.attempt,
+                    R.c.first_attempt, R.c.owner_id, R.c.started_at,
+                ).where(
+                    R.c.batch_instance_id.in_(chunk), R.c.status == StepStatus.RUNNING.value
+                )  # fmt: skip
+                out.extend(RunningStep(*r) for r in conn.execute(query))
+        return out
+
+    def watch(self, instance_ids: Sequence[int]) -> dict[int, InstanceWatch]:
+        available = sa.func.coalesce(R.c.available_at, R.c.created_at, type_=UtcDateTime())
+        nxt = (
+            sa.select(sa.func.min(available, type_=UtcDateTime()))
+            .where(
+                R.c.batch_instance_id == BI.c.id,
+                R.c.status == StepStatus.QUEUED.value,
+                sa.or_(R.c.map_index < 0, R.c.available_at.is_not(None)),
+            )
+            .scalar_subquery()
+        )
+        out: dict[int, InstanceWatch] = {}
+        with self._read() as conn:
+            for chunk in iter_chunks(list(instance_ids), 500):
+                query = sa.select(BI.c.id, BI.c.status, BI.c.cancel_requested, nxt).where(
+                    BI.c.id.in_(chunk)
+                )
+                for iid, status, cancel, at in conn.execute(query):
+                    if at is not None and at.tzinfo is None:
+                        at = at.replace(tzinfo=UTC)
+                    out[iid] = InstanceWatch(InstanceStatus(status), bool(cancel), at)
+        return out
+
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
             row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
@@ -880,6 +966,20 @@ class SqlAlchemyStore(Store):
         )
         with self._read() as conn:
             return [(r.id, r.owner_id) for r in conn.execute(query, {"now": db_now(conn)})]
+
+
+_PICKUP_SQL = (
+    "UPDATE batch_step_result SET owner_id = :owner, started_at = :now"
+    " WHERE id = :id AND attempt = :attempt AND status = 'running' AND owner_id IS NULL"
+)
+_PICKUP = HotStatement(_PICKUP_SQL, times=["now"])
+_PICKUP_RETURNING = HotStatement(
+    _PICKUP_SQL + " RETURNING batch_instance_id, step_key, map_index, first_attempt", times=["now"]
+)
+_PICKED = HotStatement(
+    "SELECT batch_instance_id, step_key, map_index, first_attempt FROM batch_step_result"
+    " WHERE id = :id"
+)
 
 
 def _lease_row(conn: Connection, name: str) -> Row[Any] | None:

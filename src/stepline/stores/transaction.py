@@ -265,7 +265,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         return ready
 
     def start(
-        self, keys: Sequence[str], limit: int, owner: str, *, now: datetime
+        self, keys: Sequence[str], limit: int, owner: str | None, *, now: datetime
     ) -> list[ClaimedStep]:
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
@@ -324,7 +324,7 @@ class SqlInstanceTransaction(InstanceTransaction):
                 .values(**values)
             )
 
-    def claim(self, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim(self, limit: int, owner: str | None, *, now: datetime) -> list[ClaimedStep]:
         if limit <= 0:
             return []
         rows = _QUEUED_STEPS.run(self.conn, {"iid": self.id, "now": now, "limit": limit}).fetchall()
@@ -342,7 +342,9 @@ class SqlInstanceTransaction(InstanceTransaction):
             _ADD_ITEM.run_many(self.conn, chunk)
         _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
 
-    def claim_items(self, key: str, limit: int, owner: str, *, now: datetime) -> list[ClaimedStep]:
+    def claim_items(
+        self, key: str, limit: int, owner: str | None, *, now: datetime
+    ) -> list[ClaimedStep]:
         if limit <= 0:
             return []
         rows = _QUEUED_ITEMS.run(
@@ -353,6 +355,21 @@ class SqlInstanceTransaction(InstanceTransaction):
         for chunk in iter_chunks(rows, CHUNK):
             _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
         return [ClaimedStep(r[0], key, r[1], r[2] + 1, now, r[3]) for r in rows]
+
+    def running_items(self, exclude_rows: Iterable[int] = ()) -> dict[str, int]:
+        query = (
+            sa.select(R.c.step_key, sa.func.count())
+            .where(
+                R.c.batch_instance_id == self.id,
+                R.c.map_index >= 0,
+                R.c.status == StepStatus.RUNNING.value,
+            )
+            .group_by(R.c.step_key)
+        )
+        skip = list(exclude_rows)
+        if skip:
+            query = query.where(R.c.id.not_in(skip))
+        return {key: int(n) for key, n in self.conn.execute(query)}
 
     def items_done(self, key: str, count: int) -> bool:
         params = {"iid": self.id, "key": key, "n": count}
@@ -587,11 +604,13 @@ class SqlInstanceTransaction(InstanceTransaction):
         return expires is not None and expires > db_now(self.conn)
 
     def has_unfinished(self) -> bool:
-        final = [s.value for s in StepStatus if s.is_final]
+        # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
+        # the final ones scanned every finished row of the instance.
+        unfinished = [s.value for s in StepStatus if not s.is_final]
         return (
             self.conn.execute(
                 sa.select(R.c.id)
-                .where(R.c.batch_instance_id == self.id, R.c.status.not_in(final))
+                .where(R.c.batch_instance_id == self.id, R.c.status.in_(unfinished))
                 .limit(1)
             ).first()
             is not None

@@ -702,3 +702,24 @@ def test_an_always_step_cannot_map_over_an_upstream_result() -> None:
     assert parse_definition(ok).step("b").map == MapSpec(over="a")
     over_params = minimal(s("a", "b"), s("b", map="xs", trigger_rule="always"), params={"xs": []})
     assert parse_definition(over_params).step("b").map == MapSpec(over="xs")
+
+
+# --- queues (celery dispatcher) ----------------------------------------------------------------
+
+
+def test_a_step_queue_overrides_the_batch_queue() -> None:
+    definition = parse_definition(
+        minimal(s("a", "b", queue="oracle-dmz"), s("b"), queue="default.q"), "demo.yaml"
+    )
+    assert definition.queue_of("a") == "oracle-dmz"
+    assert definition.queue_of("b") == "default.q"
+    assert parse_definition(minimal(s("a"))).queue_of("a") is None
+    again = parse_definition(definition.to_document())
+    assert again == definition and again.to_document()["queue"] == "default.q"
+
+
+@pytest.mark.parametrize("bad", ["has space", "", 7, "x" * 101, "semi;colon"])
+def test_an_invalid_queue_is_refused_with_its_name(bad: object) -> None:
+    problems = problems_of(minimal(s("a", queue=bad), queue=bad))
+    assert [p.step for p in problems] == [None, "a"]
+    assert all(f"queue {bad!r} must be 1-100 characters" in p.message for p in problems)

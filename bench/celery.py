@@ -1,0 +1,243 @@
+"""Stepline on Celery against raw Celery, on the same broker, in one run.
+
+    python bench/celery.py [--broker redis://127.0.0.1:6379/12] [--processes 1 2]
+        [--pg postgresql+psycopg://postgres@127.0.0.1:5432] [--steps 2000]
+
+Fan-out: one root step, ``--steps`` no-op steps, one join step reading nothing; every step
+is claimed, picked up, recorded and advanced in PostgreSQL. Raw: the same number of no-op
+Celery tasks (acks_late, prefetch 1, no result backend, like Stepline's). Both run on a
+worker of N prefork processes started for the measure; the clock runs from the first
+message (for Stepline: the trigger) until the last task has run (the instance is final).
+W3: two parallel 0.2 s steps, a join, a final step, on 2 processes: trigger to final as
+the waiting owner sees it, and as stored (``finished_at - created_at``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# This file is named celery.py: its folder must not shadow the celery package, here or in
+# the workers, so the runner modules are copied to a folder of their own.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+RUNNERS = Path(tempfile.mkdtemp(prefix="stepline-bench-"))
+for module in ("workloads.py", "raw_celery.py"):
+    shutil.copy(HERE / module, RUNNERS / module)
+sys.path.insert(0, str(RUNNERS))
+
+import sqlalchemy as sa  # noqa: E402
+
+from stepline.core.definition import batch, step  # noqa: E402
+from stepline.service import Stepline  # noqa: E402
+from stepline.settings import Settings  # noqa: E402
+from stepline.stores.sqlalchemy import SqlAlchemyStore  # noqa: E402
+
+W = "workloads:"
+
+
+def start_worker(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, cwd=RUNNERS, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_until(ready: object, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():  # type: ignore[operator]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text(errors="replace")[-3000:])
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def raw(broker: str, processes: int, tasks: int, tmp: Path) -> float:
+    queue = f"raw-{uuid.uuid4().hex[:8]}"
+    done = tmp / f"raw-{processes}.done"
+    done.write_bytes(b"")
+    env = {
+        **os.environ,
+        "RAW_CELERY_BROKER": broker,
+        "RAW_CELERY_QUEUE": queue,
+        "RAW_CELERY_DONE": str(done),
+    }
+    log = tmp / f"raw-{processes}.log"
+    worker = start_worker(
+        [sys.executable, "-m", "celery", "-A", "raw_celery", "worker", "-c", str(processes),
+         "-P", "prefork", "-Q", queue, "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "-l", "WARNING"],
+        env, log,
+    )  # fmt: skip
+    os.environ.update(env)
+    import raw_celery
+
+    task = raw_celery.app.tasks["raw.noop"]
+    for _ in range(processes):  # warm-up: every process has run a task
+        task.apply_async(queue=queue)
+    wait_until(lambda: done.stat().st_size >= processes, worker, log)
+    done.write_bytes(b"")
+    try:
+        start = time.perf_counter()
+        with raw_celery.app.producer_or_acquire() as producer:
+            for _ in range(tasks):
+                task.apply_async(producer=producer, queue=queue)
+        while done.stat().st_size < tasks:
+            time.sleep(0.005)
+        return time.perf_counter() - start
+    finally:
+        stop(worker)
+
+
+def fresh_database(server: str) -> str:
+    name = f"stepline_bench_celery_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def drop_database(server: str, url: str) -> None:
+    admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+    admin.dispose()
+
+
+def stepline_worker(
+    settings: Settings, db: str, processes: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_")}
+    env.update(
+        STEPLINE_DB=db,
+        STEPLINE_BROKER_URL=settings.broker(),
+        STEPLINE_QUEUE=settings.queue,
+        STEPLINE_LOG_LEVEL="warning",
+        PYTHONPATH=str(RUNNERS),
+    )
+    stepline = Path(sys.executable).parent / "stepline"
+    store = SqlAlchemyStore(db)
+    before = {w[0] for w in store.workers()}
+    worker = start_worker([str(stepline), "worker", "--concurrency", str(processes)], env, log)
+    try:
+        wait_until(lambda: len({w[0] for w in store.workers()} - before) >= processes, worker, log)
+    finally:
+        store.dispose()
+    time.sleep(0.5)
+    return worker
+
+
+def fan_out(app: Stepline, steps: int) -> tuple[float, int]:
+    keys = [f"f{i}" for i in range(steps)]
+    definition = batch(
+        f"fan-{uuid.uuid4().hex[:6]}",
+        [step("root", W + "noop", keys), *(step(k, W + "noop", ["join"]) for k in keys),
+         step("join", W + "noop")],
+    )  # fmt: skip
+    stored = app.apply(definition)
+    instance, _ = app.trigger(stored.name, owned=True)
+    start = time.perf_counter()
+    final = app.orchestrator.run(instance.id, timeout=600)
+    wall = time.perf_counter() - start
+    assert final.status == "succeeded", final
+    return wall, steps + 2
+
+
+def w3(app: Stepline, repeat: int) -> tuple[float, float]:
+    stored = app.apply(
+        batch(
+            f"w3-{uuid.uuid4().hex[:6]}",
+            [step("a", W + "sleep_02", ["join"]), step("b", W + "sleep_02", ["join"]),
+             step("join", W + "noop", ["final"]), step("final", W + "noop")],
+        )
+    )  # fmt: skip
+    seen, stored_walls = [], []
+    for _ in range(repeat):
+        instance, _ = app.trigger(stored.name, owned=True)
+        start = time.perf_counter()
+        final = app.orchestrator.run(instance.id, timeout=60)
+        seen.append(time.perf_counter() - start)
+        assert final.status == "succeeded" and final.finished_at is not None
+        stored_walls.append((final.finished_at - final.created_at).total_seconds())
+    return statistics.median(seen), statistics.median(stored_walls)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--broker", default=os.environ.get("STEPLINE_BENCH_BROKER", "redis://127.0.0.1:6379/12")
+    )
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get(
+            "STEPLINE_BENCH_PG_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432"
+        ),
+    )
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5, help="W3 runs (median)")
+    args = parser.parse_args()
+    tmp = RUNNERS
+    db = fresh_database(args.pg)
+    store = SqlAlchemyStore(db)
+    store.initialize()
+    store.dispose()
+    print(f"broker {args.broker.split('://')[0]}, PostgreSQL, {args.steps} no-op steps")
+    print(
+        f"{'processes':>9}  {'raw celery s':>12}  {'tasks/s':>8}  {'stepline s':>10}"
+        f"  {'steps/s':>8}  {'ratio':>6}"
+    )
+    try:
+        for processes in args.processes:
+            raw_wall = raw(args.broker, processes, args.steps, tmp)
+            settings = Settings(
+                dispatcher="celery", broker_url=args.broker, queue=f"bench-{uuid.uuid4().hex[:8]}"
+            )  # type: ignore[arg-type]
+            worker = stepline_worker(settings, db, processes, tmp / f"stepline-{processes}.log")
+            try:
+                with Stepline(settings, db=db) as app:
+                    fan_out(app, processes * 2)  # warm-up: every process has run a step
+                    wall, steps = fan_out(app, args.steps)
+                    rows = app.store.step_results(app.store.instances(limit=1)[0].id)
+                    assert len(rows) == steps and all(r.status == "succeeded" for r in rows)
+                    w3_seen, w3_stored = w3(app, args.repeat) if processes >= 2 else (None, None)
+            finally:
+                stop(worker)
+            raw_rate, rate = args.steps / raw_wall, steps / wall
+            print(
+                f"{processes:>9}  {raw_wall:>12.2f}  {raw_rate:>8.0f}  {wall:>10.2f}  {rate:>8.0f}"
+                f"  {rate / raw_rate:>6.0%}"
+            )
+            if w3_seen is not None:
+                print(
+                    f"  W3 on {processes} processes: {w3_seen:.3f} s trigger to final as `run`"
+                    f" sees it, {w3_stored:.3f} s as stored (finished_at - created_at),"
+                    f" median of {args.repeat}"
+                )
+    finally:
+        drop_database(args.pg, db)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""CeleryDispatcher and the worker of ``stepline worker``, on Redis or RabbitMQ.
+
+The only module that imports Celery. A message is ``stepline.step(instance_id, row_id,
+attempt)``; params and results stay in the database and no result backend is used.
+At-least-once delivery is made harmless by the store: ``acks_late`` and
+``reject_on_worker_lost`` redeliver what a dead worker held, a prefetch of one keeps
+messages in the broker rather than in a busy worker, and ``Store.pickup`` lets only the
+first delivery of an attempt run. Step timeouts become the task's soft time limit (the
+runner gets an exception and the attempt fails, retried per policy) and a hard limit
+``HARD_LIMIT_GRACE`` later (the process is killed; its attempt is recovered as lost).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from stepline.core.definition import BatchDefinition
+from stepline.dispatchers.base import RemoteDispatcher, Report, StepMessage
+from stepline.engine.orchestrator import process_owner_id
+from stepline.engine.remote import StepJob
+from stepline.errors import Problem
+from stepline.stores.base import Store
+
+log = structlog.get_logger("stepline.celery")
+
+TASK = "stepline.step"
+HARD_LIMIT_GRACE = 10.0
+"""Seconds after a step's timeout (the soft limit) before its worker process is killed."""
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
+
+
+def celery_app(broker_url: str, *, queue: str, visibility_timeout: float) -> Celery:
+    app = Celery("stepline", broker=broker_url, set_as_current=False)
+    options: dict[str, Any] = {}
+    if is_redis(broker_url):
+        options["visibility_timeout"] = visibility_timeout
+    app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_enable_remote_control=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)(_step)
+    return app
+
+
+def broker_problems(
+    definition: BatchDefinition, broker_url: str, visibility_timeout: float
+) -> list[Problem]:
+    """Steps whose timeout outlasts the Redis redelivery window, refused at apply time.
+
+    Redis hands an unacknowledged message to another worker after ``visibility_timeout``;
+    the pickup fence would make that delivery a no-op, but a step meant to be killed at
+    its time limit must end (and be acknowledged) before the broker gives it away.
+    """
+    if not is_redis(broker_url):
+        return []
+    problems = []
+    for step in definition.steps:
+        if step.timeout is None:
+            continue
+        needed = step.timeout.total_seconds() + HARD_LIMIT_GRACE
+        if needed > visibility_timeout:
+            problems.append(
+                Problem(
+                    f"timeout {step.timeout.total_seconds():g} s (+{HARD_LIMIT_GRACE:g} s to "
+                    f"stop it) is longer than the Redis broker's visibility_timeout of "
+                    f"{visibility_timeout:g} s; set STEPLINE_BROKER_VISIBILITY_TIMEOUT to at "
+                    f"least {needed:g} on every process, or shorten the timeout",
+                    definition.name,
+                    step.key,
+                )
+            )
+    return problems
+
+
+class CeleryDispatcher(RemoteDispatcher):
+    """Sends claimed attempts to Celery; the workers record outcomes themselves."""
+
+    capacity = 100_000
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        queue: str = "stepline",
+        visibility_timeout: float = 3600.0,
+        app: Celery | None = None,
+    ) -> None:
+        self._own_app = app is None
+        if app is None:
+            assert broker_url is not None
+            app = celery_app(broker_url, queue=queue, visibility_timeout=visibility_timeout)
+        self.app = app
+        self.queue = queue
+        self._unsent: list[StepMessage] = []
+        self._lock = threading.Lock()
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"CeleryDispatcher(queue={self.queue!r})"
+
+    def start(self, report: Report) -> None:
+        """Nothing to start: outcomes are recorded by the workers."""
+
+    def send(self, messages: Sequence[StepMessage]) -> None:
+        if not messages:
+            return
+        left = self._publish(list(messages))
+        if left:
+            with self._lock:
+                self._unsent.extend(left)
+                if self._retrier is None or not self._retrier.is_alive():
+                    self._retrier = threading.Thread(
+                        target=self._retry, name="stepline-celery-resend", daemon=True
+                    )
+                    self._retrier.start()
+
+    @property
+    def unsent(self) -> int:
+        with self._lock:
+            return len(self._unsent)
+
+    def _publish(self, messages: list[StepMessage]) -> list[StepMessage]:
+        task = self.app.tasks[TASK]
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for m in messages:
+                    options: dict[str, Any] = {"queue": m.queue or self.queue}
+                    if m.timeout is not None:
+                        options["soft_time_limit"] = m.timeout
+                        options["time_limit"] = m.timeout + HARD_LIMIT_GRACE
+                    task.apply_async(
+                        (m.instance_id, m.row_id, m.attempt),
+                        producer=producer,
+                        retry=True,
+                        retry_policy={"max_retries": 2, "interval_start": 0.1},
+                        **options,
+                    )
+                    sent += 1
+        except Exception as exc:
+            log.warning(
+                "broker unavailable; the steps are sent again when it answers",
+                error=f"{type(exc).__name__}: {exc}",
+                waiting=len(messages) - sent,
+            )
+            return messages[sent:]
+        return []
+
+    def _retry(self) -> None:
+        while not self._closed.wait(1.0):
+            with self._lock:
+                pending, self._unsent = self._unsent, []
+            if not pending:
+                return
+            left = self._publish(pending)
+            with self._lock:
+                self._unsent = left + self._unsent
+            if not left:
+                log.info("broker answers again; waiting steps sent", steps=len(pending))
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._closed.set()
+        with self._lock:
+            pending, self._unsent = self._unsent, []
+        if pending and self._publish(pending):
+            log.warning("steps left unsent at exit; the owner of their instance resends them")
+        if self._own_app:
+            self.app.close()
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    """What one worker process (a prefork child) holds: its store, identity and sender."""
+
+    store: Store
+    owner: str
+    job: StepJob
+    dispatcher: CeleryDispatcher
+    stop: threading.Event
+
+
+_setup: tuple[Callable[[], Store], Celery, str, float, int | None] | None = None
+_worker: _Worker | None = None
+
+
+def _step(instance_id: int, row_id: int, attempt: int) -> None:
+    worker = _worker
+    if worker is None:
+        raise RuntimeError("stepline.step runs only in a `stepline worker` process")
+    messages = worker.job(instance_id, row_id, attempt, timeouts=(SoftTimeLimitExceeded,))
+    worker.dispatcher.send(messages)
+
+
+def _start_child(**_: Any) -> None:
+    """In each worker process: its own connections, its own owner id and lease."""
+    global _worker
+    assert _setup is not None
+    make_store, app, queue, lease_seconds, max_result_bytes = _setup
+    store = make_store()
+    owner = process_owner_id()
+    stop = threading.Event()
+    job = StepJob(store, owner, max_result_bytes=max_result_bytes)
+    _worker = _Worker(store, owner, job, CeleryDispatcher(app=app, queue=queue), stop)
+    store.heartbeat(owner, lease_seconds)
+    threading.Thread(
+        target=_heartbeat, args=(store, owner, lease_seconds, stop), daemon=True
+    ).start()
+    log.info("worker process ready", owner=owner)
+
+
+def _heartbeat(store: Store, owner: str, lease_seconds: float, stop: threading.Event) -> None:
+    while not stop.wait(lease_seconds / 3):
+        try:
+            store.heartbeat(owner, lease_seconds)
+        except Exception as exc:
+            log.warning("could not renew the worker lease", error=f"{type(exc).__name__}: {exc}")
+
+
+def _stop_child(**_: Any) -> None:
+    worker = _worker
+    if worker is None:
+        return
+    worker.stop.set()
+    worker.dispatcher.shutdown()
+    try:
+        worker.store.release(worker.owner)
+        worker.store.dispose()
+    except Exception as exc:
+        log.warning("could not release the worker lease", error=f"{type(exc).__name__}: {exc}")
+
+
+def run_worker(
+    make_store: Callable[[], Store],
+    broker_url: str,
+    *,
+    queues: Sequence[str],
+    default_queue: str,
+    concurrency: int,
+    lease_seconds: float,
+    visibility_timeout: float,
+    max_result_bytes: int | None = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker (prefork, ``concurrency`` processes) until it is stopped."""
+    global _setup
+    app = celery_app(broker_url, queue=default_queue, visibility_timeout=visibility_timeout)
+    _setup = (make_store, app, default_queue, lease_seconds, max_result_bytes)
+    signals.worker_process_init.connect(_start_child, weak=False)
+    signals.worker_process_shutdown.connect(_stop_child, weak=False)
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            f"stepline-{os.getpid()}@%h",
+        ]
+    )

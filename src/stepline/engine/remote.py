@@ -1,0 +1,545 @@
+"""Driving instances whose steps run on remote workers (the celery dispatcher).
+
+Two roles share the same decision transaction, :func:`~stepline.engine.advance.advance`:
+
+- a **worker** (:class:`StepJob`) picks an attempt up (fenced by attempt), runs the runner,
+  then records the outcome and advances the DAG in one transaction, and says which claimed
+  successors to send. No process needs to see every outcome.
+- the **owner** of the instance (:class:`RemoteOrchestrator`, in ``serve`` or ``run``)
+  adopts it, sends its first steps, and then only watches: it sends retried steps when
+  their backoff ends (the wait is a timestamp in the database, not a message in the
+  broker), cancels, turns the attempts of dead workers into lost attempts, sends again what
+  no worker picked up, and notices the end (alerts, progress).
+
+Claimed attempts are handed over without an owner (``advance(handoff=True)``): the first
+worker to pick one up owns it, so a duplicate delivery runs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from stepline.core.definition import BatchDefinition, StepDefinition
+from stepline.core.states import InstanceStatus, StepStatus
+from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
+from stepline.engine.advance import advance, map_items
+from stepline.engine.execution import build_context, is_async, outcome, runner_for
+from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
+from stepline.errors import Conflict
+from stepline.stores.base import ClaimedStep, InstanceRecord, RunningStep, StepOutcome, Store
+
+log = structlog.get_logger("stepline.remote")
+
+MAX_CLAIM = 100_000
+"""Steps one transaction may hand to the broker: the broker queues what workers cannot
+take yet, so the only bound is the size of one transaction."""
+
+
+def message_for(definition: BatchDefinition, instance_id: int, claimed: ClaimedStep) -> StepMessage:
+    step = definition.step(claimed.step_key)
+    return StepMessage(
+        instance_id,
+        claimed.row_id,
+        claimed.attempt,
+        definition.queue_of(step.key),
+        step.timeout.total_seconds() if step.timeout is not None else None,
+    )
+
+
+def dead_owners(store: Store, me: str | None = None) -> list[str]:
+    """Registered owners whose lease expired, or whose process on this host is gone."""
+    host = socket.gethostname()
+    dead = []
+    for owner, hostname, pid, valid in store.workers():
+        if owner == me:
+            continue
+        if not valid or (hostname == host and not pid_alive(pid)):
+            dead.append(owner)
+    return dead
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lost_outcome(step: StepDefinition, running: RunningStep, now: datetime) -> StepOutcome:
+    """The outcome of an attempt whose worker died: failed, retried per policy (at least once)."""
+    started = running.started_at or now
+    if step.timeout is not None and now - started >= step.timeout:
+        error = (
+            f"TimeoutError: attempt {running.attempt} exceeded the step timeout of "
+            f"{step.timeout.total_seconds():g} s; its worker process {running.owner_id} "
+            "was stopped at the hard time limit"
+        )
+    else:
+        error = f"lost: its worker {running.owner_id} stopped before the attempt ended"
+    return StepOutcome(
+        row_id=running.row_id,
+        step_key=running.step_key,
+        map_index=running.map_index,
+        attempt=running.attempt,
+        succeeded=False,
+        payload=None,
+        error=error,
+        started_at=started,
+        finished_at=now,
+        first_attempt=running.first_attempt,
+        lost=True,
+    )
+
+
+def timed_out(work: StepWork, started: datetime) -> StepOutcome:
+    assert work.step.timeout is not None
+    claimed = work.claimed
+    return StepOutcome(
+        row_id=claimed.row_id,
+        step_key=claimed.step_key,
+        map_index=claimed.map_index,
+        attempt=claimed.attempt,
+        succeeded=False,
+        payload=None,
+        error=f"TimeoutError: attempt {claimed.attempt} exceeded the step timeout of "
+        f"{work.step.timeout.total_seconds():g} s",
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        first_attempt=claimed.first_attempt,
+    )
+
+
+class StepJob:
+    """A worker process's whole job for one message: pick up, run, record, advance."""
+
+    def __init__(self, store: Store, owner: str, *, max_result_bytes: int | None = None) -> None:
+        self.store = store
+        self.owner = owner
+        limit = store.payload_limit()
+        if max_result_bytes is None or (limit is not None and limit < max_result_bytes):
+            max_result_bytes = limit
+        self.max_result_bytes = max_result_bytes
+        self._items: dict[tuple[int, str], list[Any]] = {}
+        self._definitions: dict[tuple[str, int], BatchDefinition] = {}
+        self._instances: dict[int, InstanceRecord] = {}
+        self._results: dict[tuple[int, str], Any] = {}
+
+    def __call__(
+        self,
+        instance_id: int,
+        row_id: int,
+        attempt: int,
+        *,
+        timeouts: tuple[type[BaseException], ...] = (),
+    ) -> list[StepMessage]:
+        """Run the attempt if this delivery is the first to pick it up; return the claimed
+        successors to send. ``timeouts`` are the exceptions that mean the attempt ran out
+        of time (the worker's soft time limit)."""
+        picked = self.store.pickup(row_id, attempt, self.owner)
+        if picked is None:
+            log.info(
+                "delivery of an attempt already taken, ended or superseded; nothing to run",
+                instance_id=instance_id,
+                row_id=row_id,
+                attempt=attempt,
+            )
+            return []
+        instance_id, claimed = picked
+        instance = self._instance(instance_id)
+        definition = self._definition(instance)
+        step = definition.step(claimed.step_key)
+        work = StepWork(
+            instance_id=instance.id,
+            batch=instance.batch,
+            claimed=claimed,
+            step=step,
+            params=instance.params,
+            results={},
+            missing_results=definition.graph.predecessors.get(step.key, ()),
+            max_result_bytes=self.max_result_bytes,
+        )
+        started = datetime.now(UTC)
+        try:
+            if claimed.map_index >= 0:
+                work = replace(work, item=self._item(instance, step, claimed))
+            result = self._run(work, timeouts)
+        except timeouts:  # the time limit may strike outside the runner too
+            result = timed_out(work, started)
+        except Exception as exc:
+            result = outcome(work, started, error=exc)
+        return self.record(instance, definition, result)
+
+    def _instance(self, instance_id: int) -> InstanceRecord:
+        """Batch, version and params of an instance never change: read once per process."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            if len(self._instances) > 256:
+                self._instances.clear()
+            instance = self._instances[instance_id] = self.store.instance(instance_id)
+        return instance
+
+    def _load(self, instance_id: int, keys: tuple[str, ...]) -> dict[str, Any]:
+        """Upstream results; a succeeded step's result never changes, so each is read once
+        per process (a retry in place resets only steps that did not succeed)."""
+        found = {
+            k: self._results[(instance_id, k)] for k in keys if (instance_id, k) in self._results
+        }
+        missing = [k for k in keys if k not in found]
+        if missing:
+            loaded = self.store.results_for(instance_id, missing)
+            if len(self._results) > 1024:
+                self._results.clear()
+            for key, value in loaded.items():
+                self._results[(instance_id, key)] = value
+            found.update(loaded)
+        return found
+
+    def _definition(self, instance: InstanceRecord) -> BatchDefinition:
+        """Versions never change, so each is read (and parsed) once per process."""
+        key = (instance.batch, instance.definition_version)
+        definition = self._definitions.get(key)
+        if definition is None:
+            if len(self._definitions) > 256:
+                self._definitions.clear()
+            stored = self.store.definition(instance.batch, instance.definition_version)
+            definition = self._definitions[key] = stored.definition
+        return definition
+
+    def _item(self, instance: InstanceRecord, step: StepDefinition, claimed: ClaimedStep) -> Any:
+        assert step.map is not None
+        key = (instance.id, step.key)
+        items = self._items.get(key)
+        if items is None:
+            if len(self._items) > 64:
+                self._items.clear()
+            results = self._load(instance.id, (step.map.over,))
+            items = self._items[key] = map_items(step, instance.params, results)
+        return items[claimed.map_index]
+
+    def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
+        started = datetime.now(UTC)
+        try:
+            context = build_context(work, self._load)
+            runner = runner_for(work.step.runner)
+            if not is_async(work.step.runner):
+                value = runner(context)
+            else:
+                seconds = work.step.timeout.total_seconds() if work.step.timeout else None
+                try:
+                    value = asyncio.run(asyncio.wait_for(runner(context), seconds))
+                except TimeoutError:
+                    return timed_out(work, started)
+        except timeouts:
+            return timed_out(work, started)
+        except BaseException as exc:  # SystemExit in a runner must still end its attempt
+            return outcome(work, started, error=exc)
+        return outcome(work, started, value)
+
+    def record(
+        self, instance: InstanceRecord, definition: BatchDefinition, result: StepOutcome
+    ) -> list[StepMessage]:
+        """Record and advance in one transaction, retried until the database takes it.
+
+        A result the database refuses three times is recorded as the step's failure.
+        """
+        delay, tries = 0.2, 0
+        while True:
+            try:
+                return self._record(instance, definition, result)
+            except Exception as exc:
+                tries += 1
+                log.warning(
+                    "could not record a step outcome; retrying",
+                    instance_id=instance.id,
+                    step=result.step_key,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                if tries == 3 and result.succeeded:
+                    result = replace(
+                        result,
+                        succeeded=False,
+                        payload=None,
+                        retryable=False,
+                        error=f"the result could not be stored: {type(exc).__name__}: {exc}",
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _record(
+        self, instance: InstanceRecord, definition: BatchDefinition, result: StepOutcome
+    ) -> list[StepMessage]:
+        mapped = any(s.map is not None for s in definition.steps)
+        with self.store.instance_transaction(instance.id, instance) as tx:
+            if tx.instance.status.is_final:
+                return []
+            done = advance(
+                tx,
+                definition,
+                [result],
+                owner=self.owner,
+                now=datetime.now(UTC),
+                slots=0 if tx.instance.cancel_requested else MAX_CLAIM,
+                look_for_queued=False,
+                results={},
+                idle=True,
+                params=instance.params,
+                running_items=tx.running_items([result.row_id]) if mapped else {},
+                handoff=True,
+            )
+        return [message_for(definition, instance.id, c) for c in done.claimed]
+
+
+class RemoteOrchestrator(Orchestrator):
+    """The owner's side: adopt, send, and watch instances that workers drive."""
+
+    dispatcher: RemoteDispatcher
+
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: RemoteDispatcher,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+        listener: Listener | None = None,
+        watch_seconds: float = 0.05,
+        redispatch_seconds: float = 300.0,
+    ) -> None:
+        super().__init__(
+            store,
+            dispatcher,
+            owner=owner,
+            lease_seconds=lease_seconds,
+            poll_seconds=poll_seconds,
+            listener=listener,
+        )
+        self.watch_seconds = watch_seconds
+        self.redispatch_seconds = redispatch_seconds
+        self._next_sweep = 0.0
+        self._next_progress = 0.0
+        self._resent: dict[tuple[int, int], tuple[float, int]] = {}
+        self._seen: dict[int, dict[tuple[str, int], tuple[StepStatus, int]]] = {}
+
+    @property
+    def busy(self) -> bool:
+        return False  # every attempt runs on a worker; nothing here to wait for
+
+    def adopt(
+        self, instance_id: int, *, takeover: bool = False, expected_owner: str | None = None
+    ) -> bool:
+        active = self._active.get(instance_id)
+        if active is not None:
+            self._advance(active, [])
+            return True
+        record = self.store.instance(instance_id)
+        if record.status.is_final:
+            return False
+        definition = self._definition(record)
+        with self.store.instance_transaction(instance_id) as tx:
+            current = tx.instance
+            if current.status.is_final:
+                return False
+            if takeover and current.owner_id != expected_owner:
+                return False
+            if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
+                raise Conflict(
+                    f"instance {instance_id} is being run by {current.owner_id}; "
+                    f"`stepline cancel {instance_id}` stops it"
+                )
+            tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
+        active = _Active(
+            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
+        )
+        self._active[instance_id] = active
+        active.settle_pending = True
+        self._advance(active, [])
+        if takeover and instance_id in self._active:
+            # Attempts a previous owner handed over may never have reached the broker.
+            self._sweep([instance_id], resend_all=True)
+        return True
+
+    def step_once(self) -> None:
+        try:
+            self._outcomes.get(timeout=self._wait_seconds())
+            while True:
+                self._outcomes.get_nowait()
+        except queue.Empty:
+            pass
+        ids = list(self._active)
+        failure: BaseException | None = None
+        if ids:
+            now, clock = datetime.now(UTC), time.monotonic()
+            for instance_id, seen in self.store.watch(ids).items():
+                active = self._active.get(instance_id)
+                if active is None:
+                    continue
+                due = seen.next_available_at is not None and seen.next_available_at <= now
+                if due and active.wake_at is not None and active.wake_at > clock:
+                    due = False  # due but not claimable (a full map): look again shortly
+                if seen.status.is_final or seen.cancel_requested or due:
+                    try:  # one instance's failure must not stop the others
+                        self._advance(active, [])
+                    except Exception as exc:
+                        failure = failure or exc
+        if failure is not None:
+            raise failure
+        clock = time.monotonic()
+        if self.listener is not None and clock >= self._next_progress:
+            self._next_progress = clock + 0.2
+            self._progress()
+        if clock >= self._next_sweep:
+            self._next_sweep = clock + 1.0
+            self._sweep(list(self._active))
+        self._heartbeat()
+
+    def _wait_seconds(self) -> float:
+        due = self._next_heartbeat - time.monotonic()
+        return max(0.0, min(self.watch_seconds, due))
+
+    def _advance(self, active: _Active, outcomes: list[StepOutcome], *, split: bool = True) -> None:
+        """Record lost attempts (the only outcomes the owner sees), claim what is due and send
+        it. An error leaves everything as stored; the next look at the instance retries."""
+        instance_id = active.instance.id
+        definition = active.definition
+        mapped = any(s.map is not None for s in definition.steps)
+        with self.store.instance_transaction(instance_id, active.instance) as tx:
+            if tx.instance.owner_id != self.owner:
+                self._lose(active)
+                return
+            ended = tx.instance.status if tx.instance.status.is_final else None
+            if ended is None and tx.instance.cancel_requested:
+                self._cancel(active, tx)
+                self._progress([instance_id])
+                return
+            if ended is None:
+                done = advance(
+                    tx,
+                    definition,
+                    outcomes,
+                    owner=self.owner,
+                    now=datetime.now(UTC),
+                    slots=0 if self.draining else MAX_CLAIM,
+                    look_for_queued=True,
+                    results={},
+                    idle=True,
+                    params=active.instance.params,
+                    running_items=tx.running_items([o.row_id for o in outcomes]) if mapped else {},
+                    settle_pending=active.settle_pending,
+                    handoff=True,
+                )
+                ended = done.final
+        active.settle_pending = False
+        if ended is not None:  # by a worker, or just now
+            self._end(active, ended)
+            return
+        active.wake_at = None if done.claimed else time.monotonic() + self.poll_seconds / 2
+        self.dispatcher.send([message_for(definition, instance_id, c) for c in done.claimed])
+
+    def _end(self, active: _Active, final: InstanceStatus) -> None:
+        self._progress([active.instance.id])
+        self._seen.pop(active.instance.id, None)
+        self._finish(active, final)
+
+    def _sweep(self, instance_ids: Sequence[int], *, resend_all: bool = False) -> None:
+        """Lost attempts of dead workers go through advance(); attempts that no worker
+        picked up for a while are sent again (the broker may have lost them)."""
+        if not instance_ids:
+            return
+        running = self.store.running_steps(instance_ids)
+        dead = set(dead_owners(self.store, self.owner)) if running else set()
+        now = datetime.now(UTC)
+        clock = time.monotonic()
+        lost: dict[int, list[StepOutcome]] = {}
+        resend: dict[int, list[StepMessage]] = {}
+        current: set[tuple[int, int]] = set()
+        for r in running:
+            active = self._active.get(r.instance_id)
+            if active is None:
+                continue
+            step = active.definition.step(r.step_key)
+            if step.map is not None and r.map_index < 0:
+                continue  # an expanded mapped step runs nothing itself
+            key = (r.row_id, r.attempt)
+            current.add(key)
+            if r.owner_id is None:
+                if resend_all or self._resend_due(key, r, now, clock):
+                    claimed = ClaimedStep(r.row_id, r.step_key, r.map_index, r.attempt, now)
+                    message = message_for(active.definition, r.instance_id, claimed)
+                    resend.setdefault(r.instance_id, []).append(message)
+            elif r.owner_id in dead:
+                lost.setdefault(r.instance_id, []).append(lost_outcome(step, r, now))
+        for key in [k for k in self._resent if k not in current]:
+            del self._resent[key]
+        for instance_id, messages in resend.items():
+            log.info("sending unpicked steps again", instance_id=instance_id, steps=len(messages))
+            self.dispatcher.send(messages)
+        for instance_id, outcomes in lost.items():
+            active = self._active.get(instance_id)
+            if active is not None:
+                log.warning(
+                    "steps of a dead worker recorded as lost attempts",
+                    instance_id=instance_id,
+                    steps=[o.step_key for o in outcomes],
+                )
+                self._advance(active, outcomes)
+
+    def _resend_due(
+        self, key: tuple[int, int], running: RunningStep, now: datetime, clock: float
+    ) -> bool:
+        last = self._resent.get(key)
+        if last is None:
+            started = running.started_at or now
+            due = (now - started).total_seconds() >= self.redispatch_seconds
+            if due:
+                self._resent[key] = (clock, 1)
+            return due
+        at, count = last
+        if clock - at < self.redispatch_seconds * 2 ** min(count, 6):
+            return False
+        self._resent[key] = (clock, count + 1)
+        return True
+
+    def _progress(self, instance_ids: Iterable[int] | None = None) -> None:
+        """Progress events from the stored rows: what the workers did since the last look."""
+        if self.listener is None:
+            return
+        ids = list(self._active) if instance_ids is None else list(instance_ids)
+        now = datetime.now(UTC)
+        for instance_id in ids:
+            seen = self._seen.setdefault(instance_id, {})
+            for r in self.store.step_results(instance_id):
+                state = (r.status, r.attempt)
+                key = (r.step_key, r.map_index)
+                before = seen.get(key)
+                if before == state:
+                    continue
+                seen[key] = state
+                if r.status is StepStatus.PENDING:
+                    continue
+                ran = r.status.is_final and r.started_at is not None and r.attempt > 0
+                if ran and before != (StepStatus.RUNNING, r.attempt):
+                    # Polling can miss a short attempt; it ran, so say so, as direct does.
+                    self.listener(
+                        StepEvent(
+                            instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now
+                        )
+                    )
+                self.listener(
+                    StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now)
+                )

@@ -1,0 +1,312 @@
+"""Faults on the celery dispatcher, against real brokers and real worker processes:
+a worker killed mid-step, ``serve`` killed while workers run, duplicate delivery, a broker
+outage, a runner that kills its worker every time. PostgreSQL; Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import remote_runners as rr
+from clusters import (
+    BROKERS,
+    STEPLINE,
+    TESTS,
+    Cluster,
+    RedisServer,
+    TcpProxy,
+    delete_queues,
+    free_port,
+    require_broker,
+)
+from databases import create_database, drop_database
+from stepline import InstanceStatus, StepStatus, batch
+from stepline.dispatchers.base import StepMessage
+from stepline.dispatchers.celery import CeleryDispatcher
+from stepline.service import Stepline
+from stepline.stores.base import InstanceRecord
+
+W = "remote_runners:"
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cluster]:
+    broker = BROKERS[str(request.param)]
+    require_broker(broker)
+    (tmp_path / "calls").mkdir()
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path / "calls"))
+    url, handle = create_database("postgresql", tmp_path)
+    found = Cluster(url, broker, tmp_path / "calls")
+    try:
+        yield found
+    finally:
+        found.stop()
+        drop_database("postgresql", handle)
+
+
+def s(
+    key: str, nexts: list[str] | None = None, runner: str = "work", **options: Any
+) -> dict[str, Any]:
+    fields = {k: v for k, v in options.items() if k in ("retry", "timeout", "queue")}
+    args = {k: v for k, v in options.items() if k not in fields}
+    return {"key": key, "runner": W + runner, "next_steps": nexts or [], "with": args, **fields}
+
+
+def name() -> str:
+    return f"f{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(condition: Any, seconds: float, what: str, cluster: Cluster | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = cluster.log_text() if cluster is not None else ""
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        time.sleep(0.05)
+
+
+class Driven:
+    """An instance run by an owner in a background thread, as ``stepline run`` would."""
+
+    def __init__(self, app: Stepline, steps: list[dict[str, Any]], **options: Any) -> None:
+        stored = app.apply(batch(name(), steps, **options))
+        self.batch = stored.name
+        self.instance, _ = app.trigger(stored.name, owned=True)
+        self.final: list[InstanceRecord] = []
+        self.thread = threading.Thread(
+            target=lambda: self.final.append(app.orchestrator.run(self.instance.id, timeout=90))
+        )
+        self.thread.start()
+
+    def result(self, seconds: float = 90) -> InstanceRecord:
+        self.thread.join(seconds)
+        assert self.final, "the instance did not finish"
+        return self.final[0]
+
+
+def test_a_worker_killed_mid_step_is_recovered_once(cluster: Cluster) -> None:
+    first = cluster.start_worker(concurrency=2)
+    second = cluster.start_worker(concurrency=2)
+    with Stepline(cluster.settings(), db=cluster.db_url) as app:
+        run = Driven(app, [s("slow", ["after"], sleep=3), s("after")])
+        wait_for(lambda: rr.calls(run.batch, "slow") == 1, 20, "the step to start", cluster)
+        (pid,) = rr.pids(run.batch, "slow")
+        victim = first if pid in cluster.worker_pids(first) else second
+        cluster.kill(victim)
+        final = run.result()
+        assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        rows = app.store.step_results(final.id)
+        assert [(r.step_key, r.status, r.attempt) for r in rows] == [
+            ("slow", StepStatus.SUCCEEDED, 2),
+            ("after", StepStatus.SUCCEEDED, 1),
+        ]
+        (lost,) = app.store.attempts(final.id)
+        assert lost.attempt == 1 and (lost.error or "").startswith("lost: its worker")
+        assert rr.calls(run.batch, "slow") == 2 and rr.calls(run.batch, "after") == 1
+        assert rr.pids(run.batch, "slow")[1] in cluster.worker_pids(
+            second if victim is first else first
+        )
+
+
+def test_serve_killed_while_workers_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_worker(concurrency=2)
+
+    log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 (closed at the end)
+
+    def serve() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(STEPLINE), "serve", "--port", str(free_port())],
+            cwd=TESTS,
+            env=cluster.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    with Stepline(cluster.settings(), db=cluster.db_url) as app:
+        stored = app.apply(
+            batch(
+                name(),
+                [
+                    s("a", ["b"]),
+                    s("b", ["c"], sleep=2),
+                    s("c", ["d"], fail_times=1, retry={"attempts": 2, "backoff": "1s"}),
+                    s("d"),
+                ],
+            )
+        )
+        instance, _ = app.trigger(stored.name, {}, "http", limited=True)  # serve admits it
+        first = serve()
+        try:
+            wait_for(lambda: rr.calls(stored.name, "b") == 1, 30, "b to start", cluster)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            # b ends on its worker, which sends c; c fails and waits for its backoff in the
+            # database, where only a live owner can find it: the next serve recovers it.
+            wait_for(lambda: rr.calls(stored.name, "c") == 1, 30, "c to run once", cluster)
+            second = serve()
+            try:
+                wait_for(
+                    lambda: app.store.instance(instance.id).status.is_final,
+                    60,
+                    "the instance to finish",
+                    cluster,
+                )
+            finally:
+                second.terminate()
+                second.wait(20)
+        finally:
+            if first.poll() is None:
+                first.kill()
+            log.close()
+        final = app.store.instance(instance.id)
+        assert final.status is InstanceStatus.SUCCEEDED, (tmp_path / "serve.log").read_text()
+        counts = [rr.calls(stored.name, k) for k in "abcd"]
+        assert counts == [1, 1, 2, 1]
+        assert all(r.status is StepStatus.SUCCEEDED for r in app.store.step_results(final.id))
+
+
+class Duplicating(CeleryDispatcher):
+    """Publishes every message twice: at-least-once delivery at its worst."""
+
+    def send(self, messages: Any) -> None:
+        super().send([*messages, *messages])
+
+
+def test_the_same_message_delivered_twice_runs_the_runner_once(cluster: Cluster) -> None:
+    cluster.start_worker(concurrency=3)
+    settings = cluster.settings()
+    dispatcher = Duplicating(settings.broker(), queue=cluster.queue)
+    with Stepline(settings, db=cluster.db_url, dispatcher=dispatcher) as app:
+        run = Driven(app, [s("a", ["b", "c"], sleep=0.5), s("b", sleep=0.3), s("c")])
+        final = run.result()
+        assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        rows = app.store.step_results(final.id)
+        late = [StepMessage(final.id, r.id, r.attempt) for r in rows]
+        dispatcher.send(late)  # late duplicates of every attempt, after the end
+        time.sleep(1.5)
+        assert [rr.calls(run.batch, k) for k in "abc"] == [1, 1, 1]
+        assert [r.attempt for r in app.store.step_results(final.id)] == [1, 1, 1]
+        assert app.store.attempts(final.id) == []
+        log = cluster.log_text()
+        assert "already taken, ended or superseded" in log
+
+
+def test_a_runner_that_kills_its_worker_ends_failed(cluster: Cluster) -> None:
+    cluster.start_worker(concurrency=2)
+    with Stepline(cluster.settings(), db=cluster.db_url) as app:
+        run = Driven(
+            app,
+            [
+                s("poison", ["after"], exit_times=99, retry={"attempts": 2, "backoff": "0.2s"}),
+                s("after"),
+            ],
+        )
+        final = run.result(60)
+        assert final.status is InstanceStatus.FAILED
+        rows = {r.step_key: r for r in app.store.step_results(final.id)}
+        assert rows["poison"].status is StepStatus.FAILED and rows["poison"].attempt == 2
+        assert rows["after"].status is StepStatus.UPSTREAM_FAILED
+        assert rr.calls(run.batch, "poison") == 2
+        assert [a.attempt for a in app.store.attempts(final.id)] == [1, 2]
+
+
+def test_a_broker_outage_of_ten_seconds_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    if cluster.broker_url.startswith("redis"):
+        server = RedisServer(tmp_path)
+        cluster.broker_url = server.url
+        down, up = server.kill, server.start
+    else:
+        proxy = TcpProxy(("127.0.0.1", 5672))
+        cluster.broker_url = f"amqp://guest:guest@127.0.0.1:{proxy.port}//"
+        down, up = proxy.down, proxy.up
+    cluster.start_worker(concurrency=3)
+    steps = [s("a", ["b1", "b2", "b3"], sleep=1.5)] + [
+        s(f"b{i}", ["join"], sleep=0.2) for i in (1, 2, 3)
+    ]
+    with Stepline(cluster.settings(), db=cluster.db_url) as app:
+        before = Driven(app, [*steps, s("join", runner="fan_in")])
+        wait_for(lambda: rr.calls(before.batch, "a") == 1, 20, "a to start", cluster)
+        down()
+        outage = time.monotonic()
+        restored = False
+        try:
+            # Sent during the outage: a new instance's first step, and (by the worker, when
+            # a ends) the three successors of the running instance.
+            with Stepline(cluster.settings(), db=cluster.db_url) as other:
+                during = Driven(other, [s("x", ["y"]), s("y")])
+                time.sleep(max(0.0, 10 - (time.monotonic() - outage)))
+                assert rr.calls(during.batch, "x") == 0, "a step ran without a broker"
+                up()
+                restored = True
+                assert during.result().status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        finally:
+            if not restored:
+                up()
+        final = before.result()
+        assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        assert [rr.calls(before.batch, k) for k in ("a", "b1", "b2", "b3", "join")] == [1] * 5
+        assert "broker unavailable; the steps are sent again" in cluster.log_text()
+    if cluster.broker_url.startswith("redis"):
+        server.kill()
+    else:
+        proxy.down()
+        delete_queues(BROKERS["rabbitmq"], [cluster.queue])
+
+
+def test_a_step_runs_only_on_workers_of_its_queue(cluster: Cluster) -> None:
+    if not cluster.broker_url.startswith("redis"):
+        pytest.skip("routing is the broker's; one broker shows it")
+    special = f"{cluster.queue}-special"
+    cluster.start_worker(concurrency=1)
+    with Stepline(cluster.settings(), db=cluster.db_url) as app:
+        run = Driven(app, [s("common", ["pinned"]), s("pinned", queue=special)])
+        wait_for(lambda: rr.calls(run.batch, "common") == 1, 20, "common to run", cluster)
+        time.sleep(1.5)
+        assert rr.calls(run.batch, "pinned") == 0, "a worker of another queue took the step"
+        pinned = cluster.start_worker(concurrency=1, queues=[special])
+        final = run.result()
+        assert final.status is InstanceStatus.SUCCEEDED
+        assert rr.pids(run.batch, "pinned")[0] in cluster.worker_pids(pinned)
+
+
+def test_celery_on_mariadb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_broker(BROKERS["redis"])
+    (tmp_path / "calls").mkdir()
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path / "calls"))
+    url, handle = create_database("mariadb", tmp_path)
+    cluster = Cluster(url, BROKERS["redis"], tmp_path / "calls")
+    try:
+        cluster.start_worker(concurrency=3)
+        with Stepline(cluster.settings(), db=url) as app:
+            run = Driven(
+                app,
+                [
+                    s("a", ["b", "c", "each"], value=[1, 2, 3]),
+                    s("b", ["d"], fail_times=1, retry={"attempts": 2, "backoff": "0.2s"}),
+                    s("c", ["d"]),
+                    s("d", runner="fan_in"),
+                    {
+                        "key": "each",
+                        "runner": W + "item_work",
+                        "map": {"over": "a", "concurrency": 2},
+                    },
+                ],
+            )
+            final = run.result()
+            assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+            rows = {r.step_key: r for r in app.store.step_results(final.id) if r.map_index < 0}
+            assert rows["b"].attempt == 2 and rr.calls(run.batch, "d") == 1
+            assert [i["double"] for i in rows["each"].result_payload] == [2, 4, 6]
+    finally:
+        cluster.stop()
+        drop_database("mariadb", handle)

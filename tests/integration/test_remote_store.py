@@ -1,0 +1,197 @@
+"""The fences of the remote (celery) path at the store and engine level, on every store:
+pickup by attempt, handed-over claims, lost attempts, the worker's job without a broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import remote_runners as rr
+from stepline import InstanceStatus, StepStatus, batch
+from stepline.dispatchers.base import RemoteDispatcher, StepMessage
+from stepline.engine.advance import advance
+from stepline.engine.remote import RemoteOrchestrator, StepJob, lost_outcome
+from stepline.service import Stepline
+from stepline.stores.base import StepOutcome
+from stepline.stores.sqlalchemy import SqlAlchemyStore
+
+
+class Outbox(RemoteDispatcher):
+    """A dispatcher that keeps what would be published, so a test delivers it by hand."""
+
+    capacity = 1000
+
+    def __init__(self) -> None:
+        self.sent: list[StepMessage] = []
+
+    def start(self, report: Any) -> None:
+        pass
+
+    def send(self, messages: Any) -> None:
+        self.sent.extend(messages)
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+@pytest.fixture
+def store(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SqlAlchemyStore]:
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path))
+    with Stepline(db=db_url) as service:
+        yield service.store
+
+
+def step(key: str, nexts: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    fields = {k: v for k, v in options.items() if k in ("retry", "map", "timeout")}
+    args = {k: v for k, v in options.items() if k not in fields}
+    return {
+        "key": key,
+        "runner": "remote_runners:work",
+        "next_steps": nexts or [],
+        "with": args,
+        **fields,
+    }
+
+
+def start(
+    store: SqlAlchemyStore, steps: list[dict[str, Any]]
+) -> tuple[RemoteOrchestrator, Outbox, int]:
+    stored = store.apply(batch(f"t{uuid.uuid4().hex[:10]}", steps))
+    outbox = Outbox()
+    owner = RemoteOrchestrator(store, outbox, lease_seconds=5)
+    instance = owner.start(stored)
+    owner.adopt(instance.id)
+    return owner, outbox, instance.id
+
+
+def test_claims_are_handed_over_without_an_owner_and_picked_up_once(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(store, [step("a")])
+    (message,) = outbox.sent
+    running = store.running_steps([iid])
+    assert [(r.row_id, r.attempt, r.owner_id) for r in running] == [(message.row_id, 1, None)]
+    assert store.pickup(message.row_id, 0, "w:1:a") is None, "a stale attempt was picked up"
+    assert store.pickup(message.row_id, 2, "w:1:a") is None, "an unknown attempt was picked up"
+    picked = store.pickup(message.row_id, 1, "w:1:a")
+    assert picked is not None and picked[1].step_key == "a" and picked[0] == iid
+    assert store.pickup(message.row_id, 1, "w:2:b") is None, "a duplicate delivery was picked up"
+    assert [r.owner_id for r in store.running_steps([iid])] == ["w:1:a"]
+    owner.close()
+
+
+def test_a_duplicate_delivery_runs_the_runner_once(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(store, [step("a", ["b"]), step("b")])
+    job = StepJob(store, "w:1:a")
+    (first,) = outbox.sent
+    successors = job(first.instance_id, first.row_id, first.attempt)
+    assert job(first.instance_id, first.row_id, first.attempt) == []
+    assert [m.attempt for m in successors] == [1]
+    assert job(iid, successors[0].row_id, 1) == []
+    assert job(iid, successors[0].row_id, 1) == []
+    final = store.instance(iid)
+    assert final.status is InstanceStatus.SUCCEEDED, "the last worker ends the instance"
+    assert (rr.calls(final.batch, "a"), rr.calls(final.batch, "b")) == (1, 1)
+    owner.close()
+
+
+def test_the_worker_advances_the_dag_and_claims_successors_itself(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(
+        store, [step("a", ["b", "c"]), step("b", ["d"]), step("c", ["d"]), step("d")]
+    )
+    job = StepJob(store, "w:1:a")
+    (a,) = outbox.sent
+    b, c = job(iid, a.row_id, 1)
+    assert job(iid, b.row_id, 1) == [], "the fan-in waits for both predecessors"
+    (d,) = job(iid, c.row_id, 1)
+    assert job(iid, d.row_id, 1) == []
+    assert store.instance(iid).status is InstanceStatus.SUCCEEDED
+    assert len(outbox.sent) == 1, "the owner sent only the root"
+    owner.close()
+
+
+def test_a_lost_attempt_is_retried_at_least_once_then_fails(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(store, [step("a")])
+    definition = store.definition_for(store.instance(iid))
+    (message,) = outbox.sent
+    for attempt, expected in ((1, StepStatus.QUEUED), (2, StepStatus.FAILED)):
+        assert store.pickup(message.row_id, attempt, f"w:{attempt}:dead") is not None
+        (r,) = store.running_steps([iid])
+        lost = lost_outcome(definition.step("a"), r, datetime.now(UTC))
+        with store.instance_transaction(iid) as tx:
+            advance(
+                tx, definition, [lost], owner="owner", now=datetime.now(UTC), slots=10,
+                look_for_queued=True, results={}, idle=True, params={}, handoff=True,
+            )  # fmt: skip
+        row = store.step_results(iid)[0]
+        assert row.status is expected, (attempt, row)
+        with store.instance_transaction(iid) as tx:  # the owner, once the backoff is over
+            later = datetime.now(UTC) + timedelta(hours=1)
+            advance(
+                tx, definition, [], owner="owner", now=later, slots=10,
+                look_for_queued=True, results={}, idle=True, params={}, handoff=True,
+            )  # fmt: skip
+    assert row.error is not None and row.error.startswith("lost: its worker w:2:dead")
+    assert [a.attempt for a in store.attempts(iid)] == [1, 2]
+    assert store.instance(iid).status is InstanceStatus.FAILED
+    owner.close()
+
+
+def test_the_owner_records_dead_workers_attempts_as_lost(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(store, [step("a")])
+    (message,) = outbox.sent
+    store.heartbeat("ghost:1:dead", 0.01)  # registered, lease already over
+    assert store.pickup(message.row_id, 1, "ghost:1:dead") is not None
+    owner.step_once()
+    owner._next_sweep = 0  # sweep now
+    owner.step_once()
+    history = store.attempts(iid)
+    assert [(a.attempt, (a.error or "")[:5]) for a in history] == [(1, "lost:")]
+    assert store.step_results(iid)[0].status is StepStatus.QUEUED  # retried after a backoff
+    owner.close()
+
+
+def test_watch_reports_due_retries_and_the_cancel_flag(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(store, [step("a", retry={"attempts": 3, "backoff": "1h"})])
+    (message,) = outbox.sent
+    assert store.watch([iid])[iid].next_available_at is None
+    job = StepJob(store, "w:1:a")
+    picked = store.pickup(message.row_id, 1, "w:1:a")
+    assert picked is not None
+    instance, claimed = store.instance(picked[0]), picked[1]
+    now = datetime.now(UTC)
+    failure = StepOutcome(claimed.row_id, "a", -1, 1, False, None, "boom", now, now)
+    assert job.record(instance, store.definition_for(instance), failure) == []
+    seen = store.watch([iid])[iid]
+    assert seen.status is InstanceStatus.RUNNING and not seen.cancel_requested
+    assert seen.next_available_at is not None
+    assert seen.next_available_at > datetime.now(UTC) + timedelta(minutes=2)  # capped backoff
+    with store.instance_transaction(iid) as tx:
+        tx.request_cancel()
+    assert store.watch([iid])[iid].cancel_requested
+    owner.close()
+
+
+def test_running_items_count_other_items_only(store: SqlAlchemyStore) -> None:
+    owner, outbox, iid = start(
+        store,
+        [
+            step("list", ["each"], value=[1, 2, 3, 4]),
+            step("each", map={"over": "list", "concurrency": 2}),
+        ],
+    )
+    job = StepJob(store, "w:1:a")
+    (root,) = outbox.sent
+    items = job(iid, root.row_id, 1)
+    assert len(items) == 2, "concurrency 2"
+    for m in items:
+        assert store.pickup(m.row_id, 1, "w:1:a") is not None
+    with store.instance_transaction(iid) as tx:
+        assert tx.running_items() == {"each": 2}
+        assert tx.running_items([items[0].row_id]) == {"each": 1}
+    owner.close()
