@@ -1,27 +1,41 @@
-"""Orchestration overhead per step: wall time of W1-W3 on SQLite and PostgreSQL.
+"""Orchestration overhead per step, on SQLite and PostgreSQL, beside the raw-driver floor.
 
-    python bench/overhead.py [--db sqlite] [--db postgresql+psycopg://postgres@127.0.0.1/test]
+    python bench/overhead.py [--db sqlite] [--db postgresql://postgres@127.0.0.1/test]
+    python bench/overhead.py --scaling          # per-step cost as the DAG grows
     python bench/overhead.py --serve-logging 2>/dev/null   # with serve's logging (JSON lines)
+    python bench/overhead.py --only map:50000   # one workload (peak MB is then its own)
 
 W1: a chain of 100 no-op steps.  W2: one step fanning out to 500 no-op steps joined by one
 step that reads all 500 results.  W3: two parallel 0.2 s steps, a join, a final step.
 W4: a map of 10,000 no-op items with concurrency 50 (steps = items).
+``--scaling`` runs chains of 100, 1,000 and 3,000 steps, fan-outs of 500 and 5,000 and maps
+of 5,000 and 50,000 items, and prints each one's cost per step as a multiple of the floor
+(``bench/floor.py``) and of the smallest size of its shape (1.00 = linear growth).
+
 Overhead per step = (wall - the sleeping a perfect scheduler cannot avoid) / steps.
 The instance is created before the clock starts; the clock stops when it is final.
+Rounds alternate: each round measures the floor, then every workload once; the figures
+are medians over rounds, so a noisy neighbour slows the floor and the engine alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from floor import PG_DEFAULT, floor
 
 from stepline.core.definition import BatchDefinition, batch, step
 from stepline.dispatchers.direct import DirectDispatcher
@@ -31,35 +45,68 @@ from stepline.stores.sqlalchemy import SqlAlchemyStore
 W = "workloads:"
 
 
-def w1() -> tuple[BatchDefinition, float]:
-    steps = [step(f"s{i}", W + "noop", [f"s{i + 1}"] if i < 99 else []) for i in range(100)]
-    return batch("w1-chain", steps), 0.0
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    make: Callable[[], BatchDefinition]
+    steps: int
+    sleeping: float = 0.0  # seconds no scheduler can avoid
 
 
-def w2() -> tuple[BatchDefinition, float]:
-    fan = [f"f{i}" for i in range(500)]
-    steps = [step("root", W + "noop", fan)]
-    steps += [step(k, W + "noop", ["join"]) for k in fan]
-    steps.append(step("join", W + "count_results"))
-    return batch("w2-fan", steps), 0.0
+def chain(n: int) -> Workload:
+    def make() -> BatchDefinition:
+        steps = [step(f"s{i}", W + "noop", [f"s{i + 1}"] if i < n - 1 else []) for i in range(n)]
+        return batch(f"chain-{n}", steps)
+
+    return Workload(f"chain:{n}", make, n)
 
 
-def w3() -> tuple[BatchDefinition, float]:
-    steps = [
-        step("a", W + "sleep_02", ["join"]),
-        step("b", W + "sleep_02", ["join"]),
-        step("join", W + "noop", ["final"]),
-        step("final", W + "noop"),
-    ]
-    return batch("w3-sleep", steps), 0.2
+def fan(n: int) -> Workload:
+    def make() -> BatchDefinition:
+        keys = [f"f{i}" for i in range(n)]
+        steps = [step("root", W + "noop", keys)]
+        steps += [step(k, W + "noop", ["join"]) for k in keys]
+        steps.append(step("join", W + "count_results"))
+        return batch(f"fan-{n}", steps)
+
+    return Workload(f"fan:{n}", make, n + 2)
 
 
-def w4() -> tuple[BatchDefinition, float]:
-    steps = [
-        step("list", W + "ten_thousand", ["each"]),
-        step("each", W + "noop", map={"over": "list", "concurrency": 50}),
-    ]
-    return batch("w4-map", steps), 0.0
+def mapped(n: int) -> Workload:
+    def make() -> BatchDefinition:
+        steps = [
+            step("list", W + "numbers", ["each"], **{"with": {"n": n}}),
+            step("each", W + "noop", map={"over": "list", "concurrency": 50}),
+        ]
+        return batch(f"map-{n}", steps)
+
+    return Workload(f"map:{n}", make, n)
+
+
+def sleepy() -> Workload:
+    def make() -> BatchDefinition:
+        steps = [
+            step("a", W + "sleep_02", ["join"]),
+            step("b", W + "sleep_02", ["join"]),
+            step("join", W + "noop", ["final"]),
+            step("final", W + "noop"),
+        ]
+        return batch("w3-sleep", steps)
+
+    return Workload("W3", make, 4, sleeping=0.2)
+
+
+CLASSIC = {
+    "W1": chain(100),
+    "W2": fan(500),
+    "W3": sleepy(),
+    "W4": mapped(10_000),
+}
+SCALING = [chain(100), chain(1000), chain(3000), fan(500), fan(5000), mapped(5000), mapped(50_000)]
+
+
+SQLITE_SYNC = "NORMAL"
+"""Stepline's setting; ``--sqlite-sync FULL`` measures what fsync at every commit costs."""
 
 
 def fresh_store(url: str) -> SqlAlchemyStore:
@@ -67,6 +114,13 @@ def fresh_store(url: str) -> SqlAlchemyStore:
         path = Path(tempfile.mkdtemp()) / "bench.db"
         url = f"sqlite:///{path}"
     store = SqlAlchemyStore(url)
+    if store.dialect == "sqlite" and SQLITE_SYNC != "NORMAL":
+        from sqlalchemy import event
+
+        @event.listens_for(store.engine, "connect")
+        def _sync(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute(f"PRAGMA synchronous={SQLITE_SYNC}")
+
     if store.dialect != "sqlite":
         from stepline.stores.schema import metadata
 
@@ -77,28 +131,111 @@ def fresh_store(url: str) -> SqlAlchemyStore:
     return store
 
 
-def measure(store: SqlAlchemyStore, make: object, repeat: int) -> tuple[float, float, int]:
-    definition, floor = make()  # type: ignore[operator]
+def run_once(store: SqlAlchemyStore, definition: BatchDefinition) -> float:
+    """Wall seconds of one instance, from its first advance to its final state."""
+    return run_timed(store, definition)[0]
+
+
+def run_timed(store: SqlAlchemyStore, definition: BatchDefinition) -> tuple[float, float]:
+    """Wall and CPU seconds (all of this process's threads) of one instance."""
     stored = store.apply(definition)
-    walls = []
-    for _ in range(repeat):
-        orchestrator = Orchestrator(store, DirectDispatcher(capacity=64, load=store.results_for))
-        instance = orchestrator.start(stored, {})
-        start = time.perf_counter()
-        final = orchestrator.run(instance.id)
-        walls.append(time.perf_counter() - start)
-        assert final.status == "succeeded", final
-        orchestrator.close()
-    wall = statistics.median(walls)
-    steps = len(definition.steps) if make is not w4 else 10_000
-    return wall, (wall - floor) / steps * 1000, steps
+    orchestrator = Orchestrator(store, DirectDispatcher(capacity=64, load=store.results_for))
+    instance = orchestrator.start(stored, {})
+    gc.collect()
+    cpu = time.process_time()
+    start = time.perf_counter()
+    final = orchestrator.run(instance.id)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    assert final.status == "succeeded", final
+    orchestrator.close()
+    return wall, cpu
+
+
+def label_of(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else url.split(":", 1)[0].split("+")[0]
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def classic(urls: list[str], only: str | None, repeat: int) -> None:
+    chosen = [w for n, w in CLASSIC.items() if only in (None, n)]
+    if only and not chosen:
+        chosen = [_parse(only)]
+    print(f"{'db':<12}{'workload':<12}{'steps':>7}{'wall s':>10}{'ms/step':>10}{'peak MB':>10}")
+    for url in urls:
+        store = fresh_store(url)
+        for w in chosen:
+            definition = w.make()
+            wall = statistics.median(run_once(store, definition) for _ in range(repeat))
+            per_step = (wall - w.sleeping) / w.steps * 1000
+            print(
+                f"{label_of(url):<12}{w.name:<12}{w.steps:>7}{wall:>10.3f}{per_step:>10.3f}"
+                f"{peak_mb():>10.0f}"
+            )
+        store.dispose()
+
+
+def scaling(urls: list[str], rounds: int) -> None:
+    """Per-step cost by size, in alternating rounds, beside the floor.
+
+    CPU ms/step (this process, all threads) is printed too: on a busy machine it moves
+    less than wall time. PostgreSQL's own CPU is not in it."""
+    print(
+        f"{'db':<12}{'workload':<12}{'steps':>7}{'wall s':>9}{'ms/step':>9}"
+        f"{'x floor':>9}{'x smallest':>12}{'cpu ms/step':>13}"
+    )
+    for url in urls:
+        store = fresh_store(url)
+        definitions = [(w, w.make()) for w in SCALING]
+        floors: list[tuple[float, float]] = []
+        walls: dict[str, list[tuple[float, float]]] = {w.name: [] for w in SCALING}
+        for _ in range(rounds):
+            cpu = time.process_time()
+            per_step = floor(url, synchronous=SQLITE_SYNC)
+            floors.append((per_step, (time.process_time() - cpu) / 1000))
+            for w, definition in definitions:
+                walls[w.name].append(run_timed(store, definition))
+        store.dispose()
+        base = statistics.median(f[0] for f in floors) * 1000
+        base_cpu = statistics.median(f[1] for f in floors) * 1000
+        label = label_of(url)
+        print(
+            f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{'':>12}"
+            f"{base_cpu:>13.3f}"
+        )
+        smallest: dict[str, float] = {}
+        for w in SCALING:
+            wall = statistics.median(t[0] for t in walls[w.name])
+            cpu = statistics.median(t[1] for t in walls[w.name]) / w.steps * 1000
+            per_step = wall / w.steps * 1000
+            shape = w.name.split(":")[0]
+            smallest.setdefault(shape, per_step)
+            print(
+                f"{label:<12}{w.name:<12}{w.steps:>7}{wall:>9.3f}{per_step:>9.3f}"
+                f"{per_step / base:>9.2f}{per_step / smallest[shape]:>12.2f}{cpu:>13.3f}"
+            )
+
+
+def _parse(name: str) -> Workload:
+    shape, _, size = name.partition(":")
+    makers = {"chain": chain, "fan": fan, "map": mapped}
+    if shape not in makers or not size.isdigit():
+        raise SystemExit(f"--only {name!r}: use W1..W4, chain:N, fan:N or map:N")
+    return makers[shape](int(size))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", action="append", help="sqlite, or a database URL")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--only", help="run one workload, e.g. W4 (peak MB is then its own)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs (rounds with --scaling)")
+    parser.add_argument("--only", help="one workload: W1..W4, chain:N, fan:N or map:N")
+    parser.add_argument("--scaling", action="store_true", help="the per-step cost by size")
+    parser.add_argument("--sqlite-sync", default="NORMAL", choices=["NORMAL", "FULL"])
     parser.add_argument(
         "--serve-logging",
         action="store_true",
@@ -110,24 +247,13 @@ def main() -> None:
         from stepline.settings import Settings
 
         configure_logging("info", "json", Settings().secrets, outcome_lines=True)
-    dbs = args.db or [
-        "sqlite",
-        os.environ.get("STEPLINE_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-    ]
-    print(
-        f"{'db':<12}{'workload':<10}{'steps':>6}{'wall s':>10}{'overhead ms/step':>18}"
-        f"{'peak MB':>10}"
-    )
-    for url in dbs:
-        store = fresh_store(url)
-        label = store.dialect
-        for name, make in (("W1", w1), ("W2", w2), ("W3", w3), ("W4", w4)):
-            if args.only and name != args.only:
-                continue
-            wall, per_step, steps = measure(store, make, args.repeat)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(f"{label:<12}{name:<10}{steps:>6}{wall:>10.3f}{per_step:>18.3f}{peak:>10.0f}")
-        store.dispose()
+    global SQLITE_SYNC
+    SQLITE_SYNC = args.sqlite_sync
+    urls = args.db or ["sqlite", os.environ.get("STEPLINE_BENCH_PG", PG_DEFAULT)]
+    if args.scaling:
+        scaling(urls, args.repeat)
+    else:
+        classic(urls, args.only, args.repeat)
 
 
 if __name__ == "__main__":

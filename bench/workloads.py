@@ -34,3 +34,8 @@ def fail_some(ctx: StepContext) -> dict[str, Any]:
     if ctx.item % 100 == 7:
         raise RuntimeError(f"item {ctx.item} failed")
     return {"item": ctx.item, "ok": True}
+
+
+def numbers(ctx: StepContext) -> list[int]:
+    """The list a mapped step fans out over: 0..n-1, n from the step's ``with``."""
+    return list(range(int(ctx.args["n"])))

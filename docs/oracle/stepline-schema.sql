@@ -242,6 +242,24 @@ UPDATE stepline_alembic_version SET version_num='0004_audit' WHERE stepline_alem
 
 /
 
+-- Running upgrade 0004_audit -> 0005_perf_indexes
+
+CREATE INDEX ix_step_result_items ON batch_step_result (batch_instance_id, step_key, status, map_index)
+
+/
+
+CREATE INDEX ix_step_result_status ON batch_step_result (batch_instance_id, status, map_index)
+
+/
+
+DROP INDEX ix_batch_step_result_batch_instance_id_status
+
+/
+
+UPDATE stepline_alembic_version SET version_num='0005_perf_indexes' WHERE stepline_alembic_version.version_num = '0004_audit'
+
+/
+
 COMMIT
 
 /

@@ -69,6 +69,10 @@ def test_the_migrations_create_on_oracle_exactly_the_declared_schema() -> None:
         if added:
             head = f"CREATE TABLE {added.group(1)}"
             created[head] = created[head] | {added.group(2)}
+        dropped = re.match(r"DROP INDEX (\w+)$", " ".join(s.split()))
+        if dropped:
+            for head in [h for h in created if h.startswith(f"CREATE INDEX {dropped.group(1)} ")]:
+                del created[head]
     migrated = set(created.items())
 
     declared = {_normalised(s) for s in _schema_ddl(_oracle(None))}

@@ -31,6 +31,7 @@ class DirectDispatcher(Dispatcher):
 
     def start(self, report: Report) -> None:
         self._report = report
+        self._threads.start()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -124,26 +125,51 @@ class _DaemonPool:
 
     Daemon threads, unlike ThreadPoolExecutor's: at exit the process does not wait for a
     runner past the shutdown grace period; the attempt it was running is recovered as lost.
+    Starting a thread costs its starter up to a millisecond (it waits until the new thread
+    runs), so a spawner thread starts them: a submit is a queue put, and a job submitted
+    while its thread is being born waits in the queue for the first free thread.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None]
         self._jobs = queue.SimpleQueue()
+        self._births: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._count = 0  # threads started or asked for
         self._idle = 0
+        self._spawner: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = threading.Thread(
+                    target=self._spawn, name="stepline-spawn", daemon=True
+                )
+                self._spawner.start()
+
+    def _spawn(self) -> None:
+        while self._births.get():
+            thread = threading.Thread(
+                target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
+            )
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
     def submit(self, fn: Callable[..., None], *args: object) -> None:
+        if self._spawner is None:
+            self.start()
         with self._lock:
             if self._idle > 0:
                 self._idle -= 1
-            elif len(self._threads) < self.size:
-                thread = threading.Thread(
-                    target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+                born = False
+            else:
+                born = self._count < self.size
+                self._count += born
+        if born:
+            self._births.put(True)
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -159,6 +185,10 @@ class _DaemonPool:
                     self._idle += 1
 
     def shutdown(self, wait: bool) -> None:
+        spawner = self._spawner
+        if spawner is not None:
+            self._births.put(False)
+            spawner.join()
         for _ in self._threads:
             self._jobs.put(None)
         if wait:

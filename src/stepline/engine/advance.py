@@ -81,6 +81,7 @@ def advance(
     claimer = None if handoff else owner
     items_done: Counter[str] = Counter()
     item_keys: set[str] = set()
+    decided: list[tuple[StepOutcome, datetime | None]] = []
     for o in outcomes:
         policy = definition.step(o.step_key).retry
         retry_at = None
@@ -89,7 +90,10 @@ def advance(
         transient = o.lost or policy.retries(o.error_codes)
         if not o.succeeded and o.retryable and o.tries < allowed and transient:
             retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
-        if not tx.record(o, retry_at=retry_at, owner=owner):
+        decided.append((o, retry_at))
+    recorded = tx.record_many(decided, owner=owner) if decided else []
+    for (o, retry_at), stored in zip(decided, recorded, strict=True):
+        if not stored:
             continue
         done.recorded.append((o, retry_at is not None))
         if o.map_index >= 0:

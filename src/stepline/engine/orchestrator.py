@@ -347,7 +347,7 @@ class Orchestrator:
     # -- internals ------------------------------------------------------------------------
 
     def _definition(self, instance: InstanceRecord) -> BatchDefinition:
-        return self.store.definition(instance.batch, instance.definition_version).definition
+        return self.store.definition_for(instance)  # cached: no read, no decoding
 
     def _advance(self, active: _Active, outcomes: list[StepOutcome], *, split: bool = True) -> None:
         instance_id = active.instance.id

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepline.core.durations import parse_duration
 from stepline.core.environment import UnsetVariable, expand_env
 from stepline.notifiers.base import Alert, Notifier, NotifyError, notify_all
-from stepline.notifiers.smtp import SmtpNotifier
-from stepline.notifiers.webhook import WebhookNotifier
+
+if TYPE_CHECKING:
+    from stepline.notifiers.smtp import SmtpNotifier
+    from stepline.notifiers.webhook import WebhookNotifier
 
 __all__ = [
     "Alert",
@@ -21,6 +23,20 @@ __all__ = [
     "notifier_from_config",
     "notify_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # httpx and smtplib load when a notifier is built, not with the engine that may send.
+    if name == "WebhookNotifier":
+        from stepline.notifiers.webhook import WebhookNotifier
+
+        return WebhookNotifier
+    if name == "SmtpNotifier":
+        from stepline.notifiers.smtp import SmtpNotifier
+
+        return SmtpNotifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -50,11 +66,15 @@ def notifier_from_config(
     reader.kind = _TYPE_ALIASES[kind]
     reader.reject_unknown_fields()
     if reader.kind == "webhook":
+        from stepline.notifiers.webhook import WebhookNotifier
+
         return WebhookNotifier(
             reader.text("url"),
             timeout=reader.duration("timeout", default=5.0),
             headers=reader.mapping("headers"),
         )
+    from stepline.notifiers.smtp import SmtpNotifier
+
     use_ssl = reader.boolean("ssl")
     starttls = reader.boolean("starttls")
     return SmtpNotifier(

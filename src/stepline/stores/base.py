@@ -197,6 +197,14 @@ class InstanceTransaction(ABC):
         available from that time, and keeps the failed attempt in the attempt history.
         """
 
+    def record_many(
+        self, outcomes: Sequence[tuple[StepOutcome, datetime | None]], *, owner: str
+    ) -> list[bool]:
+        """:meth:`record` each ``(outcome, retry_at)``, in order; one result per outcome.
+
+        A store may send them together (one round trip instead of one per outcome)."""
+        return [self.record(o, retry_at=at, owner=owner) for o, at in outcomes]
+
     @abstractmethod
     def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
         """Subtract ``counts[key]`` from each pending step's count of unfinished upstream
@@ -415,6 +423,11 @@ class Store(ABC):
     @abstractmethod
     def definition(self, name: str, version: int | None = None) -> StoredDefinition:
         """The named batch at ``version`` (default: current); NotFound if absent."""
+
+    def definition_for(self, instance: InstanceRecord) -> BatchDefinition:
+        """The definition version ``instance`` started with. Versions never change, so an
+        implementation may keep them in memory (the driver asks at every adoption)."""
+        return self.definition(instance.batch, instance.definition_version).definition
 
     @abstractmethod
     def definitions(self) -> list[StoredDefinition]:

@@ -8,6 +8,7 @@ TIMESTAMP binds need the dialect's handling.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -44,12 +45,38 @@ class HotStatement:
                 del values[name]
                 values.update(zip(names, value, strict=True))
             elif name in self.times and isinstance(value, datetime):
-                naive = value.astimezone(UTC).replace(tzinfo=None)
-                values[name] = naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive
+                values[name] = _time(value, dialect)
         if dialect != "sqlite":
-            sql = _NAMED.sub(r"%(\1)s", sql)
+            sql = _pyformat(sql)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(sql, values)
+        return cursor
+
+    def run_many(
+        self, conn: Connection, rows: Sequence[Mapping[str, Any]], *, returning: bool = False
+    ) -> Any:
+        """Execute once per row with the driver's ``executemany`` (psycopg pipelines it,
+        PyMySQL folds an INSERT into multi-row VALUES); no list parameters here.
+
+        ``returning`` (psycopg only) keeps each row's result set: read one, then
+        ``nextset()``. Returns the DBAPI cursor."""
+        dialect = conn.dialect.name
+        if dialect == "oracle":
+            return conn.execute(self.oracle_clause(rows[0]), list(rows)).cursor
+        if self.times:
+            rows = [
+                {
+                    k: _time(v, dialect) if k in self.times and v is not None else v
+                    for k, v in row.items()
+                }
+                for row in rows
+            ]
+        sql = self.sql if dialect == "sqlite" else _pyformat(self.sql)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        if returning:
+            cursor.executemany(sql, rows, returning=True)
+        else:
+            cursor.executemany(sql, rows)
         return cursor
 
     def _run_typed(self, conn: Connection, params: Mapping[str, Any]) -> Any:
@@ -69,3 +96,14 @@ class HotStatement:
                 binds.append(sa.bindparam(name, type_=UtcDateTime()))
         sql = self.sql.replace(" LIMIT :limit", " FETCH FIRST :limit ROWS ONLY")
         return sa.text(sql).bindparams(*binds)
+
+
+@functools.lru_cache(maxsize=512)
+def _pyformat(sql: str) -> str:
+    """``:name`` as ``%(name)s`` (psycopg, PyMySQL); once per statement shape, not per call."""
+    return _NAMED.sub(r"%(\1)s", sql)
+
+
+def _time(value: datetime, dialect: str) -> Any:
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    return naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive

@@ -273,7 +273,12 @@ batch_step_result = sa.Table(
     sa.Column("owner_id", sa.String(200)),
     sa.Column("available_at", UtcDateTime),
     sa.UniqueConstraint("batch_instance_id", "step_key", "map_index"),
-    sa.Index(None, "batch_instance_id", "status"),
+    # The claim of a mapped step's next items: a seek, then map_index order (not a walk
+    # past every finished item). Migration 0005_perf_indexes.
+    sa.Index("ix_step_result_items", "batch_instance_id", "step_key", "status", "map_index"),
+    # Steps by status (unfinished, queued, running); map_index lets the claim of queued
+    # unmapped steps skip a wide map's queued items.
+    sa.Index("ix_step_result_status", "batch_instance_id", "status", "map_index"),
     is_json_check("result_payload"),
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -129,7 +130,6 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
         kwargs["connect_args"] = {"timeout": statement or 30.0, "check_same_thread": False}
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
-        kwargs["pool_pre_ping"] = True
         # PyMySQL times the handshake with its read timeout: the connect timeout there,
         # then the statement timeout (see _time_mysql_statements).
         connect = timeouts.connect
@@ -139,7 +139,6 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
             "write_timeout": connect,
         }
     elif backend == "postgresql":
-        kwargs["pool_pre_ping"] = True
         # libpq counts whole seconds and treats 1 as 2.
         connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeouts.connect))}
         if statement:
@@ -147,10 +146,8 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
             given = sa_url.query.get("options")
             connect_args["options"] = f"{given} {own}" if isinstance(given, str) else own
         kwargs["connect_args"] = connect_args
-    else:
-        kwargs["pool_pre_ping"] = True
-        if backend == "oracle":
-            kwargs["connect_args"] = {"tcp_connect_timeout": timeouts.connect}
+    elif backend == "oracle":
+        kwargs["connect_args"] = {"tcp_connect_timeout": timeouts.connect}
     kwargs.update(options)
     try:
         engine = sa.create_engine(sa_url, **kwargs)
@@ -167,9 +164,40 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
         raise InvalidSetting(_bad_url(url, f"cannot be used: {exc}")) from None
     if backend == "sqlite":
         _tune_sqlite(engine, statement or 30.0)
-    elif backend in ("mysql", "mariadb") and sa_url.get_driver_name() == "pymysql":
+        return engine
+    if backend in ("mysql", "mariadb") and sa_url.get_driver_name() == "pymysql":
         _time_mysql_statements(engine, statement or None)
+    _ping_when_idle(engine)
     return engine
+
+
+PING_AFTER_IDLE = 1.0
+"""Seconds a pooled connection may rest before a checkout pings it."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, except for a connection back in the pool for under a second.
+
+    The driver checks a connection out for every transaction, several hundred a second;
+    a ping each time would be one more round trip per step. A connection that has rested
+    longer (a server restart, a proxy's idle timeout) is pinged, and replaced if dead.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["stepline_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get("stepline_used")
+        if used is not None and time.monotonic() - used < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and checks out (or opens) another.
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def _time_mysql_statements(engine: Engine, seconds: float | None) -> None:

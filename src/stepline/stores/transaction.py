@@ -6,6 +6,7 @@ the helpers the store shares: the database clock and the reading of stored resul
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -51,9 +52,18 @@ _RECORD = HotStatement(
     json=["payload"],
     times=["available_at", "started_at", "finished_at"],
 )
+_RECORD_RETURNING = HotStatement(
+    _RECORD.sql + " RETURNING id", json=["payload"], times=sorted(_RECORD.times)
+)
 _UPSTREAM_DONE = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount"
-    " WHERE batch_instance_id = :iid AND status = 'pending' AND step_key IN :keys"
+    # map_index = -1 keeps it on the unique index, one row per key; on the status index
+    # it would scan every pending row of the instance.
+    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
+    " AND status = 'pending'"
+)
+_UPSTREAM_DONE_RETURNING = HotStatement(
+    _UPSTREAM_DONE.sql + " RETURNING id, step_key, attempt, first_attempt, upstream_pending"
 )
 _READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
@@ -101,6 +111,19 @@ _START_QUEUED = HotStatement(
     " WHERE id IN :ids AND status = 'queued'",
     times=["now"],
 )
+_QUEUED_STEPS = HotStatement(
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND status = 'queued' AND map_index = -1"
+    " AND (available_at IS NULL OR available_at <= :now)"
+    " ORDER BY id LIMIT :limit",
+    times=["now"],
+)
+_ADD_ITEM = HotStatement(
+    "INSERT INTO batch_step_result (batch_instance_id, step_key, map_index, status, attempt,"
+    " first_attempt, created_at, upstream_pending)"
+    " VALUES (:iid, :key, :i, 'queued', 0, 1, :now, 0)",
+    times=["now"],
+)
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
@@ -121,6 +144,31 @@ CLOCK_SQL = {
     "oracle": "SELECT SYS_EXTRACT_UTC(SYSTIMESTAMP) FROM DUAL",
     "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
 }
+
+
+def _record_params(outcome: StepOutcome, retry_at: datetime | None) -> dict[str, Any]:
+    if outcome.succeeded:
+        status, payload = StepStatus.SUCCEEDED, Encoded(outcome.payload or "null")
+    else:
+        status = StepStatus.QUEUED if retry_at is not None else StepStatus.FAILED
+        payload = None
+    return {
+        "status": status.value,
+        "payload": payload,
+        "error": outcome.error,
+        "available_at": retry_at,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.finished_at,
+        "id": outcome.row_id,
+        "attempt": outcome.attempt,
+    }
+
+
+def _returning(conn: Connection) -> bool:
+    """Whether UPDATE ... RETURNING is there: PostgreSQL, and SQLite from 3.35 (MariaDB
+    has no UPDATE ... RETURNING; Oracle's RETURNING INTO binds outputs instead)."""
+    name = conn.dialect.name
+    return name == "postgresql" or (name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35))
 
 
 def db_now(conn: Connection) -> datetime:
@@ -162,24 +210,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         self._ready: dict[str, tuple[int, int, int]] = {}
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
-        if outcome.succeeded:
-            status, payload = StepStatus.SUCCEEDED, Encoded(outcome.payload or "null")
-        else:
-            status = StepStatus.QUEUED if retry_at is not None else StepStatus.FAILED
-            payload = None
-        updated = _RECORD.run(
-            self.conn,
-            {
-                "status": status.value,
-                "payload": payload,
-                "error": outcome.error,
-                "available_at": retry_at,
-                "started_at": outcome.started_at,
-                "finished_at": outcome.finished_at,
-                "id": outcome.row_id,
-                "attempt": outcome.attempt,
-            },
-        ).rowcount
+        updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
         if not updated:
             return False
         if outcome.log is not None:
@@ -194,29 +225,62 @@ class SqlInstanceTransaction(InstanceTransaction):
                 )
             )
         if not outcome.succeeded:
-            self.conn.execute(
-                sa.insert(batch_step_attempt).values(
-                    step_result_id=outcome.row_id,
-                    attempt=outcome.attempt,
-                    status=StepStatus.FAILED.value,
-                    error=outcome.error,
-                    owner_id=owner,
-                    started_at=outcome.started_at,
-                    finished_at=outcome.finished_at,
-                )
-            )
+            self._keep_attempt(outcome, owner)
         return True
+
+    def record_many(
+        self, outcomes: Sequence[tuple[StepOutcome, datetime | None]], *, owner: str
+    ) -> list[bool]:
+        if len(outcomes) < 2 or self.conn.dialect.name != "postgresql":
+            return super().record_many(outcomes, owner=owner)
+        # psycopg pipelines an executemany: one round trip for a whole burst of outcomes
+        # instead of one per outcome; RETURNING tells which rows the fence let through.
+        rows = [_record_params(o, at) for o, at in outcomes]
+        cursor = _RECORD_RETURNING.run_many(self.conn, rows, returning=True)
+        stored: set[int] = set()
+        while True:
+            stored.update(row[0] for row in cursor.fetchall())
+            if not cursor.nextset():
+                break
+        for o, _ in outcomes:
+            if o.row_id in stored and not o.succeeded:
+                self._keep_attempt(o, owner)
+        return [o.row_id in stored for o, _ in outcomes]
+
+    def _keep_attempt(self, outcome: StepOutcome, owner: str) -> None:
+        self.conn.execute(
+            sa.insert(batch_step_attempt).values(
+                step_result_id=outcome.row_id,
+                attempt=outcome.attempt,
+                status=StepStatus.FAILED.value,
+                error=outcome.error,
+                owner_id=owner,
+                started_at=outcome.started_at,
+                finished_at=outcome.finished_at,
+            )
+        )
 
     def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
         by_amount: dict[int, list[str]] = {}
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
+        returning = _returning(self.conn)
+        ready: list[str] = []
         for amount, keys in by_amount.items():
             for chunk in iter_chunks(keys, CHUNK):
-                _UPSTREAM_DONE.run(
-                    self.conn, {"amount": amount, "iid": self.id, "keys": list(chunk)}
-                )
-        ready: list[str] = []
+                params = {"amount": amount, "iid": self.id, "keys": list(chunk)}
+                if not returning:
+                    _UPSTREAM_DONE.run(self.conn, params)
+                    continue
+                # One statement instead of two: the counts come back with the rows.
+                for row_id, key, attempt, first, left in _UPSTREAM_DONE_RETURNING.run(
+                    self.conn, params
+                ).fetchall():
+                    if left <= 0:
+                        self._ready[key] = (row_id, attempt, first)
+                        ready.append(key)
+        if returning:
+            return ready
         for chunk in iter_chunks(list(counts), CHUNK):
             for row_id, key, attempt, first in _READY.run(
                 self.conn, {"iid": self.id, "keys": list(chunk)}
@@ -288,60 +352,19 @@ class SqlInstanceTransaction(InstanceTransaction):
     def claim(self, limit: int, owner: str | None, *, now: datetime) -> list[ClaimedStep]:
         if limit <= 0:
             return []
-        rows = self.conn.execute(
-            sa.select(R.c.id, R.c.step_key, R.c.map_index, R.c.attempt, R.c.first_attempt)
-            .where(
-                R.c.batch_instance_id == self.id,
-                R.c.map_index == -1,
-                R.c.status == StepStatus.QUEUED.value,
-                sa.or_(R.c.available_at.is_(None), R.c.available_at <= now),
-            )
-            .order_by(R.c.id)
-            .limit(limit)
-        ).all()
+        rows = _QUEUED_STEPS.run(self.conn, {"iid": self.id, "now": now, "limit": limit}).fetchall()
         if not rows:
             return []
-        claimed = [
-            ClaimedStep(r.id, r.step_key, r.map_index, r.attempt + 1, now, r.first_attempt)
-            for r in rows
-        ]
-        # Rows of one claim may be on different attempts (retries); group by attempt.
-        by_attempt: dict[int, list[int]] = {}
-        for c in claimed:
-            by_attempt.setdefault(c.attempt, []).append(c.row_id)
-        for attempt, ids in by_attempt.items():
-            for chunk in iter_chunks(ids, CHUNK):
-                self.conn.execute(
-                    sa.update(R)
-                    .where(R.c.id.in_(chunk), R.c.status == StepStatus.QUEUED.value)
-                    .values(
-                        status=StepStatus.RUNNING.value,
-                        attempt=attempt,
-                        owner_id=owner,
-                        started_at=now,
-                        finished_at=None,
-                        available_at=None,
-                    )
-                )
-        return claimed
+        # attempt + 1 in SQL: the rows were read under this transaction's instance lock.
+        for chunk in iter_chunks(rows, CHUNK):
+            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
+        return [ClaimedStep(r[0], r[1], -1, r[2] + 1, now, r[3]) for r in rows]
 
     def expand(self, key: str, count: int) -> None:
         now = utcnow()
-        rows = [
-            {
-                "batch_instance_id": self.id,
-                "step_key": key,
-                "map_index": index,
-                "status": StepStatus.QUEUED.value,
-                "attempt": 0,
-                "first_attempt": 1,
-                "created_at": now,
-                "upstream_pending": 0,
-            }
-            for index in range(count)
-        ]
+        rows = [{"iid": self.id, "key": key, "i": index, "now": now} for index in range(count)]
         for chunk in iter_chunks(rows, 2000):
-            self.conn.execute(sa.insert(R), list(chunk))
+            _ADD_ITEM.run_many(self.conn, chunk)
         _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
 
     def claim_items(

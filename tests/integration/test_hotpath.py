@@ -1,0 +1,126 @@
+"""The store's per-step statements: fenced batch recording, and the indexes that keep the
+claims and the upstream countdown linear in the size of an instance."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from stepline.core.definition import batch, step
+from stepline.core.states import StepStatus
+from stepline.stores.base import ClaimedStep, StepOutcome
+from stepline.stores.sqlalchemy import SqlAlchemyStore
+from stepline.stores.transaction import (
+    _QUEUED_ITEMS,
+    _QUEUED_STEPS,
+    _UPSTREAM_DONE,
+)
+
+OWNER = "test:1:aa"
+
+
+def _started(store: SqlAlchemyStore, keys: list[str]) -> tuple[int, list[ClaimedStep]]:
+    stored = store.apply(batch("b", [step(k, "tests.fixture_runners:work") for k in keys]))
+    instance, _ = store.create_instance(stored, {}, "test", owner=OWNER)
+    with store.instance_transaction(instance.id) as tx:
+        ready = tx.pending_ready()
+        claimed = tx.start(ready, 10, OWNER, now=datetime.now(UTC))
+    return instance.id, claimed
+
+
+def _outcome(c: ClaimedStep, *, attempt: int | None = None, ok: bool = True) -> StepOutcome:
+    now = datetime.now(UTC)
+    return StepOutcome(
+        row_id=c.row_id,
+        step_key=c.step_key,
+        map_index=-1,
+        attempt=c.attempt if attempt is None else attempt,
+        succeeded=ok,
+        payload='{"n":1}' if ok else None,
+        error=None if ok else "ValueError: no",
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def test_a_burst_of_outcomes_is_recorded_with_each_fenced(db_url: str) -> None:
+    store = SqlAlchemyStore(db_url)
+    store.initialize()
+    try:
+        instance_id, claimed = _started(store, ["a", "b", "c", "d"])
+        a, b, c, d = sorted(claimed, key=lambda x: x.step_key)
+        burst = [
+            (_outcome(a), None),
+            (_outcome(b, attempt=b.attempt + 5), None),  # a stale attempt: fenced off
+            (_outcome(c, ok=False), None),
+            (_outcome(d, ok=False), datetime.now(UTC)),  # a retry
+        ]
+        with store.instance_transaction(instance_id) as tx:
+            assert tx.record_many(burst, owner=OWNER) == [True, False, True, True]
+        rows = {r.step_key: r for r in store.step_results(instance_id)}
+        assert rows["a"].status is StepStatus.SUCCEEDED and rows["a"].result_payload == {"n": 1}
+        assert rows["b"].status is StepStatus.RUNNING
+        assert rows["c"].status is StepStatus.FAILED
+        assert rows["d"].status is StepStatus.QUEUED
+        assert sorted(a.step_key for a in store.attempts(instance_id)) == ["c", "d"]
+    finally:
+        store.dispose()
+
+
+def _plan(store: SqlAlchemyStore, sql: str, params: dict[str, object]) -> str:
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
+    return " | ".join(str(r[-1]) for r in rows)
+
+
+def test_the_per_step_statements_seek_their_rows(tmp_path: Path) -> None:
+    """On SQLite the plans are stable: each statement uses an index that starts at its
+    rows, so a claim does not walk past every finished item (quadratic in a wide map)."""
+    store = SqlAlchemyStore(f"sqlite:///{tmp_path}/plans.db")
+    store.initialize()
+    try:
+        now = "2026-01-01 00:00:00.000000"
+        items = _QUEUED_ITEMS.sql.replace(":limit", "50")
+        plan = _plan(store, items, {"iid": 1, "key": "each", "now": now})
+        assert "USING INDEX ix_step_result_items" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # map_index order comes from the index
+        steps = _QUEUED_STEPS.sql.replace(":limit", "50")
+        plan = _plan(store, steps, {"iid": 1, "now": now})
+        assert "USING INDEX ix_step_result_status" in plan, plan
+        countdown = _UPSTREAM_DONE.sql.replace(":keys", "(:k0, :k1)")
+        plan = _plan(store, countdown, {"amount": 1, "iid": 1, "k0": "a", "k1": "b"})
+        # One row per key, found by key (not a scan of the instance's pending rows).
+        assert "step_key=?" in plan and "map_index=?" in plan, plan
+    finally:
+        store.dispose()
+
+
+def test_the_indexes_are_in_the_schema() -> None:
+    from stepline.stores.schema import batch_step_result
+
+    indexes = {i.name: [c.name for c in i.columns] for i in batch_step_result.indexes}
+    assert indexes["ix_step_result_items"] == [
+        "batch_instance_id",
+        "step_key",
+        "status",
+        "map_index",
+    ]
+
+
+def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
+    """The driver adopts every instance it runs; the version it started with is already
+    in memory, so adoption reads and decodes no stored document."""
+    from sqlalchemy import event
+
+    from stepline.service import Stepline
+
+    app = Stepline(db=f"sqlite:///{tmp_path}/adopt.db")
+    try:
+        app.apply(batch("b", [step("a", "tests.fixture_runners:work")]))
+        instance, _ = app.trigger("b", owned=True)
+        seen: list[str] = []
+        event.listen(app.store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+        assert app.run_instance(instance.id).status == "succeeded"
+        assert not [sql for sql in seen if "batch_definition_version" in sql]
+    finally:
+        app.close()
