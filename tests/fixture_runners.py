@@ -271,3 +271,10 @@ def coded(ctx: StepContext) -> Any:
         code = str(ctx.args["code"])
         raise DatabaseError(f"{code}: planned failure {n} of {ctx.step}", code)
     return {"attempt": ctx.attempt}
+
+
+def says_weather(ctx: StepContext) -> str:
+    """Logs a line through ctx.log (the dashboard and `stepline logs` show it)."""
+    _count(ctx)
+    ctx.log.info("weather for farm F002 collected")
+    return "ok"

@@ -414,3 +414,28 @@ def test_api_actions_are_in_the_audit_trail_too(client: TestClient, service: Ste
     assert audit[1].detail == 'params {"period": "DAY", "password": "***"} (HTTP API)'
     signed_in(client)
     assert "cancel requested (HTTP API)" in client.get(f"/ui/instances/{instance_id}").text
+
+
+def test_pause_and_resume_from_the_batches_page_change_the_stored_state(
+    client: TestClient, service: Stepline
+) -> None:
+    csrf = signed_in(client)
+    paused = client.post("/ui/batches/act_report/pause", data={"csrf": csrf})
+    assert paused.status_code == 200, paused.text
+    assert service.store.definition("act_report").paused
+    assert "paused" in client.get("/ui", headers=HTML).text
+    resumed = client.post("/ui/batches/act_report/resume", data={"csrf": csrf})
+    assert resumed.status_code == 200, resumed.text
+    assert not service.store.definition("act_report").paused
+
+
+def test_the_instance_page_shows_what_each_step_logged(
+    client: TestClient, service: Stepline
+) -> None:
+    service.apply(batch("act_logs", [step("talk", W + "says_weather")]))
+    instance, _ = service.trigger("act_logs", owned=True)
+    final = service.run_instance(instance.id)
+    assert final.status is InstanceStatus.SUCCEEDED
+    signed_in(client)
+    page = client.get(f"/ui/instances/{final.id}", headers=HTML).text
+    assert "weather for farm F002 collected" in page

@@ -273,7 +273,7 @@ def test_retry_in_place_reruns_only_what_did_not_succeed(app: Stepline) -> None:
     )
     assert final.status is InstanceStatus.FAILED
     assert rows["d"].status is StepStatus.UPSTREAM_FAILED
-    assert "2 of 6 items failed (map_index 1, 4)" in (rows["each"].error or "")
+    assert "2 of 6 items failed: each[1], each[4]" in (rows["each"].error or "")
     app.retry(final.id)
     again = app.orchestrator.run(final.id, timeout=60)
     assert again.status is InstanceStatus.SUCCEEDED

@@ -180,6 +180,13 @@ def _definitions(target: str) -> Iterable[tuple[object, BatchDefinition | Defini
     return load_definitions(path)
 
 
+def _is_dir(target: str) -> bool:
+    try:
+        return Path(target).is_dir()
+    except OSError:  # a name too long for the file system is no directory
+        return False
+
+
 def _add_import_path(path: Path) -> None:
     """A definition's own directory is importable too, so an example folder is self-contained."""
     try:
@@ -469,8 +476,11 @@ def validate(
     valid = invalid = 0
     with _errors():
         for target in paths:
-            path = Path(target)
-            if not is_python_target(target) and path.is_dir() and not definition_files(path):
+            if (
+                not is_python_target(target)
+                and _is_dir(target)
+                and not definition_files(Path(target))
+            ):
                 _fail(f"{target}: no .yaml, .yml or .json definition under this directory", 2)
             for file, result in _definitions(target):
                 problems = (

@@ -213,17 +213,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
         if not updated:
             return False
-        if outcome.log is not None:
-            # In the outcome's own transaction: a silent attempt costs nothing extra.
-            self.conn.execute(
-                sa.insert(batch_step_log).values(
-                    step_result_id=outcome.row_id,
-                    attempt=outcome.attempt,
-                    text=outcome.log,
-                    truncated=outcome.log_truncated,
-                    created_at=outcome.finished_at,
-                )
-            )
+        self._keep_logs([outcome])
         if not outcome.succeeded:
             self._keep_attempt(outcome, owner)
         return True
@@ -245,7 +235,25 @@ class SqlInstanceTransaction(InstanceTransaction):
         for o, _ in outcomes:
             if o.row_id in stored and not o.succeeded:
                 self._keep_attempt(o, owner)
+        self._keep_logs([o for o, _ in outcomes if o.row_id in stored])
         return [o.row_id in stored for o, _ in outcomes]
+
+    def _keep_logs(self, outcomes: Sequence[StepOutcome]) -> None:
+        """What the recorded attempts logged, in their own transaction (one statement; a
+        silent attempt costs nothing)."""
+        rows = [
+            {
+                "step_result_id": o.row_id,
+                "attempt": o.attempt,
+                "text": o.log,
+                "truncated": o.log_truncated,
+                "created_at": o.finished_at,
+            }
+            for o in outcomes
+            if o.log is not None
+        ]
+        if rows:
+            self.conn.execute(sa.insert(batch_step_log), rows)
 
     def _keep_attempt(self, outcome: StepOutcome, owner: str) -> None:
         self.conn.execute(
