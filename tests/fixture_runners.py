@@ -101,7 +101,11 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
                     " AND t.trx_mysql_thread_id <> CONNECTION_ID()"
                 )
             # Held open means still open, the same transaction, a moment later: a heartbeat
-            # caught between two of its statements is not counted.
+            # caught between two of its statements is not counted. InnoDB serves innodb_trx
+            # from a cache refreshed at most every 0.1 s (shared by every session of the
+            # server), so the first sample waits past it: a stale one could miss a
+            # transaction opened just before this runner started.
+            time.sleep(0.3)
             first = {tuple(row) for row in conn.exec_driver_sql(sql)}
             conn.rollback()
             time.sleep(0.3)
