@@ -126,7 +126,7 @@ def fresh_store(url: str) -> SqlAlchemyStore:
 
         metadata.drop_all(store.engine)
         with store.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+            conn.exec_driver_sql("DROP TABLE IF EXISTS stepline_alembic_version")
     store.initialize()
     return store
 
