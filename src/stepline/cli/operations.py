@@ -1,40 +1,32 @@
-"""Operators' commands: pause, resume, backfill, delete, logs, purge.
-
-Registered on the ``stepline`` app by ``stepline.cli.app``.
-"""
+"""Operators' commands: pause, resume, backfill, delete, logs, purge."""
 
 from __future__ import annotations
 
 import json
 import time
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from stepline.cli.app import Db, _errors, _fail, _open, app, out
-from stepline.core.durations import parse_duration
+from stepline.cli.common import Db, Json, errors, fail, open_service, out
 from stepline.core.states import InstanceStatus
-from stepline.scheduling.backfill import BackfillError
-from stepline.scheduling.backfill import backfill as run_backfill
-from stepline.stores.base import PurgeFilter, StepLogRecord
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+if TYPE_CHECKING:
+    from stepline.stores.base import StepLogRecord
 
 
-@app.command()
 def pause(batch: str, db: Db = None) -> None:
     """Pause a batch: no cron instance and no trigger until it is resumed."""
-    with _errors(), _open(db) as service:
+    with errors(), open_service(db) as service:
         service.pause(batch)
         out.print(f"{batch}: paused (instances already queued or running go on)")
 
 
-@app.command()
 def resume(batch: str, db: Db = None) -> None:
     """Resume a paused batch; its misfire policy decides about fire times that passed."""
-    with _errors(), _open(db) as service:
+    with errors(), open_service(db) as service:
         stored = service.resume(batch)
         policy = stored.definition.extra.get("misfire", "once")
         out.print(f"{batch}: resumed (misfire policy {policy} decides about missed fire times)")
@@ -44,10 +36,9 @@ def _day(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        _fail(f"{option} {value!r} is not a date (YYYY-MM-DD)", 2)
+        fail(f"{option} {value!r} is not a date (YYYY-MM-DD)", 2)
 
 
-@app.command()
 def backfill(
     batch: str,
     start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD (batch timezone)")],
@@ -58,12 +49,15 @@ def backfill(
 ) -> None:
     """Create the instances of the cron fire times in a date range (idempotent); `serve`
     runs them oldest first under max_active_instances."""
+    from stepline.scheduling.backfill import BackfillError
+    from stepline.scheduling.backfill import backfill as run_backfill
+
     first, last = _day(start, "--from"), _day(end, "--to")
-    with _errors(), _open(db) as service:
+    with errors(), open_service(db) as service:
         try:
             entries = run_backfill(service, batch, first, last, dry_run=dry_run)
         except BackfillError as exc:
-            _fail(str(exc), 2)
+            fail(str(exc), 2)
         stored = service.store.definition(batch)
         tz = stored.definition.timezone or service.settings.timezone
         from zoneinfo import ZoneInfo
@@ -90,7 +84,6 @@ def backfill(
         out.print(f"{batch}: {len(entries)} fire times in {first}..{last} ({tz}): {summary}")
 
 
-@app.command()
 def delete(
     batch: str,
     purge: Annotated[
@@ -100,7 +93,7 @@ def delete(
 ) -> None:
     """Delete a batch (refused while instances run). Its history stays readable unless
     --purge; applying it again brings it back."""
-    with _errors(), _open(db) as service:
+    with errors(), open_service(db) as service:
         deleted = service.delete(batch, purge=purge)
         if purge:
             out.print(f"{batch}: deleted with its history ({deleted} instances)")
@@ -129,7 +122,6 @@ def _log_json(record: StepLogRecord) -> str:
     )
 
 
-@app.command()
 def logs(
     instance_id: Annotated[int, typer.Argument(metavar="ID")],
     step: Annotated[str | None, typer.Argument(help="Only this step's logs")] = None,
@@ -140,7 +132,7 @@ def logs(
     db: Db = None,
 ) -> None:
     """Show what the runners logged, per attempt (stored when each attempt ends)."""
-    with _errors(), _open(db) as service:
+    with errors(), open_service(db) as service:
         after = 0
         while True:
             final = service.store.instance(instance_id).status.is_final
@@ -155,7 +147,6 @@ def logs(
             time.sleep(1.0)
 
 
-@app.command()
 def purge(
     older_than: Annotated[
         str, typer.Option("--older-than", help="Age of finished instances to delete, e.g. 90d")
@@ -172,15 +163,18 @@ def purge(
 
     Never an unfinished instance; fire times are kept, so none runs twice.
     """
+    from stepline.core.durations import parse_duration
+    from stepline.stores.base import PurgeFilter
+
     try:
         age = parse_duration(older_than)
     except ValueError as exc:
-        _fail(f"--older-than: {exc}", 2)
+        fail(f"--older-than: {exc}", 2)
     statuses = tuple(status or [s for s in InstanceStatus if s.is_final])
     unfinished = [s.value for s in statuses if not s.is_final]
     if unfinished:
-        _fail(f"--status {', '.join(unfinished)}: only finished instances are purged", 2)
-    with _errors(), _open(db) as service:
+        fail(f"--status {', '.join(unfinished)}: only finished instances are purged", 2)
+    with errors(), open_service(db) as service:
         which = PurgeFilter(datetime.now(UTC) - age, statuses, batch)
         if dry_run:
             count = service.store.count_purgeable(which)

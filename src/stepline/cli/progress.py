@@ -1,18 +1,35 @@
-"""Live progress of one instance: a rich table on a terminal, one line per event otherwise."""
+"""Live progress of one instance, cheap enough for a fan-out of thousands of steps or a map of
+tens of thousands of items.
+
+The orchestrator calls the listener on its driver thread, once per step event, so an event
+only updates a few counters (under a lock). What is shown is drawn apart from the events:
+
+- on a terminal, a rich ``Live`` display redrawn four times a second by its own thread: the
+  table of steps for a small DAG, a summary (counts, running and failed steps, map items)
+  for a wide one;
+- off a terminal (a pipe, a file, a CI log), plain lines. A small DAG gets a line per step
+  change. Map items and the steps of a wide DAG get a summary line at most once a second,
+  and a line for each of the first failures (later ones are counted in the summary).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from stepline.core.definition import item_name
 from stepline.core.states import StepStatus
-from stepline.engine.orchestrator import StepEvent
+
+if TYPE_CHECKING:
+    from stepline.engine.orchestrator import StepEvent
 
 _STYLE = {
     StepStatus.SUCCEEDED: "green",
@@ -23,6 +40,15 @@ _STYLE = {
     StepStatus.SKIPPED: "dim",
     StepStatus.CANCELLED: "magenta",
 }
+WIDE = 30
+"""DAGs with more steps than this are shown as a summary, not step by step."""
+LINE_EVERY = 1.0
+"""Seconds between summary lines off a terminal."""
+SHOWN_FAILURES = 20
+"""Failures (and retries) printed one by one off a terminal; later ones are only counted."""
+_LISTED = 8
+"""Steps named per state in the wide summary; failed items listed per mapped step."""
+_FAILED_ITEMS = 10
 
 
 class _Items:
@@ -32,9 +58,18 @@ class _Items:
         self.total: int | None = None
         self.state: dict[int, StepStatus] = {}
         self.label: dict[int, str] = {}
+        self.counts: Counter[StepStatus] = Counter()
+
+    def set(self, index: int, status: StepStatus, label: str) -> None:
+        old = self.state.get(index)
+        if old is not None:
+            self.counts[old] -= 1
+        self.counts[status] += 1
+        self.state[index] = status
+        self.label[index] = label
 
     def count(self, status: StepStatus) -> int:
-        return sum(1 for s in self.state.values() if s is status)
+        return self.counts[status]
 
     def summary(self) -> str:
         total = self.total if self.total is not None else len(self.state)
@@ -50,6 +85,12 @@ class _Items:
         ]
         return f"{total} item{'' if total == 1 else 's'}: " + (", ".join(parts) or "none done")
 
+    def failed(self, key: str, limit: int) -> list[str]:
+        if not self.counts[StepStatus.FAILED]:
+            return []
+        indexes = sorted(i for i, s in self.state.items() if s is StepStatus.FAILED)
+        return [item_name(key, self.label[i]) for i in indexes[:limit]]
+
 
 class Progress:
     """A listener for the orchestrator; call :meth:`close` when the instance is final."""
@@ -60,10 +101,15 @@ class Progress:
         self.attempt: dict[str, int] = {}
         self.items: dict[str, _Items] = {}
         self.started = time.monotonic()
+        self.wide = len(self.status) > WIDE
+        self.lines = 0
+        """Lines printed off a terminal (the benchmark and tests read it)."""
         self._lock = threading.Lock()
+        self._next_line = self.started + LINE_EVERY
+        self._shown_failures = 0
         self._live: Live | None = None
         if console.is_terminal:
-            self._live = Live(self._table(), console=console, refresh_per_second=8)
+            self._live = Live(get_renderable=self._render, console=console, refresh_per_second=4)
             self._live.start()
 
     def __call__(self, event: StepEvent) -> None:
@@ -76,57 +122,88 @@ class Progress:
             if event.attempt:
                 self.attempt[key] = event.attempt
             if self._live is not None:
-                self._live.update(self._table())
-            elif event.status is not StepStatus.QUEUED or event.attempt:
-                retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-                items = self.items.get(key)
-                counts = f" ({items.summary()})" if items and event.status.is_final else ""
-                self.console.print(
-                    f"  {self.elapsed():7.2f}s  {key:<30} {event.status.value}{retry}{counts}  "
-                    f"[{self.summary()}]",
-                    highlight=False,
-                )
+                return
+            if event.status is StepStatus.QUEUED and not event.attempt:
+                return
+            retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            items = self.items.get(key)
+            counts = f" ({items.summary()})" if items and event.status.is_final else ""
+            if not self.wide:
+                self._print(f"{key:<30} {event.status.value}{retry}{counts}  [{self.summary()}]")
+            elif self._notable(event.status) and self._shown_failures < SHOWN_FAILURES:
+                self._shown_failures += 1
+                self._print(f"{key:<30} {event.status.value}{retry}{counts}")
+            else:
+                self._tick()
 
     def _item(self, event: StepEvent) -> None:
-        """Items are summarised per step: a line per item failure and per hundred done."""
         with self._lock:
             items = self.items.setdefault(event.step_key, _Items())
             if event.items is not None:
                 items.total = event.items
                 self.status[event.step_key] = StepStatus.RUNNING
-            else:
-                items.state[event.map_index] = event.status
-                items.label[event.map_index] = event.label or str(event.map_index)
-            finished = items.count(StepStatus.SUCCEEDED) + items.count(StepStatus.FAILED)
+                return
+            items.set(event.map_index, event.status, event.label or str(event.map_index))
             if self._live is not None:
-                self._live.update(self._table())
-            elif event.map_index >= 0 and (
-                event.status in (StepStatus.FAILED, StepStatus.QUEUED)
-                or (event.status is StepStatus.SUCCEEDED and finished % 100 == 0)
-            ):
+                return
+            if self._notable(event.status) and self._shown_failures < SHOWN_FAILURES:
+                self._shown_failures += 1
                 name = item_name(event.step_key, items.label[event.map_index])
-                what = {
-                    StepStatus.FAILED: f"failed (attempt {event.attempt})",
-                    StepStatus.QUEUED: f"attempt {event.attempt} failed, will retry",
-                }.get(event.status, "")
-                self.console.print(
-                    f"  {self.elapsed():7.2f}s  {name:<30} {what}"
-                    f"{'  ' if what else ''}[{items.summary()}]",
-                    highlight=False,
+                what = (
+                    f"failed (attempt {event.attempt})"
+                    if event.status is StepStatus.FAILED
+                    else f"attempt {event.attempt} failed, will retry"
                 )
+                self._print(f"{name:<30} {what}  [{items.summary()}]")
+            else:
+                self._tick()
+
+    @staticmethod
+    def _notable(status: StepStatus) -> bool:
+        """A failure, or a retry (an attempt ended and the step is queued again)."""
+        return status in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.QUEUED)
+
+    def _tick(self) -> None:
+        """A summary line, at most once per LINE_EVERY seconds (lock held)."""
+        now = time.monotonic()
+        if now >= self._next_line:
+            self._next_line = now + LINE_EVERY
+            self._print(self._summary_line())
+
+    def _summary_line(self) -> str:
+        running = [
+            f"; {key}: {items.summary()}"
+            for key, items in self.items.items()
+            if self.status.get(key) is StepStatus.RUNNING
+        ]
+        return self.summary() + "".join(running)
+
+    def _print(self, text: str) -> None:
+        self.lines += 1
+        self.console.print(f"  {self.elapsed():7.2f}s  {text}", highlight=False, markup=False)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def summary(self) -> str:
-        values = list(self.status.values())
-        done = sum(1 for s in values if s.is_final)
-        running = sum(1 for s in values if s is StepStatus.RUNNING)
-        failed = sum(1 for s in values if s in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED))
-        return f"{done}/{len(values)} done, {running} running, {failed} failed"
+        counts = Counter(self.status.values())
+        done = sum(n for s, n in counts.items() if s.is_final)
+        failed = counts[StepStatus.FAILED] + counts[StepStatus.UPSTREAM_FAILED]
+        return (
+            f"{done}/{len(self.status)} done, {counts[StepStatus.RUNNING]} running, {failed} failed"
+        )
 
-    def _table(self) -> Table:
-        table = Table(title=f"{self.summary()}  —  {self.elapsed():.1f}s", expand=False)
+    # -- the terminal display, drawn by Live's thread ---------------------------------------
+
+    def _render(self) -> RenderableType:
+        with self._lock:
+            title = f"{self.summary()}  —  {self.elapsed():.1f}s"
+            if self.wide:
+                return self._wide(title)
+            return self._table(title)
+
+    def _table(self, title: str) -> Table:
+        table = Table(title=title, expand=False)
         table.add_column("step")
         table.add_column("status")
         table.add_column("attempt", justify="right")
@@ -135,14 +212,32 @@ class Progress:
             items = self.items.get(key)
             shown = status.value + (f" ({items.summary()})" if items else "")
             table.add_row(key, f"[{style}]{shown}[/]", str(self.attempt.get(key, "")))
-            if items is None:
-                continue
-            failed = [i for i, s in sorted(items.state.items()) if s is StepStatus.FAILED]
-            for index in failed[:10]:
-                table.add_row(f"  {item_name(key, items.label[index])}", "[red]failed[/]", "")
+            for name in items.failed(key, _FAILED_ITEMS) if items else []:
+                table.add_row(f"  {name}", "[red]failed[/]", "")
         return table
+
+    def _wide(self, title: str) -> Group:
+        by_status: dict[StepStatus, list[str]] = {}
+        for key, status in self.status.items():
+            by_status.setdefault(status, []).append(key)
+        lines: list[RenderableType] = [
+            Text(title, style="bold"),
+            Text(", ".join(f"{len(keys)} {s.value}" for s, keys in by_status.items())),
+        ]
+        for status in (StepStatus.RUNNING, StepStatus.FAILED, StepStatus.UPSTREAM_FAILED):
+            keys = by_status.get(status, [])
+            if keys:
+                more = f" and {len(keys) - _LISTED} more" if len(keys) > _LISTED else ""
+                listed = ", ".join(keys[:_LISTED]) + more
+                lines.append(Text(f"{status.value}: {listed}", style=_STYLE[status]))
+        for key, items in self.items.items():
+            lines.append(Text(f"{key}: {items.summary()}"))
+            failed = items.failed(key, _FAILED_ITEMS)
+            if failed:
+                lines.append(Text(f"  failed: {', '.join(failed)}", style="red"))
+        return Group(*lines)
 
     def close(self) -> None:
         if self._live is not None:
-            self._live.update(self._table())
+            self._live.refresh()
             self._live.stop()

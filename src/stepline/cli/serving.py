@@ -1,0 +1,145 @@
+"""The long-running processes: ``serve`` (scheduler, HTTP API, direct dispatcher) and
+``worker`` (a Celery worker)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from stepline.cli.common import Db, errors, fail, load_settings, open_service, out
+from stepline.cli.definitions import apply_target
+
+
+def serve(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Definition files or directories, or package.module:attribute"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    grace: Annotated[
+        float, typer.Option(help="Seconds running steps get to finish on SIGTERM")
+    ] = 30.0,
+    db: Db = None,
+) -> None:
+    """The single worker: scheduler + HTTP API + direct dispatcher, recovering crashed runs."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    from stepline.api.app import create_app
+    from stepline.api.metrics import Metrics, StepMetrics, observe_scheduler_lag
+    from stepline.api.security import check_bind, check_token
+    from stepline.logs import configure_logging
+    from stepline.scheduling.scheduler import Scheduler
+    from stepline.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.secrets, outcome_lines=True)
+    token = settings.api_token
+    try:
+        # Blank first: a blank token is "configured" for check_bind, yet no client can send it.
+        check_token(token.get_secret_value() if token is not None else None)
+        check_bind(host, token is not None)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    metrics = Metrics()
+    with errors(), open_service(db, listener=StepMetrics(metrics)) as service:
+        for target in paths or []:
+            for stored in apply_target(service, target):
+                out.print(f"{stored.name}: version {stored.version}")
+        api = create_app(service, metrics=metrics)
+        stop = threading.Event()
+        driver = threading.Thread(
+            target=service.serve_forever,
+            args=(stop,),
+            kwargs={"grace_seconds": grace},
+            name="stepline-driver",
+        )
+        scheduler = Scheduler(
+            service,
+            holder=service.orchestrator.owner,
+            lease_seconds=settings.lease_seconds,
+            on_lag=lambda seconds: observe_scheduler_lag(metrics, seconds),
+        )
+        ticker = threading.Thread(target=scheduler.run, args=(stop,), name="stepline-scheduler")
+        config = uvicorn.Config(
+            api,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        # uvicorn catches SIGTERM/SIGINT and re-raises them once it has stopped; with
+        # handlers of our own that re-raise is harmless, and the drain below runs.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        try:
+            # Inside the try: whatever fails from here on, the threads stop and we exit.
+            driver.start()
+            ticker.start()
+            if settings.retention:
+                from stepline.core.durations import parse_duration
+
+                threading.Thread(
+                    target=service.purge_forever,
+                    args=(stop, parse_duration(settings.retention)),
+                    name="stepline-retention",
+                    daemon=True,
+                ).start()
+            out.print(f"serving on http://{host}:{port} (owner {service.orchestrator.owner})")
+            uvicorn.Server(config).run()
+        finally:
+            stop.set()
+            if ticker.is_alive():
+                ticker.join()
+            if driver.is_alive():
+                driver.join()
+        out.print("stopped; unfinished instances are left for recovery")
+
+
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help="Comma-separated queues to take steps from (default: STEPLINE_QUEUE)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: CPU count)")
+    ] = None,
+    db: Db = None,
+) -> None:
+    """A Celery worker: claims, runs and records steps and advances the DAG itself."""
+    from stepline.core.definition import QUEUE_PATTERN
+    from stepline.dispatchers.celery import run_worker
+    from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts, create_engine
+
+    settings = load_settings().model_copy(update={"dispatcher": "celery"})
+    names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    bad = [q for q in names if not QUEUE_PATTERN.match(q)]
+    if not names or bad:
+        fail(f"--queues {queues!r}: give queue names of letters, digits, '_', '-', '.', ':'", 2)
+    url = db or settings.db
+    timeouts = Timeouts(settings.db_connect_timeout, settings.db_statement_timeout)
+    with errors(), open_service(db, settings=settings):
+        pass  # refuses SQLite or a missing broker; brings the schema up to date
+    out.print(f"stepline worker on queues {', '.join(names)}")
+    run_worker(
+        # The worker retries a failed transaction, so connections need no ping per checkout.
+        lambda: SqlAlchemyStore(url, engine=create_engine(url, timeouts, pool_pre_ping=False)),
+        settings.broker(),
+        queues=names,
+        default_queue=settings.queue,
+        concurrency=concurrency or os.cpu_count() or 1,
+        lease_seconds=settings.lease_seconds,
+        visibility_timeout=settings.broker_visibility_timeout,
+        max_result_bytes=settings.max_result_bytes,
+        loglevel=settings.log_level.upper(),
+    )
