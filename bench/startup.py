@@ -1,0 +1,152 @@
+"""What a user of the command line waits for: start-up, and `stepline run` against the engine.
+
+    python bench/startup.py [--rounds 5]
+
+- ``python -c pass``, ``import typer, rich.console`` (the least a Typer command costs) and
+  ``stepline --help``: the start-up every command pays;
+- ``stepline run`` of the diamond example, as a whole process, on a new SQLite file (tables
+  created) and again on the same file;
+- W2 (a fan-out of 500 no-op steps with a join) and W4 (a map of 10,000 items) run by
+  ``stepline run`` with its output piped to a file, against the same DAG run in-process by
+  the engine alone (as ``bench/overhead.py`` does). The engine's time is the instance's own
+  start and finish times in the database; beside it, the same measure of the instance the
+  CLI ran, the time the CLI reports ("succeeded in 0.12s") and the whole process, each as a
+  ratio to the engine's time.
+
+Rounds alternate the engine and the CLI on the same database; figures are medians.
+``STEPLINE_BENCH_CMD`` runs another build, e.g.
+``env PYTHONPATH=old/src python -c 'from stepline.cli.app import main; main()'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from overhead import Workload, fan, mapped, run_once  # noqa: E402
+
+from stepline.stores.sqlalchemy import SqlAlchemyStore  # noqa: E402
+
+STEPLINE = shlex.split(os.environ.get("STEPLINE_BENCH_CMD", shutil.which("stepline") or "stepline"))
+REPORTED = re.compile(r"^instance \d+ of \S+ succeeded in ([0-9.]+)s", re.M)
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def startup(rounds: int) -> dict[str, float]:
+    """Median seconds of each start-up command, run in alternation."""
+    here = Path(tempfile.mkdtemp())
+    example = ROOT / "examples" / "diamond" / "farm_readings.yaml"
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "import typer, rich.console": [sys.executable, "-c", "import typer, rich.console"],
+        "stepline --help": [*STEPLINE, "--help"],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in [*commands, "new", "existing"]}
+    for n in range(rounds):
+        for name, command in commands.items():
+            walls[name].append(timed(command, here))
+        run = [*STEPLINE, "run", str(example), "--db", f"sqlite:///{here}/diamond-{n}.db"]
+        walls["new"].append(timed(run, ROOT))  # creates the tables
+        walls["existing"].append(timed(run, ROOT))
+    return {name: statistics.median(values) for name, values in walls.items()}
+
+
+def instance_seconds(store: SqlAlchemyStore, instance_id: int) -> float:
+    instance = store.instance(instance_id)
+    assert instance.status == "succeeded", instance
+    assert instance.started_at is not None and instance.finished_at is not None
+    return (instance.finished_at - instance.started_at).total_seconds()
+
+
+def cli_against_engine(name: str, workload: Workload, rounds: int) -> dict[str, float]:
+    """Median seconds: the engine alone, and under `stepline run` (piped) the instance, the
+    time the CLI reports and the whole process; and the lines the CLI printed."""
+    folder = Path(tempfile.mkdtemp())
+    definition = workload.make()
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(definition.to_document()), encoding="utf-8")
+    url = f"sqlite:///{folder}/cli.db"
+    figures: dict[str, list[float]] = {"engine": [], "cli": [], "reported": [], "process": []}
+    store = SqlAlchemyStore(url)
+    store.initialize()
+    lines = 0
+    for n in range(rounds):
+        # Alternate: the engine alone, then the CLI, on the same database.
+        run_once(store, definition)
+        figures["engine"].append(instance_seconds(store, 2 * n + 1))
+        start = time.perf_counter()
+        done = subprocess.run(
+            [*STEPLINE, "run", str(path), "--db", url],
+            cwd=BENCH,  # the runners (workloads.py) are imported from here
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        figures["process"].append(time.perf_counter() - start)
+        figures["cli"].append(instance_seconds(store, 2 * n + 2))
+        reported = REPORTED.search(done.stdout)
+        assert reported is not None, done.stdout[-2000:]
+        figures["reported"].append(float(reported.group(1)))
+        lines = len(done.stdout.splitlines())
+    store.dispose()
+    medians = {key: statistics.median(values) for key, values in figures.items()}
+    medians["lines"] = lines
+    return medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{' '.join(STEPLINE)}; medians of {args.rounds} alternating rounds")
+    walls = startup(args.rounds)
+    for label, key in (
+        ("python -c pass", "python -c pass"),
+        ("import typer, rich.console", "import typer, rich.console"),
+        ("stepline --help", "stepline --help"),
+        ("stepline run diamond (new db)", "new"),
+        ("stepline run diamond (existing db)", "existing"),
+    ):
+        print(f"{label:<36}{walls[key]:>8.3f} s")
+    print()
+    header = ("", "engine s", "cli s", "cli/eng", "reported/eng", "process s", "proc/eng", "lines")
+    print(f"{header[0]:<6}" + "".join(f"{h:>13}" for h in header[1:]))
+    for name, workload in (("W2", fan(500)), ("W4", mapped(10_000))):
+        f = cli_against_engine(name, workload, args.rounds)
+        engine = f["engine"]
+        row = (
+            f"{engine:.3f}",
+            f"{f['cli']:.3f}",
+            f"{f['cli'] / engine:.2f}",
+            f"{f['reported'] / engine:.2f}",
+            f"{f['process']:.3f}",
+            f"{f['process'] / engine:.2f}",
+            f"{f['lines']:.0f}",
+        )
+        print(f"{name:<6}" + "".join(f"{v:>13}" for v in row))
+
+
+if __name__ == "__main__":
+    main()
