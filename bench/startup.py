@@ -98,6 +98,8 @@ def cli_against_engine(name: str, workload: Workload, rounds: int) -> dict[str, 
         done = subprocess.run(
             [*STEPLINE, "run", str(path), "--db", url],
             cwd=BENCH,  # the runners (workloads.py) are imported from here
+            # The engine side runs DirectDispatcher(capacity=64) (bench/overhead.py).
+            env={**os.environ, "STEPLINE_CAPACITY": "64"},
             check=True,
             capture_output=True,
             text=True,

@@ -138,7 +138,9 @@ class Progress:
 
     def _item(self, event: StepEvent) -> None:
         with self._lock:
-            items = self.items.setdefault(event.step_key, _Items())
+            items = self.items.get(event.step_key)
+            if items is None:
+                items = self.items[event.step_key] = _Items()
             if event.items is not None:
                 items.total = event.items
                 self.status[event.step_key] = StepStatus.RUNNING

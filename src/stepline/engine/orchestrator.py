@@ -132,6 +132,7 @@ class _Active:
     look_for_queued: bool = True
     settle_pending: bool = False
     map_items: dict[str, list[Any]] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)
     wake_at: float | None = None
     resync: bool = False
     failures: int = 0
@@ -410,8 +411,11 @@ class Orchestrator:
                 active.results[o.step_key] = _decode(o.payload)
         active.results.update(done.mapped_results)
         active.map_items.update(done.expanded)
+        for key in done.expanded:
+            active.labels.pop(key, None)
         for key in done.mapped_results:
             active.map_items.pop(key, None)
+            active.labels.pop(key, None)
         # With no free slot, queued steps wait for one: look for them again next time.
         active.look_for_queued = slots <= 0 or len(done.claimed) >= slots
         clock = time.monotonic()
@@ -511,6 +515,7 @@ class Orchestrator:
         active.look_for_queued = True
         active.settle_pending = True
         active.map_items.clear()
+        active.labels.clear()
 
     def _items(self, active: _Active, step: StepDefinition) -> list[Any]:
         """A mapped step's list; read again from the store after a restart."""
@@ -524,27 +529,25 @@ class Orchestrator:
         return items
 
     def _labels(self, active: _Active, key: str) -> list[str]:
-        """The names of a mapped step's items, by map_index (see MapSpec.item_label)."""
-        step = active.definition.step(key)
-        assert step.map is not None
-        params = active.instance.params
-        return [
-            step.map.item_label(item, index, params)
-            for index, item in enumerate(self._items(active, step))
-        ]
-
-    def _label(self, active: _Active, key: str, index: int) -> str:
-        """Item ``index``'s name alone: naming every item at each event made a map's
-        progress quadratic in its size."""
-        try:
+        """The names of a mapped step's items, by map_index (see MapSpec.item_label); named
+        once per instance, as progress asks for one at each item event."""
+        labels = active.labels.get(key)
+        if labels is None:
             step = active.definition.step(key)
             assert step.map is not None
-            items = self._items(active, step)
-            if index >= len(items):
-                return str(index)
-            return step.map.item_label(items[index], index, active.instance.params)
+            params = active.instance.params
+            labels = active.labels[key] = [
+                step.map.item_label(item, index, params)
+                for index, item in enumerate(self._items(active, step))
+            ]
+        return labels
+
+    def _label(self, active: _Active, key: str, index: int) -> str:
+        try:
+            labels = self._labels(active, key)
         except Exception:  # naming is a courtesy: the position is shown instead
             return str(index)
+        return labels[index] if index < len(labels) else str(index)
 
     def _emit(
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
