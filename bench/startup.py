@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -46,14 +47,21 @@ STEPLINE = shlex.split(os.environ.get("STEPLINE_BENCH_CMD", shutil.which("stepli
 REPORTED = re.compile(r"^instance \d+ of \S+ succeeded in ([0-9.]+)s", re.M)
 
 
-def timed(command: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``command``; on a loaded machine the CPU time
+    moves less than the wall time."""
+    start, cpu = time.perf_counter(), children_cpu()
     subprocess.run(command, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu() - cpu
 
 
-def startup(rounds: int) -> dict[str, float]:
-    """Median seconds of each start-up command, run in alternation."""
+def startup(rounds: int) -> dict[str, tuple[float, float]]:
+    """Median wall and CPU seconds of each start-up command, run in alternation."""
     here = Path(tempfile.mkdtemp())
     example = ROOT / "examples" / "diamond" / "farm_readings.yaml"
     commands = {
@@ -61,14 +69,17 @@ def startup(rounds: int) -> dict[str, float]:
         "import typer, rich.console": [sys.executable, "-c", "import typer, rich.console"],
         "stepline --help": [*STEPLINE, "--help"],
     }
-    walls: dict[str, list[float]] = {name: [] for name in [*commands, "new", "existing"]}
+    walls: dict[str, list[tuple[float, float]]] = {n: [] for n in [*commands, "new", "existing"]}
     for n in range(rounds):
         for name, command in commands.items():
             walls[name].append(timed(command, here))
         run = [*STEPLINE, "run", str(example), "--db", f"sqlite:///{here}/diamond-{n}.db"]
         walls["new"].append(timed(run, ROOT))  # creates the tables
         walls["existing"].append(timed(run, ROOT))
-    return {name: statistics.median(values) for name, values in walls.items()}
+    return {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in walls.items()
+    }
 
 
 def instance_seconds(store: SqlAlchemyStore, instance_id: int) -> float:
@@ -131,7 +142,8 @@ def main() -> None:
         ("stepline run diamond (new db)", "new"),
         ("stepline run diamond (existing db)", "existing"),
     ):
-        print(f"{label:<36}{walls[key]:>8.3f} s")
+        wall, cpu = walls[key]
+        print(f"{label:<36}{wall:>8.3f} s wall{cpu:>8.3f} s CPU")
     print()
     header = ("", "engine s", "cli s", "cli/eng", "reported/eng", "process s", "proc/eng", "lines")
     print(f"{header[0]:<6}" + "".join(f"{h:>13}" for h in header[1:]))
