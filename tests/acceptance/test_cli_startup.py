@@ -151,3 +151,29 @@ def test_summary_lines_are_rate_limited_and_failures_are_not() -> None:
     text = out.getvalue()
     assert progress.lines == 2, text  # and one summary, at the first event after a second
     assert re.search(r"52/100 done, 0 running, 1 failed$", text.splitlines()[-1]), text
+
+
+@pytest.mark.parametrize("width", [4, 100], ids=["table", "summary"])
+def test_on_a_terminal_the_display_is_drawn_apart_and_ends_with_the_last_state(
+    width: int,
+) -> None:
+    out = StringIO()
+    keys = [f"s{i}" for i in range(width)]
+    progress = Progress(Console(file=out, width=120, force_terminal=True), [*keys, "each"])
+    for key in keys:
+        progress(event(key, StepStatus.RUNNING))
+    progress(StepEvent(1, "each", -1, StepStatus.RUNNING, 0, datetime.now(UTC), items=3))
+    for index, status in enumerate([StepStatus.SUCCEEDED, StepStatus.FAILED]):
+        progress(StepEvent(1, "each", index, status, 1, datetime.now(UTC), label=f"F00{index}"))
+    for key in keys[1:]:
+        progress(event(key, StepStatus.SUCCEEDED))
+    progress(event(keys[0], StepStatus.FAILED))
+    assert progress.lines == 0  # no line per event: the display is redrawn by its thread
+    progress.close()
+
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    title = f"{width}/{width + 1} done, 1 running, 1 failed"  # `each` still runs
+    text = " ".join(drawn[drawn.rindex(title) :].split())
+    assert "3 items: 1 succeeded, 1 failed" in text, text
+    assert "each[F001]" in text, text  # the failed item, named
+    assert "s0" in text, text  # the failed step
