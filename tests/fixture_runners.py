@@ -282,3 +282,16 @@ def says_weather(ctx: StepContext) -> str:
     _count(ctx)
     ctx.log.info("weather for farm F002 collected")
     return "ok"
+
+
+def outcomes(ctx: StepContext) -> dict[str, str]:
+    """Returns what a final handler sees: each upstream step's status."""
+    _count(ctx)
+    return dict(ctx.upstream)
+
+
+def query_connection(ctx: StepContext) -> Any:
+    """Runs ``with.sql`` on the named connection ``with.connection`` via ``ctx.connections``."""
+    _count(ctx)
+    with ctx.connections[ctx.args["connection"]].connect() as conn:
+        return conn.exec_driver_sql(ctx.args["sql"]).scalar_one()

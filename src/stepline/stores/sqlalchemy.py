@@ -62,6 +62,7 @@ from stepline.stores.schema import (
     stepline_worker,
 )
 from stepline.stores.transaction import (
+    CHUNK,
     SqlInstanceTransaction,
     db_now,
     load_results,
@@ -888,6 +889,18 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
         with self._read() as conn:
             return load_results(conn, instance_id, keys)
+
+    def statuses_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, StepStatus]:
+        out: dict[str, StepStatus] = {}
+        with self._read() as conn:
+            for chunk in iter_chunks(list(keys), CHUNK):
+                query = sa.select(R.c.step_key, R.c.status).where(
+                    R.c.batch_instance_id == instance_id,
+                    R.c.step_key.in_(chunk),
+                    R.c.map_index == -1,  # a mapped step's own row holds the step's status
+                )
+                out.update({key: StepStatus(status) for key, status in conn.execute(query)})
+        return out
 
     # -- leases ---------------------------------------------------------------------------
 
