@@ -808,17 +808,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         *,
         before: int | None = None,
     ) -> list[InstanceRecord]:
-        query = sa.select(BI).order_by(BI.c.id.desc()).limit(limit)
-        if before is not None:
-            query = query.where(BI.c.id < before)
-        if batch is not None:
-            query = query.join(batch_definition, batch_definition.c.id == BI.c.definition_id).where(
-                batch_definition.c.name == batch
-            )
-        if status is not None:
-            query = query.where(BI.c.status == status.value)
-        with self._read() as conn:
-            return [self._instance(conn, r) for r in conn.execute(query).all()]
+        query = InstanceQuery(batch=batch, status=status, before_id=before)
+        return listing.find_instances(self, query, limit)
 
     def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
         return listing.find_instances(self, query, limit)
@@ -847,22 +838,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     def step_results(self, instance_id: int) -> list[StepResultRecord]:
         query = sa.select(R).where(R.c.batch_instance_id == instance_id).order_by(R.c.id)
         with self._read() as conn:
-            return [
-                StepResultRecord(
-                    r.id,
-                    r.batch_instance_id,
-                    r.step_key,
-                    r.map_index,
-                    StepStatus(r.status),
-                    r.attempt,
-                    r.result_payload,
-                    r.error,
-                    r.started_at,
-                    r.finished_at,
-                    r.created_at,
-                )
-                for r in conn.execute(query).all()
-            ]
+            return [listing.step_record(r) for r in conn.execute(query).all()]
 
     def attempts(self, instance_id: int) -> list[AttemptRecord]:
         a = batch_step_attempt
