@@ -337,3 +337,19 @@ def rendezvous(ctx: StepContext) -> str:
     except threading.BrokenBarrierError:
         raise DoNotRetry(f"{ctx.step} waited alone: the steps did not run concurrently") from None
     return ctx.step
+
+
+abarriers: dict[str, asyncio.Barrier] = {}
+
+
+async def arendezvous(ctx: StepContext) -> dict[str, Any]:
+    """:func:`rendezvous` for ``async def`` runners: all of them on one event loop at once."""
+    _count(ctx)
+    barrier = abarriers.setdefault(
+        str(ctx.args["barrier"]), asyncio.Barrier(int(ctx.args["parties"]))
+    )
+    try:
+        await asyncio.wait_for(barrier.wait(), float(ctx.args.get("patience", 30)))
+    except TimeoutError:
+        raise DoNotRetry(f"{ctx.step} waited alone: the steps did not run concurrently") from None
+    return {"step": ctx.step, "async": True}
