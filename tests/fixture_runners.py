@@ -92,10 +92,10 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
 
 def _postgresql_open_transactions(conn: Any) -> int:
     """Sessions of this test's own database (the server is shared) idle inside the same
-    transaction at two samples 0.3 s apart: a heartbeat caught between two of its
-    statements is not counted (``xact_start`` has microseconds: one transaction)."""
+    transaction at two samples 0.3 s apart, having run nothing in between (the same
+    ``state_change``): a heartbeat caught between two of its statements is not counted."""
     sql = (
-        "SELECT pid, xact_start FROM pg_stat_activity"
+        "SELECT pid, xact_start, state_change FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
     )
