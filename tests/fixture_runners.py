@@ -84,35 +84,59 @@ def probe_transactions(ctx: StepContext) -> dict[str, int]:
                 own = conn.connection.driver_connection
                 return {"open_transactions": _sqlite_open_transactions(own, engine.url.database)}
             if engine.dialect.name == "postgresql":
-                # Only sessions on this test's own database (the server is shared).
-                sql = (
-                    "SELECT pid, xact_start FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
-                )
-            else:
-                # Only connections using this test's own database (the server is shared),
-                # idle inside a transaction, as on PostgreSQL.
-                sql = (
-                    "SELECT t.trx_mysql_thread_id, t.trx_started"
-                    " FROM information_schema.innodb_trx t"
-                    " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
-                    " WHERE p.db = DATABASE() AND p.command = 'Sleep'"
-                    " AND t.trx_mysql_thread_id <> CONNECTION_ID()"
-                )
-            # Held open means still open, the same transaction, a moment later: a heartbeat
-            # caught between two of its statements is not counted. InnoDB serves innodb_trx
-            # from a cache refreshed at most every 0.1 s (shared by every session of the
-            # server), so the first sample waits past it: a stale one could miss a
-            # transaction opened just before this runner started.
-            time.sleep(0.3)
-            first = {tuple(row) for row in conn.exec_driver_sql(sql)}
-            conn.rollback()
-            time.sleep(0.3)
-            second = {tuple(row) for row in conn.exec_driver_sql(sql)}
-            return {"open_transactions": len(first & second)}
+                return {"open_transactions": _postgresql_open_transactions(conn)}
+            return {"open_transactions": _mariadb_open_transactions(conn)}
     finally:
         engine.dispose()
+
+
+def _postgresql_open_transactions(conn: Any) -> int:
+    """Sessions of this test's own database (the server is shared) idle inside the same
+    transaction at two samples 0.3 s apart, having run nothing in between (the same
+    ``state_change``): a heartbeat caught between two of its statements is not counted."""
+    sql = (
+        "SELECT pid, xact_start, state_change FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+    )
+    time.sleep(0.3)
+    first = {tuple(row) for row in conn.exec_driver_sql(sql)}
+    conn.rollback()
+    time.sleep(0.3)
+    second = {tuple(row) for row in conn.exec_driver_sql(sql)}
+    return len(first & second)
+
+
+def _mariadb_open_transactions(conn: Any) -> int:
+    """Connections of this test's own database (the server is shared) that stayed idle
+    inside a transaction from one sample to the next, 0.5 s later.
+
+    "Stayed idle": the processlist's ``TIME_MS`` (milliseconds in the current state) grew
+    by the whole time between the samples, so the connection ran no statement in between
+    and so neither ended its transaction nor began another. ``trx_started`` has whole
+    seconds only, so two short transactions of a busy connection (a heartbeat, a poll)
+    within one second look like one; a loaded machine that pauses such a connection
+    mid-transaction for a moment must not count either. InnoDB serves innodb_trx from a
+    cache refreshed at most every 0.1 s, so the first sample waits past it.
+    """
+    sql = (
+        "SELECT t.trx_mysql_thread_id, p.time_ms"
+        " FROM information_schema.innodb_trx t"
+        " JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id"
+        " WHERE p.db = DATABASE() AND p.command = 'Sleep'"
+        " AND t.trx_mysql_thread_id <> CONNECTION_ID()"
+    )
+    time.sleep(0.3)
+    first = {int(thread): float(idle) for thread, idle in conn.exec_driver_sql(sql)}
+    conn.rollback()
+    first_done = time.monotonic()
+    time.sleep(0.5)
+    second_sent = time.monotonic()
+    second = {int(thread): float(idle) for thread, idle in conn.exec_driver_sql(sql)}
+    # The server read the two processlists at least this far apart; a connection that ran
+    # a statement in between shows less idle time than that.
+    apart_ms = (second_sent - first_done) * 1000
+    return sum(1 for t in first.keys() & second.keys() if second[t] - first[t] >= apart_ms - 20)
 
 
 def _sqlite_open_transactions(own: Any, database: str | None) -> int:
@@ -282,3 +306,50 @@ def says_weather(ctx: StepContext) -> str:
     _count(ctx)
     ctx.log.info("weather for farm F002 collected")
     return "ok"
+
+
+def outcomes(ctx: StepContext) -> dict[str, str]:
+    """Returns what a final handler sees: each upstream step's status."""
+    _count(ctx)
+    return dict(ctx.upstream)
+
+
+def query_connection(ctx: StepContext) -> Any:
+    """Runs ``with.sql`` on the named connection ``with.connection`` via ``ctx.connections``."""
+    _count(ctx)
+    with ctx.connections[ctx.args["connection"]].connect() as conn:
+        return conn.exec_driver_sql(ctx.args["sql"]).scalar_one()
+
+
+barriers: dict[str, threading.Barrier] = {}
+
+
+def rendezvous(ctx: StepContext) -> str:
+    """Waits until ``with.parties`` steps sharing ``with.barrier`` are all inside at once:
+    it succeeds only if they run concurrently, however loaded the machine is."""
+    _count(ctx)
+    with _lock:
+        barrier = barriers.setdefault(
+            str(ctx.args["barrier"]), threading.Barrier(int(ctx.args["parties"]))
+        )
+    try:
+        barrier.wait(timeout=float(ctx.args.get("patience", 30)))
+    except threading.BrokenBarrierError:
+        raise DoNotRetry(f"{ctx.step} waited alone: the steps did not run concurrently") from None
+    return ctx.step
+
+
+abarriers: dict[str, asyncio.Barrier] = {}
+
+
+async def arendezvous(ctx: StepContext) -> dict[str, Any]:
+    """:func:`rendezvous` for ``async def`` runners: all of them on one event loop at once."""
+    _count(ctx)
+    barrier = abarriers.setdefault(
+        str(ctx.args["barrier"]), asyncio.Barrier(int(ctx.args["parties"]))
+    )
+    try:
+        await asyncio.wait_for(barrier.wait(), float(ctx.args.get("patience", 30)))
+    except TimeoutError:
+        raise DoNotRetry(f"{ctx.step} waited alone: the steps did not run concurrently") from None
+    return {"step": ctx.step, "async": True}

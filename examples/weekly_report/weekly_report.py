@@ -56,7 +56,9 @@ __all__ = [
     "collect_stats",
     "collect_weather",
     "job_log",
+    "job_name",
     "list_farms",
+    "log_outcomes",
     "report_week",
     "resolve_week",
     "run_report",
@@ -419,13 +421,18 @@ def step_log(
         item = f"{ctx.step}[{farm if farm is not None else ctx.map_index}]"
     with job_log(
         _engine(ctx, settings),
-        f"weekly_report.{ctx.step}",
+        job_name(ctx.step),
         instance_id=ctx.instance_id,
         week=week,
         secrets=secrets,
         item=item,
     ) as entry:
         yield entry
+
+
+def job_name(step: str) -> str:
+    """A step's job name in TS_INS_JOB_LOG: ``weekly_report.<step>``."""
+    return f"weekly_report.{step}"
 
 
 def _now() -> datetime:
@@ -1036,3 +1043,75 @@ def run_report(ctx: StepContext) -> Any:
 def alert_admin(ctx: StepContext) -> Any:
     """``stepline.notify:webhook`` (same ``with``), logged as a step."""
     return webhook(ctx)
+
+
+# -- the final handler: a row for every step outcome ----------------------------------------
+
+NOT_RUN = {
+    "skipped": ("SKIPPED", "not run: its trigger rule or condition did not hold"),
+    "upstream_failed": ("SKIPPED", "not run: an upstream step failed"),
+    "cancelled": ("CANCELLED", "not run: the instance was cancelled"),
+    "failed": ("FAILED", "failed before its runner started (stepline show <instance> says why)"),
+    "succeeded": ("SUCCESS", "succeeded"),
+}
+"""TS_INS_JOB_LOG's status (at most 10 characters) and message for a step's outcome, by
+Stepline status, for a step that left no row of its own."""
+
+
+@logged
+def log_outcomes(ctx: StepContext) -> dict[str, str]:
+    """The batch's final handler (``trigger_rule: all_done``, named by no step): it runs
+    once every other step ended, however, and completes TS_INS_JOB_LOG.
+
+    The steps that ran logged themselves (:func:`logged`); every other step (``skipped``,
+    ``upstream_failed``, or failed before its runner started, e.g. a ``with`` template that
+    could not be resolved) gets one row here: job ``weekly_report.<step>``, the instance id,
+    status SKIPPED/CANCELLED/FAILED and a message that starts with Stepline's own status.
+    Returns {step: status} of the steps it logged. Idempotent: a second attempt logs only
+    what the first left missing.
+    """
+    settings = WeeklySettings()
+    engine = _engine(ctx, settings)
+    resolved = ctx.results.get("resolve_week")
+    week = Week.from_result(resolved) if isinstance(resolved, Mapping) else None
+    names = {job_name(key): key for key in ctx.upstream}
+    with engine.begin() as conn:
+        logged_already = set(
+            conn.execute(
+                sa.select(TS_INS_JOB_LOG.c.job_name)
+                .where(
+                    TS_INS_JOB_LOG.c.instance_id == ctx.instance_id,
+                    TS_INS_JOB_LOG.c.job_name.in_(list(names)),
+                )
+                .distinct()
+            ).scalars()
+        )
+        missing = {
+            key: ctx.upstream[key] for name, key in names.items() if name not in logged_already
+        }
+        now = _now()
+        rows = [_not_run_row(ctx, key, status, week, now) for key, status in missing.items()]
+        if rows:
+            conn.execute(TS_INS_JOB_LOG.insert(), rows)
+    with current_entry() as entry:
+        entry.week = week
+        entry.rows = len(rows)
+        shown = ", ".join(f"{key} ({status})" for key, status in missing.items())
+        entry.message = f"logged {len(rows)} step(s) without a row: {shown or 'none'}"
+    return missing
+
+
+def _not_run_row(
+    ctx: StepContext, key: str, status: str, week: Week | None, now: datetime
+) -> dict[str, Any]:
+    logged_status, why = NOT_RUN.get(status, ("FAILED", "ended without a row of its own"))
+    return {
+        "job_name": job_name(key),
+        "instance_id": ctx.instance_id,
+        "period_type": week.period if week else None,
+        "period_start": week.start if week else None,
+        "status": logged_status,
+        "started_at": now,
+        "ended_at": now,
+        "message": f"{status}: {why}",
+    }

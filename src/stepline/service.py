@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from stepline.connections import Connections
 from stepline.core.definition import BatchDefinition
 from stepline.core.instance_params import instance_params
 from stepline.core.loader import load_definitions
@@ -25,7 +26,8 @@ from stepline.core.targets import is_python_target, load_python_definitions
 from stepline.dispatchers.base import Dispatcher, RemoteDispatcher
 from stepline.dispatchers.direct import DirectDispatcher
 from stepline.engine.alerts import alert_problems, deliver_alerts, deliver_in_background
-from stepline.engine.orchestrator import Backoff, Listener, Orchestrator
+from stepline.engine.backoff import Backoff
+from stepline.engine.orchestrator import Listener, Orchestrator
 from stepline.engine.remote import RemoteOrchestrator, dead_owners
 from stepline.engine.steplogs import configure_step_logs
 from stepline.errors import (
@@ -70,6 +72,7 @@ class Stepline:
         self._dispatcher = dispatcher
         self._listener = listener
         self._orchestrator: Orchestrator | None = None
+        self._connections: Connections | None = None
         self._lock = threading.Lock()
         self._backoff = Backoff(None)
 
@@ -119,7 +122,10 @@ class Stepline:
             )
         if self._orchestrator is None:
             dispatcher = self._dispatcher or DirectDispatcher(
-                self.settings.capacity, load=self.store.results_for
+                self.settings.capacity,
+                load=self.store.results_for,
+                statuses=self.store.statuses_for,
+                connections=self.connections,
             )
             self._orchestrator = Orchestrator(
                 self.store,
@@ -130,6 +136,17 @@ class Stepline:
             )
         return self._orchestrator
 
+    @property
+    def connections(self) -> Connections:
+        """The named business databases of this service's settings (``ctx.connections``),
+        created on first use and closed with the service."""
+        if self._connections is None:
+            try:
+                self._connections = Connections.from_settings(self.settings)
+            except ValueError as exc:
+                raise InvalidSetting(f"STEPLINE_CONNECTIONS__*: {exc}") from None
+        return self._connections
+
     def secrets(self) -> list[str]:
         """The secret values of settings and of the database URL in use, for redaction."""
         return list(self._secrets)
@@ -137,6 +154,8 @@ class Stepline:
     def close(self) -> None:
         if self._orchestrator is not None:
             self._orchestrator.close()
+        if self._connections is not None:
+            self._connections.dispose()
         self.store.dispose()
 
     def __enter__(self) -> Stepline:

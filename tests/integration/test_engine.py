@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 import fixture_runners as fr
 from databases import create_database, drop_database
 from stepline import DefinitionError, InstanceStatus, StepStatus, batch
 from stepline.service import Stepline
+from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StepResultRecord
 
 W = "fixture_runners:"
@@ -123,27 +125,33 @@ def test_wide_fan_in_runs_once(app: Stepline) -> None:
 
 
 def test_independent_branches_run_concurrently(app: Stepline) -> None:
-    start = time.monotonic()
+    """Each branch waits on a shared barrier until the other is running too: run one after
+    the other, the first would wait alone and fail. No wall-clock bound, so a loaded
+    machine makes it slower, never red."""
+    together = {"barrier": uuid.uuid4().hex, "parties": 2}
     final, rows = run(
         app,
         [
-            s("left", ["join"], sleep=1),
-            s("right", ["join"], sleep=1),
+            s("left", ["join"], runner="rendezvous", **together),
+            s("right", ["join"], runner="rendezvous", **together),
             s("join", runner="fan_in"),
         ],
     )
-    wall = time.monotonic() - start
-    assert final.status is InstanceStatus.SUCCEEDED
-    assert wall < 1.8, f"two 1 s branches took {wall:.2f} s: not concurrent"
+    assert final.status is InstanceStatus.SUCCEEDED, rows["left"].error or rows["right"].error
     left, right = rows["left"], rows["right"]
+    # The recorded running intervals (the runners' own start and end) overlap.
     assert left.started_at < right.finished_at and right.started_at < left.finished_at
+    assert rows["join"].result_payload == {
+        "seen": ["left", "right"],
+        "values": {"left": "left", "right": "right"},
+    }
 
 
 def test_async_runners_run_concurrently_on_the_event_loop(app: Stepline) -> None:
-    start = time.monotonic()
-    final, rows = run(app, [s(f"a{i}", runner="awork", sleep=0.5) for i in range(5)])
-    assert final.status is InstanceStatus.SUCCEEDED
-    assert time.monotonic() - start < 1.5
+    """Five async runners meet at one barrier: they must all be awaiting at once."""
+    together = {"barrier": uuid.uuid4().hex, "parties": 5}
+    final, rows = run(app, [s(f"a{i}", runner="arendezvous", **together) for i in range(5)])
+    assert final.status is InstanceStatus.SUCCEEDED, [r.error for r in rows.values()]
     assert all(r.result_payload["async"] for r in rows.values())
 
 
@@ -205,6 +213,51 @@ def test_failure_fails_dependants_and_instance_but_handlers_run(app: Stepline) -
     assert calls(final, "report") == calls(final, "publish") == 0
     assert calls(final, "alert") == calls(final, "cleanup") == 1
     assert "collect cannot succeed" in (rows["collect"].error or "")
+
+
+def test_a_final_handler_named_by_no_step_runs_last_and_sees_every_outcome(
+    app: Stepline,
+) -> None:
+    final, rows = run(
+        app,
+        [
+            s("start", ["collect", "optional"]),
+            s("collect", ["report"], fatal=True),
+            s("report"),
+            s("optional", condition="params.enabled"),
+            s("alert", trigger_rule="one_failed"),  # a failure watcher: the handler waits for it
+            s("job_log", runner="outcomes", trigger_rule="all_done"),  # in no next_steps
+        ],
+        params={"enabled": False},
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["job_log"].status is StepStatus.SUCCEEDED
+    assert rows["job_log"].result_payload == {
+        "start": "succeeded",
+        "collect": "failed",
+        "report": "upstream_failed",
+        "optional": "skipped",
+        "alert": "succeeded",
+    }
+    others = [r for key, r in rows.items() if key != "job_log" and r.finished_at is not None]
+    assert rows["job_log"].started_at >= max(r.finished_at for r in others)  # type: ignore[type-var]
+    assert calls(final, "job_log") == 1
+
+
+def test_runners_reach_the_services_named_connections(tmp_path: Path) -> None:
+    report = tmp_path / "report.db"
+    with sa.create_engine(f"sqlite:///{report}").begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE farm (id INTEGER)")
+        conn.exec_driver_sql("INSERT INTO farm VALUES (1), (2), (3)")
+    settings = Settings(connections={"Report": SecretStr(f"sqlite:///{report}")})
+    with Stepline(settings, db=f"sqlite:///{tmp_path / 'stepline.db'}") as service:
+        step = s("count", runner="query_connection", connection="report")
+        step["with"]["sql"] = "SELECT count(*) FROM farm"
+        final, rows = run(service, [step])
+        connections = service.connections
+    assert final.status is InstanceStatus.SUCCEEDED, rows["count"].error
+    assert rows["count"].result_payload == 3
+    assert connections.names() == ["report"]
 
 
 def test_handlers_are_skipped_when_nothing_fails(app: Stepline) -> None:

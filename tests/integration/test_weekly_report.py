@@ -280,7 +280,12 @@ def test_the_whole_pipeline_builds_the_report(
     assert values["WEATHER_DAYS"] == 7
     assert float(values["STAT_PIG_PRICE_AVG"]) == expected_price
     assert float(values["TEMP_MIN"]) < float(values["TEMP_AVG"]) < float(values["TEMP_MAX"])
-    assert logged[-1] == ("SP_INS_WEEK_MAIN", "SUCCESS")
+    # The final handler runs last: its own row, then one for the step that never ran.
+    assert logged[-3:] == [
+        ("SP_INS_WEEK_MAIN", "SUCCESS"),
+        ("weekly_report.job_log", "SUCCESS"),
+        ("weekly_report.alert_admin", "SKIPPED"),
+    ]
     # A row for every step outcome, each with the instance id.
     assert logged_outcomes(business, final.id) == Counter(
         {
@@ -291,6 +296,8 @@ def test_the_whole_pipeline_builds_the_report(
             ("weekly_report.check", "SUCCESS"): 1,
             ("weekly_report.run_report", "SUCCESS"): 1,
             ("SP_INS_WEEK_MAIN", "SUCCESS"): 1,
+            ("weekly_report.alert_admin", "SKIPPED"): 1,
+            ("weekly_report.job_log", "SUCCESS"): 1,
         }
     )
 
@@ -347,6 +354,9 @@ def test_failed_farms_alert_and_stop_then_retry_collects_only_them(
             ("weekly_report.collect_weather", "SUCCESS"): 3,
             ("weekly_report.collect_weather", "FAILED"): 3 * 3,
             ("weekly_report.alert_admin", "SUCCESS"): 1,
+            ("weekly_report.check", "SKIPPED"): 1,
+            ("weekly_report.run_report", "SKIPPED"): 1,
+            ("weekly_report.job_log", "SUCCESS"): 1,
         }
     )
     failed_farms = Counter(
@@ -450,6 +460,71 @@ def test_a_failing_procedure_is_logged_with_the_instance_id(
     assert outcomes[("weekly_report.run_report", "FAILED")] == 1
     assert outcomes[("SP_INS_WEEK_MAIN", "FAILED")] == 1
     assert outcomes[("weekly_report.alert_admin", "SUCCESS")] == 1
+
+
+def rows_of(engine: sa.Engine, instance_id: int) -> dict[str, list[tuple[str, str]]]:
+    """TS_INS_JOB_LOG rows of ``instance_id`` as {job: [(status, message)]}, in order."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for job, status, iid, message in job_log(engine):
+        assert iid == instance_id, (job, status, iid)
+        found.setdefault(job, []).append((status, message))
+    return found
+
+
+def _a_failing_collector_logs_every_outcome(app: Stepline, engine: sa.Engine, name: str) -> None:
+    stored = app.apply(load(name))
+    instance, _ = app.trigger(stored.name, {"base_date": BASE_DATE}, owned=True)
+    final = app.run_instance(instance.id)
+
+    assert final.status is InstanceStatus.FAILED
+    status = {k: r.status for (k, i), r in steps(app, final).items() if i < 0}
+    assert status == {
+        "resolve_week": StepStatus.SUCCEEDED,
+        "collect_stats": StepStatus.FAILED,
+        "list_farms": StepStatus.SUCCEEDED,
+        "collect_weather": StepStatus.SUCCEEDED,
+        "check": StepStatus.UPSTREAM_FAILED,
+        "run_report": StepStatus.UPSTREAM_FAILED,
+        "alert_admin": StepStatus.SUCCEEDED,
+        "job_log": StepStatus.SUCCEEDED,
+    }
+    rows = rows_of(engine, final.id)  # every row carries the instance id
+    assert {job for job in rows} == {f"weekly_report.{key}" for key in status}
+    assert {s for s, _ in rows["weekly_report.collect_stats"]} == {"FAILED"}
+    assert "401" in rows["weekly_report.collect_stats"][0][1]
+    assert "wrong-key" not in str(rows)  # secrets masked
+    assert [s for s, _ in rows["weekly_report.collect_weather"]] == ["SUCCESS"] * len(FARMS)
+    for key in ("resolve_week", "list_farms", "alert_admin", "job_log"):
+        assert [s for s, _ in rows[f"weekly_report.{key}"]] == ["SUCCESS"], key
+    for key in ("check", "run_report"):
+        assert rows[f"weekly_report.{key}"] == [
+            ("SKIPPED", "upstream_failed: not run: an upstream step failed")
+        ]
+    with engine.connect() as conn:
+        weeks = set(
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT period_start FROM TS_INS_JOB_LOG "
+                    "WHERE job_name IN ('weekly_report.check', 'weekly_report.run_report')"
+                )
+            ).scalars()
+        )
+    assert {str(w)[:10] for w in weeks} == {WEEK_START.isoformat()}
+
+
+def test_a_failing_collector_gives_every_step_outcome_a_row(
+    app: Stepline, business: sa.Engine, apis: Apis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEEKLY_STATS_KEY", "wrong-key")  # the statistics API answers 401
+    _a_failing_collector_logs_every_outcome(app, business, "weekly_report.yaml")
+
+
+def test_a_failing_collector_gives_every_step_outcome_a_row_on_sqlite(
+    tmp_path: Path, sqlite_business: sa.Engine, apis: Apis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEEKLY_STATS_KEY", "wrong-key")
+    with Stepline(db=f"sqlite:///{tmp_path / 'stepline.db'}") as app:
+        _a_failing_collector_logs_every_outcome(app, sqlite_business, "weekly_report_sqlite.yaml")
 
 
 def test_the_sqlite_variant_builds_the_same_report(

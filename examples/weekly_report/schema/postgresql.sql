@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS TS_INS_JOB_LOG (
     instance_id   BIGINT,
     period_type   VARCHAR(10),
     period_start  DATE,
-    status        VARCHAR(10)   NOT NULL,  -- RUNNING, SUCCESS, FAILED
+    status        VARCHAR(10)   NOT NULL,  -- RUNNING, SUCCESS, FAILED, or SKIPPED (never ran)
     started_at    TIMESTAMP     NOT NULL,
     ended_at      TIMESTAMP,
     rows_written  INTEGER,

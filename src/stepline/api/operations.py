@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from stepline.api.dependencies import ServiceDep
-from stepline.api.models import BATCH_NAME, ErrorResponse
-from stepline.api.routes import PROTECTED_RESPONSES
+from stepline.api.routes import (
+    MAX_ID,
+    NOT_FOUND_RESPONSES,
+    PROTECTED_RESPONSES,
+    BatchName,
+    InstanceId,
+    error_response,
+)
 from stepline.api.security import require_token
 from stepline.scheduling.backfill import backfill
 from stepline.stores.base import StoredDefinition
 
 __all__ = ["router"]
 
-MAX_ID = 2**63 - 1
-BatchName = Annotated[
-    str, Path(pattern=BATCH_NAME, description="The batch's name ([a-z0-9_-], 1-200).")
-]
-InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The instance's id.")]
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "model": ErrorResponse}
-
-
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such batch or instance")}
 router = APIRouter(dependencies=[Depends(require_token)], responses=PROTECTED_RESPONSES)
 
 
@@ -92,7 +86,7 @@ def _state(stored: StoredDefinition) -> BatchState:
 @router.post(
     "/api/batches/{name}/pause",
     response_model=BatchState,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND_RESPONSES,
     tags=["batches"],
     summary="Pause a batch",
 )
@@ -105,7 +99,7 @@ def pause_batch(name: BatchName, service: ServiceDep) -> BatchState:
 @router.post(
     "/api/batches/{name}/resume",
     response_model=BatchState,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND_RESPONSES,
     tags=["batches"],
     summary="Resume a paused batch",
 )
@@ -121,9 +115,9 @@ def resume_batch(name: BatchName, service: ServiceDep) -> BatchState:
     "/api/batches/{name}/backfill",
     response_model=BackfillResult,
     responses={
-        400: _error("The range is not valid or the batch has no cron schedule"),
-        409: _error("The batch is paused"),
-        **_NOT_FOUND,
+        400: error_response("The range is not valid or the batch has no cron schedule"),
+        409: error_response("The batch is paused"),
+        **NOT_FOUND_RESPONSES,
     },
     tags=["batches"],
     summary="Create the instances of past fire times",
@@ -153,7 +147,10 @@ def backfill_batch(
 @router.delete(
     "/api/batches/{name}",
     response_model=BatchDeleted,
-    responses={409: _error("Instances of the batch are queued or running"), **_NOT_FOUND},
+    responses={
+        409: error_response("Instances of the batch are queued or running"),
+        **NOT_FOUND_RESPONSES,
+    },
     tags=["batches"],
     summary="Delete a batch",
 )
@@ -173,7 +170,7 @@ def delete_batch(
 @router.get(
     "/api/instances/{instance_id}/logs",
     response_model=StepLogList,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND_RESPONSES,
     tags=["instances"],
     summary="What the runners of an instance logged",
 )

@@ -69,21 +69,23 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _error(description: str, model: object = ErrorResponse) -> dict[str, Any]:
+def error_response(description: str, model: object = ErrorResponse) -> dict[str, Any]:
     """An OpenAPI response entry; ``model`` is a response model or a union of them."""
     return {"description": description, "model": model}
 
 
 _PROTECTED: dict[int | str, dict[str, Any]] = {
-    400: _error("Body not parseable at all (not UTF-8, or nested too deeply)"),
-    401: _error("Missing or wrong 'Authorization: Bearer <token>'"),
-    403: _error("No token configured, and the request came from another machine or site"),
-    413: _error("Request body larger than the server's limit"),
-    422: _error("Invalid request: the message names the field", ValidationErrorResponse),
-    503: _error("Stepline's database is unavailable; try again later"),
+    400: error_response("Body not parseable at all (not UTF-8, or nested too deeply)"),
+    401: error_response("Missing or wrong 'Authorization: Bearer <token>'"),
+    403: error_response("No token configured, and the request came from another machine or site"),
+    413: error_response("Request body larger than the server's limit"),
+    422: error_response("Invalid request: the message names the field", ValidationErrorResponse),
+    503: error_response("Stepline's database is unavailable; try again later"),
 }
 PROTECTED_RESPONSES = _PROTECTED  # every router behind the token documents these
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such batch or instance")}
+NOT_FOUND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: error_response("No such batch or instance")
+}
 
 router = APIRouter(dependencies=[Depends(require_token)], responses=_PROTECTED)
 health_router = APIRouter()
@@ -129,8 +131,10 @@ _RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Idempotency-Key seen before: the instance it created",
         "model": InstanceAccepted,
     },
-    409: _error("The batch is busy and its on_busy is skip: recorded, not run", SkippedResponse),
-    **_NOT_FOUND,
+    409: error_response(
+        "The batch is busy and its on_busy is skip: recorded, not run", SkippedResponse
+    ),
+    **NOT_FOUND_RESPONSES,
 }
 
 
@@ -194,7 +198,7 @@ def list_batches(
 @router.get(
     "/api/batches/{name}",
     response_model=BatchDetail,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND_RESPONSES,
     tags=["batches"],
     summary="Show a batch's definition",
 )
@@ -207,7 +211,7 @@ def get_batch(name: BatchName, service: ServiceDep) -> BatchDetail:
     "/api/batches/{name}",
     response_model=BatchApplied,
     responses={
-        422: _error(
+        422: error_response(
             "Invalid definition (every problem is listed; nothing was stored) or request",
             DefinitionErrorResponse | ValidationErrorResponse,
         )
@@ -280,7 +284,7 @@ def list_instances(
 @router.get(
     "/api/instances/{instance_id}",
     response_model=InstanceDetail,
-    responses=_NOT_FOUND,
+    responses=NOT_FOUND_RESPONSES,
     tags=["instances"],
     summary="Show an instance and its step results",
 )
@@ -292,8 +296,8 @@ def get_instance(instance_id: InstanceId, service: ServiceDep) -> InstanceDetail
 
 
 _ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    409: _error("The instance's status does not allow it (the message says why)"),
-    **_NOT_FOUND,
+    409: error_response("The instance's status does not allow it (the message says why)"),
+    **NOT_FOUND_RESPONSES,
 }
 
 

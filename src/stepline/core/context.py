@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -33,4 +33,10 @@ class StepContext:
     """The map item, for a mapped step."""
     map_index: int = -1
     connections: Any = None
-    """Named business database connections from settings, when configured."""
+    """The named business databases (a ``stepline.connections.Connections``):
+    ``ctx.connections["report"]`` is the connection's SQLAlchemy engine. The engine always
+    sets it; None only in a context built by hand (``connections_for(ctx)`` then falls back
+    to the process-wide connections)."""
+    upstream: Mapping[str, str] = field(default_factory=dict)
+    """Each upstream step's status by key: ``succeeded``, ``failed``, ``skipped``,
+    ``upstream_failed`` or ``cancelled`` (what a handler after a failure needs to know)."""

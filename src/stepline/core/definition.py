@@ -192,25 +192,41 @@ _WATCHING = (TriggerRule.ONE_FAILED, TriggerRule.ALL_FAILED)
 
 
 def _graph_with_watchers(steps: Sequence[StepDefinition]) -> Graph:
-    """The DAG, where a failure handler that no step names watches the whole batch.
+    """The DAG, where a handler that no step names watches the whole batch.
 
     A step with trigger_rule one_failed/all_failed that is not in any next_steps (the
     SPEC's ``alert_admin``) would otherwise be a root with nothing to watch. It waits for
     every other step except its own descendants and the other watchers, and its rule is
     applied to them: "runs when any upstream step failed".
+
+    A step with trigger_rule all_done that no step names is a *final handler*: it waits for
+    every other step, the failure watchers included, except its own descendants and the
+    other final handlers and their descendants, and runs once they all ended, however
+    (a job log of every step outcome, a cleanup). Failure watchers do not watch final
+    handlers or their descendants, so the graph stays acyclic.
     """
     explicit = Graph.from_edges([(s.key, s.next_steps) for s in steps])
-    watchers = [
-        s.key for s in steps if s.trigger_rule in _WATCHING and not explicit.predecessors.get(s.key)
-    ]
-    if not watchers:
+    if len(steps) < 2:
         return explicit
+    unnamed = [s for s in steps if not explicit.predecessors.get(s.key)]
+    watchers = [s.key for s in unnamed if s.trigger_rule in _WATCHING]
+    finals = [s.key for s in unnamed if s.trigger_rule is TriggerRule.ALL_DONE]
+    if not watchers and not finals:
+        return explicit
+    after = set(finals).union(*(explicit.descendants(k) for k in finals))
     successors = {s.key: list(s.next_steps) for s in steps}
     for watcher in watchers:
         below = explicit.descendants(watcher)
         for s in steps:
-            if s.key != watcher and s.key not in below and s.key not in watchers:
-                successors[s.key].append(watcher)
+            if s.key == watcher or s.key in below or s.key in watchers or s.key in after:
+                continue
+            successors[s.key].append(watcher)
+    for final in finals:
+        below = explicit.descendants(final)
+        others = set().union(*(explicit.descendants(k) | {k} for k in finals if k != final))
+        for s in steps:
+            if s.key != final and s.key not in below and s.key not in others:
+                successors[s.key].append(final)
     return Graph.from_edges([(s.key, successors[s.key]) for s in steps])
 
 

@@ -10,14 +10,34 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
+from stepline.connections import Connections
 from stepline.dispatchers.base import Dispatcher, Report, StepWork
-from stepline.engine.execution import ResultLoader, is_async, outcome, run_async, run_sync
+from stepline.engine.execution import (
+    ResultLoader,
+    StatusLoader,
+    is_async,
+    outcome,
+    run_async,
+    run_sync,
+)
 
 
 class DirectDispatcher(Dispatcher):
-    def __init__(self, capacity: int = 32, load: ResultLoader | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = 32,
+        load: ResultLoader | None = None,
+        *,
+        statuses: StatusLoader | None = None,
+        connections: Connections | None = None,
+    ) -> None:
+        """``load`` and ``statuses`` read upstream results and statuses for a runner's
+        context (the store's ``results_for`` and ``statuses_for``); ``connections`` are the
+        runners' named databases (default: the process-wide ones)."""
         self.capacity = capacity
         self._load = load
+        self._statuses = statuses
+        self._connections = connections
         self._report: Report | None = None
         self._threads = _DaemonPool(capacity)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +94,9 @@ class DirectDispatcher(Dispatcher):
 
     def _run_thread(self, work: StepWork, report: Report) -> None:
         try:
-            result = run_sync(work, self._load)
+            result = run_sync(
+                work, self._load, statuses=self._statuses, connections=self._connections
+            )
         except BaseException as exc:  # an attempt must end with an outcome, whatever happens
             result = outcome(work, datetime.now(UTC), error=exc)
         report(result)
@@ -83,7 +105,9 @@ class DirectDispatcher(Dispatcher):
         started = datetime.now(UTC)
         key = (work.instance_id, work.claimed.row_id, work.claimed.attempt)
         try:
-            result = await run_async(work, self._load)
+            result = await run_async(
+                work, self._load, statuses=self._statuses, connections=self._connections
+            )
         except asyncio.CancelledError as exc:
             with self._lock:
                 abandoned = key in self._abandoned

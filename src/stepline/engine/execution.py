@@ -11,27 +11,30 @@ import inspect
 import json
 import re
 import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from stepline.connections import Connections, default_connections
 from stepline.core.context import DoNotRetry, StepContext
 from stepline.core.runners import Runner, resolve_runner
+from stepline.core.states import StepStatus
 from stepline.core.templates import has_templates, resolve
 from stepline.dispatchers.base import StepWork
 from stepline.engine import steplogs
+from stepline.engine.backoff import Backoff
 from stepline.engine.steplogs import AttemptLog, RunnerLogger
-from stepline.errors import StoreUnavailable
 from stepline.redact import remember_secrets, secret_values
 from stepline.stores.base import StepOutcome
 
 ResultLoader = Callable[[int, tuple[str, ...]], Mapping[str, Any]]
+StatusLoader = Callable[[int, tuple[str, ...]], Mapping[str, StepStatus]]
 
 _runners: dict[str, Runner] = {}
 _MAX_ERROR = 8000
-_LOAD_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
+_READ_PATIENCE = 30.0
+T = TypeVar("T")
 
 
 def runner_for(reference: str) -> Runner:
@@ -66,11 +69,30 @@ def _remember_params(params: Mapping[str, Any]) -> None:
 
 
 def build_context(
-    work: StepWork, load: ResultLoader | None, sink: AttemptLog | None = None
+    work: StepWork,
+    load: ResultLoader | None,
+    sink: AttemptLog | None = None,
+    *,
+    statuses: StatusLoader | None = None,
+    connections: Connections | None = None,
 ) -> StepContext:
+    """The context of ``work``'s attempt. ``load`` reads the upstream results the driver did
+    not pass; ``statuses`` the status of upstream steps that did not succeed (without it,
+    ``ctx.upstream`` names only the ones that succeeded); ``connections`` defaults to the
+    process-wide named connections."""
     results: Mapping[str, Any] = work.results
     if work.missing_results and load is not None:
-        results = {**results, **_load_patiently(load, work.instance_id, work.missing_results)}
+        missing = work.missing_results
+        loaded = _patiently(lambda: load(work.instance_id, missing))
+        results = {**results, **loaded}
+    upstream: dict[str, str] = {}
+    for key in (*work.results, *work.missing_results):
+        upstream[key] = StepStatus.SUCCEEDED.value if key in results else ""
+    unknown = [k for k, status in upstream.items() if not status]
+    if unknown and statuses is not None:
+        found = _patiently(lambda: statuses(work.instance_id, tuple(unknown)))
+        upstream.update({k: s.value for k, s in found.items() if k in upstream})
+    upstream = {k: status for k, status in upstream.items() if status}
     args: Mapping[str, Any] = work.step.args
     if args and has_templates(args):
         namespace = {"params": work.params, "results": results, "item": work.item}
@@ -97,20 +119,15 @@ def build_context(
         log=log,
         item=work.item,
         map_index=claimed.map_index,
+        connections=connections if connections is not None else default_connections(),
+        upstream=upstream,
     )
 
 
-def _load_patiently(
-    load: ResultLoader, instance_id: int, keys: tuple[str, ...]
-) -> Mapping[str, Any]:
-    """Upstream results, waiting out a passing database error (up to about 30 s) rather
-    than failing an attempt that has not started."""
-    for delay in _LOAD_DELAYS:
-        try:
-            return load(instance_id, keys)
-        except StoreUnavailable:
-            time.sleep(delay)
-    return load(instance_id, keys)
+def _patiently(read: Callable[[], T]) -> T:
+    """A read the runner needs before it starts, waiting out a passing database error (up
+    to about 30 s) rather than failing an attempt that has not started."""
+    return Backoff(_READ_PATIENCE).call(read)
 
 
 def outcome(
@@ -251,12 +268,18 @@ def _safe_text(text: object) -> str:
     return value
 
 
-def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
+def run_sync(
+    work: StepWork,
+    load: ResultLoader | None,
+    *,
+    statuses: StatusLoader | None = None,
+    connections: Connections | None = None,
+) -> StepOutcome:
     started = datetime.now(UTC)
     log = steplogs.capture(work.params)
     token = steplogs.active(log)
     try:
-        context = build_context(work, load, log)
+        context = build_context(work, load, log, statuses=statuses, connections=connections)
         value = runner_for(work.step.runner)(context)
         if inspect.isawaitable(value):
             raise TypeError(
@@ -270,12 +293,18 @@ def run_sync(work: StepWork, load: ResultLoader | None) -> StepOutcome:
     return outcome(work, started, value, log=log)
 
 
-async def run_async(work: StepWork, load: ResultLoader | None) -> StepOutcome:
+async def run_async(
+    work: StepWork,
+    load: ResultLoader | None,
+    *,
+    statuses: StatusLoader | None = None,
+    connections: Connections | None = None,
+) -> StepOutcome:
     started = datetime.now(UTC)
     log = steplogs.capture(work.params)
     token = steplogs.active(log)  # the task's own context: other tasks are not affected
     try:
-        context = build_context(work, load, log)
+        context = build_context(work, load, log, statuses=statuses, connections=connections)
         value = await runner_for(work.step.runner)(context)
     except asyncio.CancelledError:
         raise  # the dispatcher tells an abandoned attempt from one that cancelled itself

@@ -28,6 +28,7 @@ from stepline.dispatchers.base import Dispatcher, StepWork
 from stepline.engine import outcome_log
 from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import deliver_in_background
+from stepline.engine.backoff import Backoff, short_error
 from stepline.errors import Conflict, StoreUnavailable
 from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
 
@@ -42,36 +43,6 @@ def process_owner_id() -> str:
 
 _MIN_WAKE = 0.05
 _RESYNC_DELAY = 0.05
-
-
-class Backoff:
-    """Waits between attempts at a database that does not answer: 50 ms doubling to 5 s,
-    for at most ``patience`` seconds in a row, after which the last error is raised."""
-
-    def __init__(self, patience: float | None) -> None:
-        self.patience = patience
-        self.reset()
-
-    def reset(self) -> None:
-        self._delay = 0.05
-        self._since: float | None = None
-
-    def wait(self, error: BaseException) -> None:
-        now = time.monotonic()
-        if self._since is None:
-            self._since = now
-        if self.patience is not None and now - self._since >= self.patience:
-            raise error
-        log.warning(
-            "database unavailable; retrying", error=_short_error(error), in_seconds=self._delay
-        )
-        time.sleep(self._delay)
-        self._delay = min(self._delay * 2, 5.0)
-
-
-def _short_error(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    return text if len(text) <= 500 else text[:500] + "..."
 
 
 @dataclass(frozen=True)
@@ -469,7 +440,7 @@ class Orchestrator:
         log.warning(
             "the database refused a burst of outcomes; recording them one by one",
             instance_id=active.instance.id,
-            error=_short_error(error),
+            error=short_error(error),
         )
         for o in outcomes:
             if active.instance.id not in self._active:
@@ -488,7 +459,7 @@ class Orchestrator:
                 instance_id=active.instance.id,
                 step=o.step_key,
                 attempt=o.attempt,
-                error=_short_error(refused),
+                error=short_error(refused),
             )
             failed = replace(
                 o,
@@ -496,7 +467,7 @@ class Orchestrator:
                 payload=None,
                 retryable=False,
                 error=f"the result of attempt {o.attempt} could not be stored: "
-                f"{_short_error(refused)}",
+                f"{short_error(refused)}",
             )
             self._advance(active, [failed], split=False)
 

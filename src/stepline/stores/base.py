@@ -537,6 +537,10 @@ class Store(ABC):
         """Stored payloads of succeeded steps, by key; a mapped step gives its item list."""
 
     @abstractmethod
+    def statuses_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, StepStatus]:
+        """The status of each step of ``keys`` (a mapped step: the step's, not its items')."""
+
+    @abstractmethod
     def claim_alerts(
         self, holder: str, claim_seconds: float, *, instance_id: int | None = None
     ) -> list[PendingAlert]:

@@ -29,7 +29,7 @@ from stepline.stores.schema import (
 if TYPE_CHECKING:
     from stepline.stores.sqlalchemy import SqlAlchemyStore
 
-__all__ = ["audit", "find_instances", "record_audit", "step_overview"]
+__all__ = ["audit", "find_instances", "record_audit", "step_overview", "step_record"]
 
 BI = batch_instance
 R = batch_step_result
@@ -99,7 +99,8 @@ def audit(
         ]
 
 
-def _record(r: sa.Row[Any]) -> StepResultRecord:
+def step_record(r: sa.Row[Any]) -> StepResultRecord:
+    """A ``batch_step_result`` row as a record."""
     return StepResultRecord(
         r.id,
         r.batch_instance_id,
@@ -121,13 +122,13 @@ def step_overview(
     of_instance = R.c.batch_instance_id == instance_id
     with store._read() as conn:
         shown = [
-            _record(r)
+            step_record(r)
             for r in conn.execute(
                 sa.select(R).where(of_instance, R.c.map_index < first_items).order_by(R.c.id)
             )
         ]
         shown += [
-            _record(r)
+            step_record(r)
             for r in conn.execute(
                 sa.select(R)
                 .where(of_instance, R.c.map_index >= first_items, R.c.status.in_(_FAILED))

@@ -62,6 +62,7 @@ from stepline.stores.schema import (
     stepline_worker,
 )
 from stepline.stores.transaction import (
+    CHUNK,
     SqlInstanceTransaction,
     db_now,
     load_results,
@@ -807,17 +808,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         *,
         before: int | None = None,
     ) -> list[InstanceRecord]:
-        query = sa.select(BI).order_by(BI.c.id.desc()).limit(limit)
-        if before is not None:
-            query = query.where(BI.c.id < before)
-        if batch is not None:
-            query = query.join(batch_definition, batch_definition.c.id == BI.c.definition_id).where(
-                batch_definition.c.name == batch
-            )
-        if status is not None:
-            query = query.where(BI.c.status == status.value)
-        with self._read() as conn:
-            return [self._instance(conn, r) for r in conn.execute(query).all()]
+        query = InstanceQuery(batch=batch, status=status, before_id=before)
+        return listing.find_instances(self, query, limit)
 
     def find_instances(self, query: InstanceQuery, limit: int) -> list[InstanceRecord]:
         return listing.find_instances(self, query, limit)
@@ -846,22 +838,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     def step_results(self, instance_id: int) -> list[StepResultRecord]:
         query = sa.select(R).where(R.c.batch_instance_id == instance_id).order_by(R.c.id)
         with self._read() as conn:
-            return [
-                StepResultRecord(
-                    r.id,
-                    r.batch_instance_id,
-                    r.step_key,
-                    r.map_index,
-                    StepStatus(r.status),
-                    r.attempt,
-                    r.result_payload,
-                    r.error,
-                    r.started_at,
-                    r.finished_at,
-                    r.created_at,
-                )
-                for r in conn.execute(query).all()
-            ]
+            return [listing.step_record(r) for r in conn.execute(query).all()]
 
     def attempts(self, instance_id: int) -> list[AttemptRecord]:
         a = batch_step_attempt
@@ -888,6 +865,18 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
         with self._read() as conn:
             return load_results(conn, instance_id, keys)
+
+    def statuses_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, StepStatus]:
+        out: dict[str, StepStatus] = {}
+        with self._read() as conn:
+            for chunk in iter_chunks(list(keys), CHUNK):
+                query = sa.select(R.c.step_key, R.c.status).where(
+                    R.c.batch_instance_id == instance_id,
+                    R.c.step_key.in_(chunk),
+                    R.c.map_index == -1,  # a mapped step's own row holds the step's status
+                )
+                out.update({key: StepStatus(status) for key, status in conn.execute(query)})
+        return out
 
     # -- leases ---------------------------------------------------------------------------
 

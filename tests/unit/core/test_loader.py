@@ -13,6 +13,7 @@ import pytest
 import yaml
 from runners_fixture import Steps, check, collect_stats
 
+from stepline.core.dag import find_cycle, topological_order
 from stepline.core.definition import (
     BatchDefinition,
     MapSpec,
@@ -122,6 +123,34 @@ def assert_is_weekly_report(definition: BatchDefinition) -> None:
     }
     assert definition.step("alert_admin").trigger_rule is TriggerRule.ONE_FAILED
     assert definition.step("alert_admin").next_steps == ()
+
+
+def test_an_all_done_step_named_by_no_step_waits_for_every_other_step() -> None:
+    definition = parse_definition(
+        minimal(
+            s("a", "b"),
+            s("b"),
+            s("alert", trigger_rule="one_failed"),
+            s("log", "tidy", trigger_rule="all_done"),  # a final handler, with a successor
+            s("tidy"),
+            s("audit", trigger_rule="all_done"),  # a second final handler
+        ),
+        "demo.yaml",
+    )
+    graph = definition.graph
+    # Every step but its own descendants and the other final handlers (and theirs).
+    assert set(graph.predecessors["log"]) == {"a", "b", "alert"}
+    assert set(graph.predecessors["audit"]) == {"a", "b", "alert"}
+    # The failure watcher watches neither final handler nor what follows one.
+    assert set(graph.predecessors["alert"]) == {"a", "b"}
+    assert graph.predecessors["tidy"] == ("log",)
+    assert find_cycle(graph.successors) is None
+    assert topological_order(graph)[-3:] in (["log", "tidy", "audit"], ["log", "audit", "tidy"])
+
+
+def test_a_lone_all_done_step_is_a_root() -> None:
+    definition = parse_definition(minimal(s("only", trigger_rule="all_done")), "demo.yaml")
+    assert definition.graph.roots == ("only",)
 
 
 def test_spec_example_parses_with_importable_runners() -> None:
