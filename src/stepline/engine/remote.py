@@ -222,6 +222,9 @@ class StepJob:
         return definition
 
     def _item(self, instance: InstanceRecord, step: StepDefinition, claimed: ClaimedStep) -> Any:
+        return self._items_of(instance, step)[claimed.map_index]
+
+    def _items_of(self, instance: InstanceRecord, step: StepDefinition) -> list[Any]:
         assert step.map is not None
         key = (instance.id, step.key)
         items = self._items.get(key)
@@ -230,7 +233,16 @@ class StepJob:
                 self._items.clear()
             results = self._load(instance.id, (step.map.over,))
             items = self._items[key] = map_items(step, instance.params, results)
-        return items[claimed.map_index]
+        return items
+
+    def _labels(self, instance: InstanceRecord, definition: BatchDefinition, key: str) -> list[str]:
+        """The names of a mapped step's items, by map_index (see MapSpec.item_label)."""
+        step = definition.step(key)
+        assert step.map is not None
+        return [
+            step.map.item_label(item, index, instance.params)
+            for index, item in enumerate(self._items_of(instance, step))
+        ]
 
     def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
         started = datetime.now(UTC)
@@ -301,6 +313,7 @@ class StepJob:
                 params=instance.params,
                 running_items=tx.running_items([result.row_id]) if mapped else {},
                 handoff=True,
+                item_labels=lambda key: self._labels(instance, definition, key),
             )
         return [message_for(definition, instance.id, c) for c in done.claimed]
 
@@ -443,6 +456,7 @@ class RemoteOrchestrator(Orchestrator):
                     running_items=tx.running_items([o.row_id for o in outcomes]) if mapped else {},
                     settle_pending=active.settle_pending,
                     handoff=True,
+                    item_labels=lambda key: self._labels(active, key),
                 )
                 ended = done.final
         active.settle_pending = False
