@@ -35,8 +35,14 @@ from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
 from stepline.engine.advance import advance, map_items
 from stepline.engine.execution import build_context, is_async, outcome, runner_for
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
-from stepline.errors import Conflict
-from stepline.stores.base import ClaimedStep, InstanceRecord, RunningStep, StepOutcome, Store
+from stepline.stores.base import (
+    ClaimedStep,
+    InstanceRecord,
+    InstanceTransaction,
+    RunningStep,
+    StepOutcome,
+    Store,
+)
 
 log = structlog.get_logger("stepline.remote")
 
@@ -354,39 +360,17 @@ class RemoteOrchestrator(Orchestrator):
     def busy(self) -> bool:
         return False  # every attempt runs on a worker; nothing here to wait for
 
-    def adopt(
-        self, instance_id: int, *, takeover: bool = False, expected_owner: str | None = None
-    ) -> bool:
-        active = self._active.get(instance_id)
-        if active is not None:
-            self._advance(active, [])
-            return True
-        record = self.store.instance(instance_id)
-        if record.status.is_final:
-            return False
-        definition = self._definition(record)
-        with self.store.instance_transaction(instance_id) as tx:
-            current = tx.instance
-            if current.status.is_final:
-                return False
-            if takeover and current.owner_id != expected_owner:
-                return False
-            if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
-                raise Conflict(
-                    f"instance {instance_id} is being run by {current.owner_id}; "
-                    f"`stepline cancel {instance_id}` stops it"
-                )
-            tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
-        active = _Active(
-            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
-        )
-        self._active[instance_id] = active
-        active.settle_pending = True
-        self._advance(active, [])
-        if takeover and instance_id in self._active:
+    def _requeue_running(
+        self, tx: InstanceTransaction, definition: BatchDefinition, *, exclude_owner: str | None
+    ) -> list[str]:
+        """Nothing: running attempts belong to workers; :meth:`_sweep` turns those of dead
+        workers into lost attempts and sends again those no worker picked up."""
+        return []
+
+    def _taken_over(self, instance_id: int) -> None:
+        if instance_id in self._active:
             # Attempts a previous owner handed over may never have reached the broker.
             self._sweep([instance_id], resend_all=True)
-        return True
 
     def step_once(self) -> None:
         try:
