@@ -1,13 +1,15 @@
 """Stepline on Celery against raw Celery, on the same broker, in one run.
 
     python bench/celery.py [--broker redis://127.0.0.1:6379/12] [--processes 1 2]
-        [--pg postgresql+psycopg://postgres@127.0.0.1:5432] [--steps 2000]
+        [--pg postgresql+psycopg://postgres@127.0.0.1:5432] [--steps 2000] [--rounds 3]
 
 Fan-out: one root step, ``--steps`` no-op steps, one join step reading nothing; every step
 is claimed, picked up, recorded and advanced in PostgreSQL. Raw: the same number of no-op
 Celery tasks (acks_late, prefetch 1, no result backend, like Stepline's). Both run on a
-worker of N prefork processes started for the measure; the clock runs from the first
-message (for Stepline: the trigger) until the last task has run (the instance is final).
+worker of N prefork processes; both workers are up together (each on a queue of its own)
+and the two measures alternate, ``--rounds`` times, so a noisy machine weighs on both
+alike; the table shows medians. The clock runs from the first message (for Stepline: the
+trigger) until the last task has run (the instance is final).
 W3: two parallel 0.2 s steps, a join, a final step, on 2 processes: trigger to final as
 the waiting owner sees it, and as stored (``finished_at - created_at``).
 """
@@ -70,41 +72,47 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def raw(broker: str, processes: int, tasks: int, tmp: Path) -> float:
-    queue = f"raw-{uuid.uuid4().hex[:8]}"
-    done = tmp / f"raw-{processes}.done"
-    done.write_bytes(b"")
-    env = {
-        **os.environ,
-        "RAW_CELERY_BROKER": broker,
-        "RAW_CELERY_QUEUE": queue,
-        "RAW_CELERY_DONE": str(done),
-    }
-    log = tmp / f"raw-{processes}.log"
-    worker = start_worker(
-        [sys.executable, "-m", "celery", "-A", "raw_celery", "worker", "-c", str(processes),
-         "-P", "prefork", "-Q", queue, "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-l", "WARNING"],
-        env, log,
-    )  # fmt: skip
-    os.environ.update(env)
-    import raw_celery
+class Raw:
+    """A raw Celery worker of N processes, up for several measures."""
 
-    task = raw_celery.app.tasks["raw.noop"]
-    for _ in range(processes):  # warm-up: every process has run a task
-        task.apply_async(queue=queue)
-    wait_until(lambda: done.stat().st_size >= processes, worker, log)
-    done.write_bytes(b"")
-    try:
+    def __init__(self, broker: str, processes: int, tmp: Path) -> None:
+        self.queue = f"raw-{uuid.uuid4().hex[:8]}"
+        self.done = tmp / f"raw-{processes}.done"
+        self.done.write_bytes(b"")
+        env = {
+            **os.environ,
+            "RAW_CELERY_BROKER": broker,
+            "RAW_CELERY_QUEUE": self.queue,
+            "RAW_CELERY_DONE": str(self.done),
+        }
+        self.log = tmp / f"raw-{processes}.log"
+        self.worker = start_worker(
+            [sys.executable, "-m", "celery", "-A", "raw_celery", "worker", "-c", str(processes),
+             "-P", "prefork", "-Q", self.queue, "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-l", "WARNING"],
+            env, self.log,
+        )  # fmt: skip
+        os.environ.update(env)
+        import raw_celery
+
+        self.app = raw_celery.app
+        self.task = raw_celery.app.tasks["raw.noop"]
+        for _ in range(processes):  # warm-up: every process has run a task
+            self.task.apply_async(queue=self.queue)
+        wait_until(lambda: self.done.stat().st_size >= processes, self.worker, self.log)
+
+    def measure(self, tasks: int) -> float:
+        self.done.write_bytes(b"")
         start = time.perf_counter()
-        with raw_celery.app.producer_or_acquire() as producer:
+        with self.app.producer_or_acquire() as producer:
             for _ in range(tasks):
-                task.apply_async(producer=producer, queue=queue)
-        while done.stat().st_size < tasks:
+                self.task.apply_async(producer=producer, queue=self.queue)
+        while self.done.stat().st_size < tasks:
             time.sleep(0.005)
         return time.perf_counter() - start
-    finally:
-        stop(worker)
+
+    def stop(self) -> None:
+        stop(self.worker)
 
 
 def fresh_database(server: str) -> str:
@@ -196,6 +204,7 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measures (median)")
     parser.add_argument("--repeat", type=int, default=5, help="W3 runs (median)")
     args = parser.parse_args()
     tmp = RUNNERS
@@ -210,24 +219,32 @@ def main() -> None:
     )
     try:
         for processes in args.processes:
-            raw_wall = raw(args.broker, processes, args.steps, tmp)
             settings = Settings(
                 dispatcher="celery", broker_url=args.broker, queue=f"bench-{uuid.uuid4().hex[:8]}"
             )  # type: ignore[arg-type]
+            raw = Raw(args.broker, processes, tmp)
             worker = stepline_worker(settings, db, processes, tmp / f"stepline-{processes}.log")
+            raw_walls, walls = [], []
             try:
                 with Stepline(settings, db=db) as app:
                     fan_out(app, processes * 2)  # warm-up: every process has run a step
-                    wall, steps = fan_out(app, args.steps)
-                    rows = app.store.step_results(app.store.instances(limit=1)[0].id)
-                    assert len(rows) == steps and all(r.status == "succeeded" for r in rows)
+                    for _ in range(args.rounds):
+                        raw_walls.append(raw.measure(args.steps))
+                        wall, steps = fan_out(app, args.steps)
+                        walls.append(wall)
+                        rows = app.store.step_results(app.store.instances(limit=1)[0].id)
+                        assert len(rows) == steps and all(r.status == "succeeded" for r in rows)
                     w3_seen, w3_stored = w3(app, args.repeat) if processes >= 2 else (None, None)
             finally:
                 stop(worker)
+                raw.stop()
+            raw_wall, wall = statistics.median(raw_walls), statistics.median(walls)
             raw_rate, rate = args.steps / raw_wall, steps / wall
+            pairs = zip(raw_walls, walls, strict=True)
+            ratios = " ".join(f"{(steps / w) / (args.steps / r):.0%}" for r, w in pairs)
             print(
                 f"{processes:>9}  {raw_wall:>12.2f}  {raw_rate:>8.0f}  {wall:>10.2f}  {rate:>8.0f}"
-                f"  {rate / raw_rate:>6.0%}"
+                f"  {rate / raw_rate:>6.0%}  (rounds: {ratios})"
             )
             if w3_seen is not None:
                 print(

@@ -247,6 +247,24 @@ def test_a_mapped_step_runs_once_per_item_with_bounded_concurrency(app: Stepline
     assert rows["total"].result_payload["values"]["each"] == expected
 
 
+def test_a_failed_map_item_is_named_by_its_label(app: Stepline) -> None:
+    farms = [{"farm_id": f"F00{n}"} for n in range(1, 5)]
+    final, rows = run(
+        app,
+        [
+            s("list", ["each"], value=farms),
+            s(
+                "each",
+                runner="item_work",
+                fail_items=[farms[1], farms[3]],
+                map={"over": "list", "label": "{{ item.farm_id }}"},
+            ),
+        ],
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["each"].error == "2 of 4 items failed: each[F002], each[F004]"
+
+
 def _peak(spans: list[tuple[datetime | None, datetime | None]]) -> int:
     edges: list[tuple[datetime, int]] = []
     for start, end in spans:

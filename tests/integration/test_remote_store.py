@@ -15,7 +15,7 @@ import remote_runners as rr
 from stepline import InstanceStatus, StepStatus, batch
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage
 from stepline.engine.advance import advance
-from stepline.engine.remote import RemoteOrchestrator, StepJob, lost_outcome
+from stepline.engine.remote import Recorder, RemoteOrchestrator, StepJob, lost_outcome
 from stepline.service import Stepline
 from stepline.stores.base import StepOutcome
 from stepline.stores.sqlalchemy import SqlAlchemyStore
@@ -112,6 +112,34 @@ def test_the_worker_advances_the_dag_and_claims_successors_itself(store: SqlAlch
     assert job(iid, d.row_id, 1) == []
     assert store.instance(iid).status is InstanceStatus.SUCCEEDED
     assert len(outbox.sent) == 1, "the owner sent only the root"
+    owner.close()
+
+
+def test_outcomes_recorded_together_claim_the_fan_in_once(store: SqlAlchemyStore) -> None:
+    keys = [f"b{i}" for i in range(5)]
+    owner, outbox, iid = start(store, [step("a", keys), *(step(k, ["c"]) for k in keys), step("c")])
+    job = StepJob(store, "w:1:a")
+    (a,) = outbox.sent
+    siblings = job(iid, a.row_id, 1)
+    finished = [job.run(iid, m.row_id, m.attempt) for m in siblings]
+    assert job.run(iid, siblings[0].row_id, 1) is None, "a duplicate delivery ran"
+    ran = [f for f in finished if f is not None]
+    assert len(ran) == 5
+    # Three outcomes in one transaction: the fan-in still waits for the other two.
+    instance, definition = ran[0].instance, ran[0].definition
+    assert job.record(instance, definition, *(f.outcome for f in ran[:3])) == []
+    # The last two through a process's recorder thread, which sends what they claimed.
+    sent: list[StepMessage] = []
+    recorder = Recorder(job, sent.extend)
+    for f in ran[3:]:
+        recorder.put(f)
+    recorder.flush()
+    (c,) = sent
+    assert job(iid, c.row_id, c.attempt) == []
+    recorder.close()
+    final = store.instance(iid)
+    assert final.status is InstanceStatus.SUCCEEDED
+    assert [rr.calls(final.batch, k) for k in ["a", *keys, "c"]] == [1] * 7
     owner.close()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -54,24 +54,26 @@ def find_cycle(successors: Mapping[str, Sequence[str]]) -> list[str] | None:
     for start in successors:
         if colour[start] != white:
             continue
-        path: list[str] = []
-        stack: list[tuple[str, int]] = [(start, 0)]
+        colour[start] = grey
+        path = [start]
+        # One iterator per node on the path: each edge is looked at once (a step with
+        # thousands of successors must not rescan them for every child it returns from).
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter(successors[start]))]
         while stack:
-            node, index = stack.pop()
-            if index == 0:
-                colour[node] = grey
-                path.append(node)
-            nexts = [n for n in successors[node] if n in colour]
-            if index < len(nexts):
-                stack.append((node, index + 1))
-                nxt = nexts[index]
-                if colour[nxt] == grey:
+            node, nexts = stack[-1]
+            for nxt in nexts:
+                state = colour.get(nxt)
+                if state == grey:
                     return [*path[path.index(nxt) :], nxt]
-                if colour[nxt] == white:
-                    stack.append((nxt, 0))
+                if state == white:
+                    colour[nxt] = grey
+                    path.append(nxt)
+                    stack.append((nxt, iter(successors[nxt])))
+                    break
             else:
                 colour[node] = black
                 path.pop()
+                stack.pop()
     return None
 
 

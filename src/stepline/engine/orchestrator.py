@@ -30,7 +30,13 @@ from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import deliver_in_background
 from stepline.engine.backoff import Backoff, short_error
 from stepline.errors import Conflict, StoreUnavailable
-from stepline.stores.base import InstanceRecord, StepOutcome, Store, StoredDefinition
+from stepline.stores.base import (
+    InstanceRecord,
+    InstanceTransaction,
+    StepOutcome,
+    Store,
+    StoredDefinition,
+)
 
 log = structlog.get_logger("stepline.orchestrator")
 
@@ -211,12 +217,37 @@ class Orchestrator:
         if record.status.is_final:
             return False
         definition = self._definition(record)
+        current = self._take_ownership(
+            instance_id, definition, takeover=takeover, expected_owner=expected_owner
+        )
+        if current is None:
+            return False
+        active = _Active(
+            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
+        )
+        self._active[instance_id] = active
+        active.settle_pending = True
+        self._advance(active, [])
+        if takeover:
+            self._taken_over(instance_id)
+        return True
+
+    def _take_ownership(
+        self,
+        instance_id: int,
+        definition: BatchDefinition,
+        *,
+        takeover: bool,
+        expected_owner: str | None,
+    ) -> InstanceRecord | None:
+        """Make this process the instance's owner, in one transaction; the instance as it
+        was before, or None if it is final or (``takeover``) changed hands since."""
         with self.store.instance_transaction(instance_id) as tx:
             current = tx.instance
             if current.status.is_final:
-                return False
+                return None
             if takeover and current.owner_id != expected_owner:
-                return False  # someone recovered it first
+                return None  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
                 raise Conflict(
                     f"instance {instance_id} is being run by {current.owner_id}",
@@ -225,19 +256,23 @@ class Orchestrator:
             tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
             # Taking back one of its own that it does not drive: none of its steps run here.
             ours = takeover and expected_owner == self.owner
-            requeued = tx.requeue_running(
-                exclude_owner=None if ours else self.owner,
-                exclude_keys=[s.key for s in definition.steps if s.map is not None],
-            )
+            exclude = None if ours else self.owner
+            requeued = self._requeue_running(tx, definition, exclude_owner=exclude)
         if requeued:
             log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
-        active = _Active(
-            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
+        return current
+
+    def _requeue_running(
+        self, tx: InstanceTransaction, definition: BatchDefinition, *, exclude_owner: str | None
+    ) -> list[str]:
+        """Steps a previous owner left running run again here as a new attempt."""
+        return tx.requeue_running(
+            exclude_owner=exclude_owner,
+            exclude_keys=[s.key for s in definition.steps if s.map is not None],
         )
-        self._active[instance_id] = active
-        active.settle_pending = True
-        self._advance(active, [])
-        return True
+
+    def _taken_over(self, instance_id: int) -> None:
+        """After a recovery took the instance over: nothing more to do here."""
 
     def step_once(self) -> None:
         """Wait for outcomes (or the next deadline) and process them once."""

@@ -21,11 +21,12 @@ import asyncio
 import os
 import queue
 import socket
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -35,14 +36,31 @@ from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
 from stepline.engine.advance import advance, map_items
 from stepline.engine.execution import build_context, is_async, outcome, runner_for
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
-from stepline.errors import Conflict
-from stepline.stores.base import ClaimedStep, InstanceRecord, RunningStep, StepOutcome, Store
+from stepline.stores.base import (
+    ClaimedStep,
+    InstanceRecord,
+    InstanceTransaction,
+    RunningStep,
+    StepOutcome,
+    Store,
+)
 
 log = structlog.get_logger("stepline.remote")
 
 MAX_CLAIM = 100_000
 """Steps one transaction may hand to the broker: the broker queues what workers cannot
 take yet, so the only bound is the size of one transaction."""
+
+
+class Finished(NamedTuple):
+    """An attempt a worker ran, not yet recorded."""
+
+    instance: InstanceRecord
+    definition: BatchDefinition
+    outcome: StepOutcome
+
+
+_MISSING = object()
 
 
 def message_for(definition: BatchDefinition, instance_id: int, claimed: ClaimedStep) -> StepMessage:
@@ -148,9 +166,24 @@ class StepJob:
         *,
         timeouts: tuple[type[BaseException], ...] = (),
     ) -> list[StepMessage]:
-        """Run the attempt if this delivery is the first to pick it up; return the claimed
-        successors to send. ``timeouts`` are the exceptions that mean the attempt ran out
-        of time (the worker's soft time limit)."""
+        """Run the attempt if this delivery is the first to pick it up, record it; return
+        the claimed successors to send. ``timeouts`` are the exceptions that mean the
+        attempt ran out of time (the worker's soft time limit)."""
+        finished = self.run(instance_id, row_id, attempt, timeouts=timeouts)
+        if finished is None:
+            return []
+        return self.record(*finished)
+
+    def run(
+        self,
+        instance_id: int,
+        row_id: int,
+        attempt: int,
+        *,
+        timeouts: tuple[type[BaseException], ...] = (),
+    ) -> Finished | None:
+        """Pick the attempt up and run it; None if another delivery took it first (or it
+        ended, or a newer attempt superseded it). Nothing is recorded yet."""
         picked = self.store.pickup(row_id, attempt, self.owner)
         if picked is None:
             log.info(
@@ -159,7 +192,7 @@ class StepJob:
                 row_id=row_id,
                 attempt=attempt,
             )
-            return []
+            return None
         instance_id, claimed = picked
         instance = self._instance(instance_id)
         definition = self._definition(instance)
@@ -183,7 +216,7 @@ class StepJob:
             result = timed_out(work, started)
         except Exception as exc:
             result = outcome(work, started, error=exc)
-        return self.record(instance, definition, result)
+        return Finished(instance, definition, result)
 
     def _instance(self, instance_id: int) -> InstanceRecord:
         """Batch, version and params of an instance never change: read once per process."""
@@ -197,9 +230,11 @@ class StepJob:
     def _load(self, instance_id: int, keys: tuple[str, ...]) -> dict[str, Any]:
         """Upstream results; a succeeded step's result never changes, so each is read once
         per process (a retry in place resets only steps that did not succeed)."""
-        found = {
-            k: self._results[(instance_id, k)] for k in keys if (instance_id, k) in self._results
-        }
+        found: dict[str, Any] = {}
+        for k in keys:  # .get: the recorder's thread may clear the cache meanwhile
+            value = self._results.get((instance_id, k), _MISSING)
+            if value is not _MISSING:
+                found[k] = value
         missing = [k for k in keys if k not in found]
         if missing:
             loaded = self.store.results_for(instance_id, missing)
@@ -222,6 +257,9 @@ class StepJob:
         return definition
 
     def _item(self, instance: InstanceRecord, step: StepDefinition, claimed: ClaimedStep) -> Any:
+        return self._items_of(instance, step)[claimed.map_index]
+
+    def _items_of(self, instance: InstanceRecord, step: StepDefinition) -> list[Any]:
         assert step.map is not None
         key = (instance.id, step.key)
         items = self._items.get(key)
@@ -230,7 +268,16 @@ class StepJob:
                 self._items.clear()
             results = self._load(instance.id, (step.map.over,))
             items = self._items[key] = map_items(step, instance.params, results)
-        return items[claimed.map_index]
+        return items
+
+    def _labels(self, instance: InstanceRecord, definition: BatchDefinition, key: str) -> list[str]:
+        """The names of a mapped step's items, by map_index (see MapSpec.item_label)."""
+        step = definition.step(key)
+        assert step.map is not None
+        return [
+            step.map.item_label(item, index, instance.params)
+            for index, item in enumerate(self._items_of(instance, step))
+        ]
 
     def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
         started = datetime.now(UTC)
@@ -252,16 +299,30 @@ class StepJob:
         return outcome(work, started, value)
 
     def record(
-        self, instance: InstanceRecord, definition: BatchDefinition, result: StepOutcome
+        self, instance: InstanceRecord, definition: BatchDefinition, *results: StepOutcome
     ) -> list[StepMessage]:
-        """Record and advance in one transaction, retried until the database takes it.
+        """Record outcomes of one instance and advance it in one transaction, retried until
+        the database takes it; return the claimed successors to send.
 
-        A result the database refuses three times is recorded as the step's failure.
+        A group the database refuses is recorded one outcome at a time, and a result the
+        database refuses three times is recorded as the step's failure.
         """
+        if len(results) > 1:
+            try:
+                return self._record(instance, definition, results)
+            except Exception as exc:
+                log.warning(
+                    "could not record a group of step outcomes; recording them one by one",
+                    instance_id=instance.id,
+                    steps=len(results),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            return [m for r in results for m in self.record(instance, definition, r)]
+        (result,) = results
         delay, tries = 0.2, 0
         while True:
             try:
-                return self._record(instance, definition, result)
+                return self._record(instance, definition, [result])
             except Exception as exc:
                 tries += 1
                 log.warning(
@@ -282,7 +343,7 @@ class StepJob:
                 delay = min(delay * 2, 5.0)
 
     def _record(
-        self, instance: InstanceRecord, definition: BatchDefinition, result: StepOutcome
+        self, instance: InstanceRecord, definition: BatchDefinition, results: Sequence[StepOutcome]
     ) -> list[StepMessage]:
         mapped = any(s.map is not None for s in definition.steps)
         with self.store.instance_transaction(instance.id, instance) as tx:
@@ -291,7 +352,7 @@ class StepJob:
             done = advance(
                 tx,
                 definition,
-                [result],
+                results,
                 owner=self.owner,
                 now=datetime.now(UTC),
                 slots=0 if tx.instance.cancel_requested else MAX_CLAIM,
@@ -299,10 +360,82 @@ class StepJob:
                 results={},
                 idle=True,
                 params=instance.params,
-                running_items=tx.running_items([result.row_id]) if mapped else {},
+                running_items=tx.running_items([r.row_id for r in results]) if mapped else {},
                 handoff=True,
+                item_labels=lambda key: self._labels(instance, definition, key),
             )
         return [message_for(definition, instance.id, c) for c in done.claimed]
+
+
+class Recorder:
+    """Records what a worker process ran, in a thread of its own, so the process goes on
+    to its next message while the database commits.
+
+    Outcomes that finish while one transaction commits are recorded together in the next
+    (one transaction, one commit and one row lock of the instance for the group, like the
+    direct dispatcher's ``step_once``); the successors they claimed are sent after the
+    commit, in one go. A process that dies before its outcomes are recorded leaves their
+    attempts ``running`` under its owner id, so the instance's owner records them as lost
+    attempts and they run again, as for a process killed in the middle of a step.
+    """
+
+    def __init__(
+        self,
+        job: StepJob,
+        send: Callable[[Sequence[StepMessage]], None],
+        *,
+        group: int = 500,
+        backlog: int = 2000,
+    ) -> None:
+        self.job = job
+        self.send = send
+        self.group = group
+        self.backlog = backlog
+        self._queue: queue.Queue[Finished | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="stepline-recorder", daemon=True)
+        self._thread.start()
+
+    def put(self, finished: Finished) -> None:
+        """Hand an outcome over; waits while the database is far behind (back pressure)."""
+        self._queue.put(finished)
+        while self._queue.qsize() > self.backlog and self._thread.is_alive():
+            time.sleep(0.01)
+
+    def flush(self) -> None:
+        """Wait until everything handed over is recorded and its successors sent."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            taken = [self._queue.get()]
+            while len(taken) < self.group:
+                try:
+                    taken.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._record([f for f in taken if f is not None])
+            finally:
+                for _ in taken:
+                    self._queue.task_done()
+            if None in taken:
+                return
+
+    def _record(self, finished: list[Finished]) -> None:
+        groups: dict[int, list[Finished]] = {}
+        for f in finished:
+            groups.setdefault(f.instance.id, []).append(f)
+        for group in groups.values():
+            instance, definition = group[0].instance, group[0].definition
+            try:
+                messages = self.job.record(instance, definition, *(f.outcome for f in group))
+                self.send(messages)
+            except Exception:  # the thread must live on; the owner sweeps what is stuck
+                log.exception("could not record step outcomes", instance_id=instance.id)
 
 
 class RemoteOrchestrator(Orchestrator):
@@ -341,39 +474,17 @@ class RemoteOrchestrator(Orchestrator):
     def busy(self) -> bool:
         return False  # every attempt runs on a worker; nothing here to wait for
 
-    def adopt(
-        self, instance_id: int, *, takeover: bool = False, expected_owner: str | None = None
-    ) -> bool:
-        active = self._active.get(instance_id)
-        if active is not None:
-            self._advance(active, [])
-            return True
-        record = self.store.instance(instance_id)
-        if record.status.is_final:
-            return False
-        definition = self._definition(record)
-        with self.store.instance_transaction(instance_id) as tx:
-            current = tx.instance
-            if current.status.is_final:
-                return False
-            if takeover and current.owner_id != expected_owner:
-                return False
-            if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
-                raise Conflict(
-                    f"instance {instance_id} is being run by {current.owner_id}; "
-                    f"`stepline cancel {instance_id}` stops it"
-                )
-            tx.set_instance(InstanceStatus.RUNNING, owner=self.owner)
-        active = _Active(
-            replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
-        )
-        self._active[instance_id] = active
-        active.settle_pending = True
-        self._advance(active, [])
-        if takeover and instance_id in self._active:
+    def _requeue_running(
+        self, tx: InstanceTransaction, definition: BatchDefinition, *, exclude_owner: str | None
+    ) -> list[str]:
+        """Nothing: running attempts belong to workers; :meth:`_sweep` turns those of dead
+        workers into lost attempts and sends again those no worker picked up."""
+        return []
+
+    def _taken_over(self, instance_id: int) -> None:
+        if instance_id in self._active:
             # Attempts a previous owner handed over may never have reached the broker.
             self._sweep([instance_id], resend_all=True)
-        return True
 
     def step_once(self) -> None:
         try:
@@ -443,6 +554,7 @@ class RemoteOrchestrator(Orchestrator):
                     running_items=tx.running_items([o.row_id for o in outcomes]) if mapped else {},
                     settle_pending=active.settle_pending,
                     handoff=True,
+                    item_labels=lambda key: self._labels(active, key),
                 )
                 ended = done.final
         active.settle_pending = False

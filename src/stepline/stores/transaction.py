@@ -124,6 +124,10 @@ _ADD_ITEM = HotStatement(
     " VALUES (:iid, :key, :i, 'queued', 0, 1, :now, 0)",
     times=["now"],
 )
+_RESULTS = HotStatement(
+    "SELECT step_key, result_payload FROM batch_step_result WHERE batch_instance_id = :iid"
+    " AND step_key IN :keys AND map_index = -1 AND status = 'succeeded'"
+)
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
@@ -183,6 +187,13 @@ def db_now(conn: Connection) -> datetime:
 
 def load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if conn.dialect.name == "postgresql":
+        # psycopg decodes JSONB itself: on the driver's cursor a fan-in's thousands of
+        # upstream results load several times faster than through Core's result rows.
+        for chunk in iter_chunks(list(keys), CHUNK):
+            params = {"iid": instance_id, "keys": list(chunk)}
+            out.update(_RESULTS.run(conn, params).fetchall())
+        return out
     for chunk in iter_chunks(list(keys), CHUNK):
         query = (
             sa.select(R.c.step_key, R.c.map_index, R.c.result_payload)
@@ -208,6 +219,9 @@ class SqlInstanceTransaction(InstanceTransaction):
         self.instance = instance
         self.id = instance.id
         self._ready: dict[str, tuple[int, int, int]] = {}
+        self._waiting: set[str] = set()
+        """Steps this transaction saw pending with upstream steps left: unfinished, unless
+        it decides them itself (mark, start, cancel)."""
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
         updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
@@ -287,6 +301,8 @@ class SqlInstanceTransaction(InstanceTransaction):
                     if left <= 0:
                         self._ready[key] = (row_id, attempt, first)
                         ready.append(key)
+                    else:
+                        self._waiting.add(key)
         if returning:
             return ready
         for chunk in iter_chunks(list(counts), CHUNK):
@@ -300,6 +316,7 @@ class SqlInstanceTransaction(InstanceTransaction):
     def start(
         self, keys: Sequence[str], limit: int, owner: str | None, *, now: datetime
     ) -> list[ClaimedStep]:
+        self._waiting.difference_update(keys)
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
         for chunk in iter_chunks(run, CHUNK):
@@ -343,6 +360,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         return load_results(self.conn, self.id, keys)
 
     def mark(self, keys: Sequence[str], status: StepStatus, *, error: str | None = None) -> None:
+        self._waiting.difference_update(keys)
         values: dict[str, Any] = {"status": status.value}
         if status.is_final:
             values.update(finished_at=utcnow(), error=error)
@@ -611,6 +629,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         )
 
     def cancel_unfinished(self) -> list[str]:
+        self._waiting.clear()
         final = [s.value for s in StepStatus if s.is_final]
         keys = list(
             self.conn.execute(
@@ -646,6 +665,8 @@ class SqlInstanceTransaction(InstanceTransaction):
         return expires is not None and expires > db_now(self.conn)
 
     def has_unfinished(self) -> bool:
+        if self._waiting:
+            return True  # a step still waiting for its upstream: no need to ask
         # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
         # the final ones scanned every finished row of the instance.
         unfinished = [s.value for s in StepStatus if not s.is_final]
