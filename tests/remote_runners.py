@@ -92,3 +92,13 @@ def item_work(ctx: StepContext) -> Any:
 
 def noop(ctx: StepContext) -> None:
     return None
+
+
+def talk(ctx: StepContext) -> dict[str, str]:
+    """Log through ctx.log and Python logging; return what ctx.upstream says."""
+    import logging
+
+    record(ctx.batch, ctx.step)
+    ctx.log.info("fetching https://api.example/stats?token=hunter2-secret")
+    logging.getLogger("farm.client").warning("slow answer from %s", "weather")
+    return dict(ctx.upstream)

@@ -113,7 +113,6 @@ def test_fan_in_runs_once_after_all_predecessors(app: Stepline) -> None:
 
 
 def test_independent_branches_run_concurrently(app: Stepline) -> None:
-    start = time.monotonic()
     final, rows = run(
         app,
         [
@@ -122,9 +121,9 @@ def test_independent_branches_run_concurrently(app: Stepline) -> None:
             s("join", runner="fan_in"),
         ],
     )
-    wall = time.monotonic() - start
     assert final.status is InstanceStatus.SUCCEEDED
-    assert wall < 1.9, f"two 1 s branches took {wall:.2f} s: not concurrent"
+    # The stored running intervals overlap: each branch started before the other ended.
+    # (No wall-clock bound: on a loaded machine a worker may start late, not serially.)
     left, right = rows["left"], rows["right"]
     assert left.started_at < right.finished_at and right.started_at < left.finished_at
 
@@ -263,6 +262,28 @@ def test_a_failed_map_item_is_named_by_its_label(app: Stepline) -> None:
     )
     assert final.status is InstanceStatus.FAILED
     assert rows["each"].error == "2 of 4 items failed: each[F002], each[F004]"
+
+
+def test_a_runner_s_log_and_its_upstream_outcomes_are_kept_on_every_dispatcher(
+    app: Stepline,
+) -> None:
+    """What a runner logs (ctx.log and Python logging) is stored with its attempt, redacted,
+    and ctx.upstream names upstream steps that did not succeed, wherever the runner runs."""
+    final, rows = run(
+        app,
+        [
+            s("ok", ["last"]),
+            s("broken", ["last"], fatal=True),
+            s("last", runner="talk", trigger_rule="all_done"),
+        ],
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["last"].result_payload == {"ok": "succeeded", "broken": "failed"}
+    (stored,) = app.store.step_logs(final.id, "last")
+    assert "fetching https://api.example/stats?token=" in stored.text
+    assert "hunter2-secret" not in stored.text
+    assert "slow answer from weather" in stored.text
+    assert stored.attempt == 1
 
 
 def _peak(spans: list[tuple[datetime | None, datetime | None]]) -> int:

@@ -160,7 +160,7 @@ def outcome(
         codes = error_identifiers(error)
     text, truncated = log.text() if log is not None else (None, False)
     if text is not None:
-        text = _safe_text(text)
+        text = safe_text(text)
     return StepOutcome(
         row_id=claimed.row_id,
         step_key=claimed.step_key,
@@ -225,7 +225,7 @@ def encode_result(value: Any, max_bytes: int | None = None) -> str:
         ) from None
     except Exception as exc:  # a __str__ or a dict key that raises: still the value's fault
         raise UnstorableResult(
-            f"returned a value that could not be encoded as JSON: {_safe_text(exc)}"
+            f"returned a value that could not be encoded as JSON: {safe_text(exc)}"
         ) from None
     size = len(payload)
     if not payload.isascii():
@@ -256,10 +256,10 @@ def describe(error: BaseException) -> str:
         text = head = f"{type(error).__name__}: <the error's message could not be shown>"
     if len(text) > _MAX_ERROR:
         text = text[: _MAX_ERROR // 2] + "\n...\n" + text[-_MAX_ERROR // 2 :]
-    return _safe_text(f"{head}\n{text}")
+    return safe_text(f"{head}\n{text}")
 
 
-def _safe_text(text: object) -> str:
+def safe_text(text: object) -> str:
     value = str(text)
     if "\x00" in value:
         value = value.replace("\x00", "\\x00")

@@ -33,9 +33,17 @@ import structlog
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
+from stepline.engine import steplogs
 from stepline.engine.advance import advance, map_items
-from stepline.engine.execution import build_context, is_async, outcome, runner_for
+from stepline.engine.execution import (
+    build_context,
+    is_async,
+    outcome,
+    runner_for,
+    safe_text,
+)
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
+from stepline.engine.steplogs import AttemptLog
 from stepline.stores.base import (
     ClaimedStep,
     InstanceRecord,
@@ -124,9 +132,10 @@ def lost_outcome(step: StepDefinition, running: RunningStep, now: datetime) -> S
     )
 
 
-def timed_out(work: StepWork, started: datetime) -> StepOutcome:
+def timed_out(work: StepWork, started: datetime, log: AttemptLog | None = None) -> StepOutcome:
     assert work.step.timeout is not None
     claimed = work.claimed
+    text, truncated = log.text() if log is not None else (None, False)
     return StepOutcome(
         row_id=claimed.row_id,
         step_key=claimed.step_key,
@@ -140,6 +149,8 @@ def timed_out(work: StepWork, started: datetime) -> StepOutcome:
         finished_at=datetime.now(UTC),
         first_attempt=claimed.first_attempt,
         error_codes=("TimeoutError",),
+        log=safe_text(text) if text is not None else None,
+        log_truncated=truncated,
     )
 
 
@@ -280,9 +291,13 @@ class StepJob:
         ]
 
     def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
+        """Run the attempt as the direct dispatcher does: its log captured and stored with
+        its outcome, ``ctx.upstream`` naming upstream steps that did not succeed."""
         started = datetime.now(UTC)
+        log = steplogs.capture(work.params)
+        token = steplogs.active(log)
         try:
-            context = build_context(work, self._load)
+            context = build_context(work, self._load, log, statuses=self.store.statuses_for)
             runner = runner_for(work.step.runner)
             if not is_async(work.step.runner):
                 value = runner(context)
@@ -291,12 +306,14 @@ class StepJob:
                 try:
                     value = asyncio.run(asyncio.wait_for(runner(context), seconds))
                 except TimeoutError:
-                    return timed_out(work, started)
+                    return timed_out(work, started, log)
         except timeouts:
-            return timed_out(work, started)
+            return timed_out(work, started, log)
         except BaseException as exc:  # SystemExit in a runner must still end its attempt
-            return outcome(work, started, error=exc)
-        return outcome(work, started, value)
+            return outcome(work, started, error=exc, log=log)
+        finally:
+            steplogs.release(token)
+        return outcome(work, started, value, log=log)
 
     def record(
         self, instance: InstanceRecord, definition: BatchDefinition, *results: StepOutcome
