@@ -30,27 +30,44 @@ class HotStatement:
         self.sql = sql
         self.json = frozenset(json)
         self.times = frozenset(times)
-        self._typed: sa.TextClause | None = None
+        self._plain = {True: sql, False: _pyformat(sql)}  # by "is SQLite"
+        self._expanded: dict[tuple[bool, tuple[tuple[str, int], ...]], str] = {}
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Execute on ``conn``'s transaction; returns a DBAPI cursor (rowcount, fetchall)."""
         dialect = conn.dialect.name
         if dialect == "oracle":
             return self._run_typed(conn, params)
-        sql, values = self.sql, dict(params)
+        sqlite = dialect == "sqlite"
+        values = dict(params)
+        shape: list[tuple[str, int]] | None = None
         for name, value in params.items():
-            if isinstance(value, list | tuple):
-                names = [f"{name}_{i}" for i in range(len(value))]
-                sql = sql.replace(f":{name}", "(" + ", ".join(f":{n}" for n in names) + ")")
+            if isinstance(value, (list, tuple)):
+                if shape is None:
+                    shape = []
+                shape.append((name, len(value)))
                 del values[name]
-                values.update(zip(names, value, strict=True))
-            elif name in self.times and isinstance(value, datetime):
-                values[name] = _time(value, dialect)
-        if dialect != "sqlite":
-            sql = _pyformat(sql)
+                values.update(zip(_names(name, len(value)), value, strict=True))
+            elif name in self.times and value is not None:
+                values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
+        sql = self._sql(sqlite, shape) if shape is not None else self._plain[sqlite]
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(sql, values)
         return cursor
+
+    def _sql(self, sqlite: bool, shape: list[tuple[str, int]]) -> str:
+        """The text for lists of these lengths (``IN (:ids_0, :ids_1)``), made once."""
+        key = (sqlite, tuple(shape))
+        sql = self._expanded.get(key)
+        if sql is None:
+            sql = self.sql
+            for name, count in shape:
+                listed = ", ".join(f":{n}" for n in _names(name, count))
+                sql = re.sub(rf":{name}\b", f"({listed})", sql)
+            sql = sql if sqlite else _pyformat(sql)
+            if len(self._expanded) < 1024:
+                self._expanded[key] = sql
+        return sql
 
     def run_many(
         self, conn: Connection, rows: Sequence[Mapping[str, Any]], *, returning: bool = False
@@ -63,15 +80,14 @@ class HotStatement:
         dialect = conn.dialect.name
         if dialect == "oracle":
             return conn.execute(self.oracle_clause(rows[0]), list(rows)).cursor
+        sqlite = dialect == "sqlite"
         if self.times:
+            convert = _sqlite_time if sqlite else _naive_utc
             rows = [
-                {
-                    k: _time(v, dialect) if k in self.times and v is not None else v
-                    for k, v in row.items()
-                }
+                {k: convert(v) if k in self.times and v is not None else v for k, v in row.items()}
                 for row in rows
             ]
-        sql = self.sql if dialect == "sqlite" else _pyformat(self.sql)
+        sql = self._plain[sqlite]
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         if returning:
             cursor.executemany(sql, rows, returning=True)
@@ -104,6 +120,20 @@ def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
 
 
-def _time(value: datetime, dialect: str) -> Any:
-    naive = value.astimezone(UTC).replace(tzinfo=None)
-    return naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive
+@functools.lru_cache(maxsize=64)
+def _names(name: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{name}_{i}" for i in range(count))
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """An aware time as the naive UTC time the columns hold (a naive one is local time)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite storage format (``%Y-%m-%d %H:%M:%S.%f``) of the UTC time."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -224,9 +225,11 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
+        driver = conn.connection.driver_connection
+        if driver.in_transaction:  # type: ignore[union-attr]
+            return  # a Core statement joining the hot path's transaction (see _pinned_...)
         mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
-        # Straight on the driver: this runs per transaction, and on the per-step path.
-        conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
+        driver.execute(mode)  # type: ignore[union-attr]
 
 
 class SqlAlchemyStore(SqlMaintenance, Store):
@@ -249,6 +252,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         self._names: dict[int, str] = {}
         self._pickups: Engine | None = None
         self._definitions: dict[tuple[int, int], BatchDefinition] = {}
+        # The hot path's own connection (see _pinned_transaction); one thread at a time.
+        memory = self.dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:")
+        self._pin_lock = None if memory else threading.Lock()
+        self._pinned: Connection | None = None
+        self._pinned_pid = 0
+        self._pinned_used = 0.0
         quote = self.engine.dialect.identifier_preparer.quote
         self._lock_instance = sa.text(
             f"SELECT {', '.join(quote(c.name) for c in BI.c)} FROM batch_instance WHERE id = :id"
@@ -328,6 +337,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             raise _unavailable(self, exc) from exc
 
     def dispose(self) -> None:
+        if self._pin_lock is not None:
+            with self._pin_lock:
+                pinned, self._pinned = self._pinned, None
+                if pinned is not None and self._pinned_pid == os.getpid():
+                    with contextlib.suppress(Exception):
+                        pinned.close()
         self.engine.dispose()
         if self._pickups is not None:
             self._pickups.dispose()
@@ -691,25 +706,117 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     def instance_transaction(
         self, instance_id: int, known: InstanceRecord | None = None
     ) -> Iterator[InstanceTransaction]:
+        if known is not None and self._pin_lock is not None and self._pin_lock.acquire(False):
+            # The per-step path: on the store's pinned connection (see _pinned_transaction).
+            try:
+                yield from self._pinned_transaction(instance_id, known)
+            finally:
+                self._pin_lock.release()
+            return
         with self._write() as conn:
             if known is not None:
-                # Only status, the cancel flag and the owner change under the driver's feet;
-                # it already holds the rest, so the per-step lock reads three columns.
-                found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
-                if found is None:
-                    raise NotFound(f"instance {instance_id} does not exist")
-                instance = replace(
-                    known,
-                    status=InstanceStatus(found[0]),
-                    cancel_requested=bool(found[1]),
-                    owner_id=found[2],
-                )
+                instance = self._locked(conn, instance_id, known)
             else:
                 row = conn.execute(self._lock_instance, {"id": instance_id}).first()
                 if row is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
             yield SqlInstanceTransaction(conn, instance)
+
+    def _locked(self, conn: Connection, instance_id: int, known: InstanceRecord) -> InstanceRecord:
+        """Lock the instance row; ``known`` with what other processes may have changed.
+
+        Only status, the cancel flag and the owner change under the driver's feet; it
+        already holds the rest, so the per-step lock reads three columns."""
+        found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
+        if found is None:
+            raise NotFound(f"instance {instance_id} does not exist")
+        status, cancel, owner = found
+        same = status == known.status.value and owner == known.owner_id
+        if same and bool(cancel) == known.cancel_requested:
+            return known
+        return replace(
+            known,
+            status=InstanceStatus(status),
+            cancel_requested=bool(cancel),
+            owner_id=owner,
+        )
+
+    def _pinned_transaction(
+        self, instance_id: int, known: InstanceRecord
+    ) -> Iterator[InstanceTransaction]:
+        """One instance transaction on a connection the store keeps checked out.
+
+        A transaction through the pool costs a checkout, SQLAlchemy's begin and commit
+        bookkeeping and a checkin: more than SQLite's own work for a step. The hot path
+        instead begins and commits on the driver. A Core statement in the same
+        transaction (a rarer path) makes SQLAlchemy join it (the SQLite ``begin`` hook
+        sees the driver's open transaction), and then commits it. Whatever fails, the
+        transaction is rolled back and a connection in doubt is dropped, not reused.
+        """
+        with self._write_lock or nullcontext():
+            conn = self._pinned_connection()
+            driver = conn.connection.driver_connection
+            try:
+                if self.dialect == "sqlite":
+                    driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                yield SqlInstanceTransaction(conn, self._locked(conn, instance_id, known))
+                if conn.in_transaction():
+                    conn.commit()
+                else:
+                    driver.commit()  # type: ignore[union-attr]
+            except BaseException as exc:
+                self._unpin(conn, driver, exc)
+                if isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
+                    translated = self._translate(exc)
+                    if translated is not exc:
+                        raise translated from exc
+                raise
+            finally:
+                self._pinned_used = time.monotonic()
+
+    def _pinned_connection(self) -> Connection:
+        conn = self._pinned
+        if conn is not None and self._pinned_pid != os.getpid():
+            conn = self._pinned = None  # a forked child: the parent's connection is not ours
+        rested = time.monotonic() - self._pinned_used >= PING_AFTER_IDLE
+        if conn is not None and rested and self.dialect != "sqlite":
+            # As the pool does for a connection that rested (a restarted server).
+            try:
+                self.engine.dialect.do_ping(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+            except self._dbapi_error:
+                self._unpin(conn, conn.connection.driver_connection, None)
+                conn = None
+        if conn is None:
+            try:
+                conn = self.engine.connect()
+            except (sa.exc.DBAPIError, self._dbapi_error) as exc:
+                translated = self._translate(exc)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            self._pinned, self._pinned_pid = conn, os.getpid()
+        return conn
+
+    def _unpin(self, conn: Connection, driver: Any, error: BaseException | None) -> None:
+        """Roll back; a connection whose state is in doubt (any database error) is closed."""
+        keep = error is not None and not isinstance(
+            error, sa.exc.DBAPIError | self._dbapi_error | GeneratorExit
+        )
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            else:
+                driver.rollback()
+        except Exception:
+            keep = False
+        if keep and not conn.invalidated:
+            return
+        self._pinned = None
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
         now = utcnow()
