@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from stepline.stores.schema import JsonDocument, UtcDateTime
 
 _NAMED = re.compile(r":(\w+)")
+_LISTED = re.compile(r"\bIN :(\w+)")
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own storage format for SQLite
 
 
@@ -30,6 +31,8 @@ class HotStatement:
         self.sql = sql
         self.json = frozenset(json)
         self.times = frozenset(times)
+        self.lists = tuple(dict.fromkeys(_LISTED.findall(sql)))
+        """Parameters that take a list (``IN :ids``), expanded to one bind per element."""
         self._plain = {True: sql, False: _pyformat(sql)}  # by "is SQLite"
         self._expanded: dict[tuple[bool, tuple[tuple[str, int], ...]], str] = {}
 
@@ -39,19 +42,23 @@ class HotStatement:
         if dialect == "oracle":
             return self._run_typed(conn, params)
         sqlite = dialect == "sqlite"
-        values = dict(params)
-        shape: list[tuple[str, int]] | None = None
-        for name, value in params.items():
-            if isinstance(value, (list, tuple)):
-                if shape is None:
-                    shape = []
-                shape.append((name, len(value)))
-                del values[name]
-                values.update(zip(_names(name, len(value)), value, strict=True))
-            elif name in self.times and value is not None:
-                values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
-        sql = self._sql(sqlite, shape) if shape is not None else self._plain[sqlite]
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        sql = self._plain[sqlite]
+        values = params
+        if self.lists or self.times:
+            values = dict(params)
+            shape: list[tuple[str, int]] = []
+            for name in self.lists:
+                listed = values.pop(name)
+                shape.append((name, len(listed)))
+                values.update(zip(_names(name, len(listed)), listed, strict=True))
+            if shape:
+                sql = self._sql(sqlite, shape)
+            for name in self.times:
+                value = values.get(name)
+                if value is not None:
+                    values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
+        # The pool's DBAPI connection is the driver's own for every synchronous driver.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(sql, values)
         return cursor
 

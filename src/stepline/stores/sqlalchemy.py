@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -702,17 +702,17 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 )
             return bool(taken)
 
-    @contextmanager
     def instance_transaction(
         self, instance_id: int, known: InstanceRecord | None = None
-    ) -> Iterator[InstanceTransaction]:
+    ) -> AbstractContextManager[InstanceTransaction]:
         if known is not None and self._pin_lock is not None and self._pin_lock.acquire(False):
-            # The per-step path: on the store's pinned connection (see _pinned_transaction).
-            try:
-                yield from self._pinned_transaction(instance_id, known)
-            finally:
-                self._pin_lock.release()
-            return
+            return _PinnedTransaction(self, instance_id, known)  # the per-step path
+        return self._pooled_transaction(instance_id, known)
+
+    @contextmanager
+    def _pooled_transaction(
+        self, instance_id: int, known: InstanceRecord | None
+    ) -> Iterator[InstanceTransaction]:
         with self._write() as conn:
             if known is not None:
                 instance = self._locked(conn, instance_id, known)
@@ -732,7 +732,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         if found is None:
             raise NotFound(f"instance {instance_id} does not exist")
         status, cancel, owner = found
-        same = status == known.status.value and owner == known.owner_id
+        same = status == known.status and owner == known.owner_id  # StrEnum == its text
         if same and bool(cancel) == known.cancel_requested:
             return known
         return replace(
@@ -741,39 +741,6 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             cancel_requested=bool(cancel),
             owner_id=owner,
         )
-
-    def _pinned_transaction(
-        self, instance_id: int, known: InstanceRecord
-    ) -> Iterator[InstanceTransaction]:
-        """One instance transaction on a connection the store keeps checked out.
-
-        A transaction through the pool costs a checkout, SQLAlchemy's begin and commit
-        bookkeeping and a checkin: more than SQLite's own work for a step. The hot path
-        instead begins and commits on the driver. A Core statement in the same
-        transaction (a rarer path) makes SQLAlchemy join it (the SQLite ``begin`` hook
-        sees the driver's open transaction), and then commits it. Whatever fails, the
-        transaction is rolled back and a connection in doubt is dropped, not reused.
-        """
-        with self._write_lock or nullcontext():
-            conn = self._pinned_connection()
-            driver = conn.connection.driver_connection
-            try:
-                if self.dialect == "sqlite":
-                    driver.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-                yield SqlInstanceTransaction(conn, self._locked(conn, instance_id, known))
-                if conn.in_transaction():
-                    conn.commit()
-                else:
-                    driver.commit()  # type: ignore[union-attr]
-            except BaseException as exc:
-                self._unpin(conn, driver, exc)
-                if isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
-                    translated = self._translate(exc)
-                    if translated is not exc:
-                        raise translated from exc
-                raise
-            finally:
-                self._pinned_used = time.monotonic()
 
     def _pinned_connection(self) -> Connection:
         conn = self._pinned
@@ -785,21 +752,20 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             try:
                 self.engine.dialect.do_ping(conn.connection.dbapi_connection)  # type: ignore[arg-type]
             except self._dbapi_error:
-                self._unpin(conn, conn.connection.driver_connection, None)
+                self._unpin(conn, None)
                 conn = None
         if conn is None:
             try:
                 conn = self.engine.connect()
             except (sa.exc.DBAPIError, self._dbapi_error) as exc:
-                translated = self._translate(exc)
-                if translated is exc:
-                    raise
-                raise translated from exc
+                self._raise_translated(exc)
+                raise
             self._pinned, self._pinned_pid = conn, os.getpid()
         return conn
 
-    def _unpin(self, conn: Connection, driver: Any, error: BaseException | None) -> None:
-        """Roll back; a connection whose state is in doubt (any database error) is closed."""
+    def _unpin(self, conn: Connection, error: BaseException | None) -> None:
+        """Roll back the pinned connection's transaction; a connection whose state is in
+        doubt (after any database error, or ``error`` None) is closed, not kept."""
         keep = error is not None and not isinstance(
             error, sa.exc.DBAPIError | self._dbapi_error | GeneratorExit
         )
@@ -807,7 +773,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             if conn.in_transaction():
                 conn.rollback()
             else:
-                driver.rollback()
+                conn.connection.driver_connection.rollback()  # type: ignore[union-attr]
         except Exception:
             keep = False
         if keep and not conn.invalidated:
@@ -817,6 +783,13 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             conn.invalidate()
         with contextlib.suppress(Exception):
             conn.close()
+
+    def _raise_translated(self, exc: BaseException) -> None:
+        """Raise a database error as the store's (see _translate); return for any other."""
+        if isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
+            translated = self._translate(exc)
+            if translated is not exc:
+                raise translated from exc
 
     def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
         now = utcnow()
@@ -1160,6 +1133,73 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         )
         with self._read() as conn:
             return [(r.id, r.owner_id) for r in conn.execute(query, {"now": db_now(conn)})]
+
+
+class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
+    """One instance transaction on the connection the store keeps checked out.
+
+    A transaction through the pool costs a checkout, SQLAlchemy's begin and commit
+    bookkeeping and a checkin: more than SQLite's own work for a step. The per-step path
+    instead begins and commits on the driver. A Core statement in the same transaction (a
+    rarer path) makes SQLAlchemy join it (the SQLite ``begin`` hook sees the driver's open
+    transaction), and then SQLAlchemy commits it. Whatever fails, the transaction is rolled
+    back, and a connection in doubt (any database error) is dropped, not reused.
+
+    Made by ``instance_transaction`` holding the store's pin lock; releases it on exit.
+    """
+
+    __slots__ = ("_conn", "_id", "_known", "_store")
+
+    def __init__(self, store: SqlAlchemyStore, instance_id: int, known: InstanceRecord) -> None:
+        self._store, self._id, self._known = store, instance_id, known
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> InstanceTransaction:
+        store = self._store
+        if store._write_lock is not None:
+            store._write_lock.acquire()
+        try:
+            conn = self._conn = store._pinned_connection()
+            if store.dialect == "sqlite":
+                conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+            return SqlInstanceTransaction(conn, store._locked(conn, self._id, self._known))
+        except BaseException as exc:
+            try:
+                if self._conn is not None:
+                    store._unpin(self._conn, exc)
+            finally:
+                self._release()
+            store._raise_translated(exc)
+            raise
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        store, conn = self._store, self._conn
+        assert conn is not None
+        try:
+            if error is not None:
+                store._unpin(conn, error)
+            else:
+                try:
+                    if conn.in_transaction():
+                        conn.commit()
+                    else:
+                        conn.connection.driver_connection.commit()  # type: ignore[union-attr]
+                except BaseException as exc:
+                    store._unpin(conn, exc)
+                    store._raise_translated(exc)
+                    raise
+        finally:
+            self._release()
+        if error is not None:
+            store._raise_translated(error)
+
+    def _release(self) -> None:
+        store = self._store
+        store._pinned_used = time.monotonic()
+        if store._write_lock is not None:
+            store._write_lock.release()
+        assert store._pin_lock is not None
+        store._pin_lock.release()
 
 
 _PICKUP_SQL = (

@@ -129,6 +129,13 @@ _QUEUE = HotStatement(
 )
 
 
+def _chunks(items: list[Any]) -> Sequence[list[Any]]:
+    """``items`` in lists of at most CHUNK (a short list as is: the per-step case)."""
+    if len(items) <= CHUNK:
+        return (items,) if items else ()
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
 def not_in_chunks(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
     """``column NOT IN (values)`` as an AND of lists of at most CHUNK (Oracle: 1000 max)."""
     return sa.and_(*(column.not_in(chunk) for chunk in iter_chunks(values, CHUNK)))
@@ -168,7 +175,10 @@ def _returning(conn: Connection) -> bool:
     """Whether UPDATE ... RETURNING is there: PostgreSQL, and SQLite from 3.35 (MariaDB
     has no UPDATE ... RETURNING; Oracle's RETURNING INTO binds outputs instead)."""
     name = conn.dialect.name
-    return name == "postgresql" or (name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35))
+    return name == "postgresql" or (name == "sqlite" and _SQLITE_RETURNING)
+
+
+_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 def db_now(conn: Connection) -> datetime:
@@ -208,12 +218,15 @@ class SqlInstanceTransaction(InstanceTransaction):
         self.instance = instance
         self.id = instance.id
         self._ready: dict[str, tuple[int, int, int]] = {}
+        self._dialect = conn.dialect.name
+        self._returning = _returning(conn)
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
         updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
         if not updated:
             return False
-        self._keep_logs([outcome])
+        if outcome.log is not None:
+            self._keep_logs([outcome])
         if not outcome.succeeded:
             self._keep_attempt(outcome, owner)
         return True
@@ -221,8 +234,8 @@ class SqlInstanceTransaction(InstanceTransaction):
     def record_many(
         self, outcomes: Sequence[tuple[StepOutcome, datetime | None]], *, owner: str
     ) -> list[bool]:
-        if len(outcomes) < 2 or self.conn.dialect.name != "postgresql":
-            return super().record_many(outcomes, owner=owner)
+        if len(outcomes) < 2 or self._dialect != "postgresql":
+            return [self.record(o, retry_at=at, owner=owner) for o, at in outcomes]
         # psycopg pipelines an executemany: one round trip for a whole burst of outcomes
         # instead of one per outcome; RETURNING tells which rows the fence let through.
         rows = [_record_params(o, at) for o, at in outcomes]
@@ -272,11 +285,11 @@ class SqlInstanceTransaction(InstanceTransaction):
         by_amount: dict[int, list[str]] = {}
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
-        returning = _returning(self.conn)
+        returning = self._returning
         ready: list[str] = []
         for amount, keys in by_amount.items():
-            for chunk in iter_chunks(keys, CHUNK):
-                params = {"amount": amount, "iid": self.id, "keys": list(chunk)}
+            for chunk in _chunks(keys):
+                params = {"amount": amount, "iid": self.id, "keys": chunk}
                 if not returning:
                     _UPSTREAM_DONE.run(self.conn, params)
                     continue
@@ -289,9 +302,9 @@ class SqlInstanceTransaction(InstanceTransaction):
                         ready.append(key)
         if returning:
             return ready
-        for chunk in iter_chunks(list(counts), CHUNK):
+        for chunk in _chunks(list(counts)):
             for row_id, key, attempt, first in _READY.run(
-                self.conn, {"iid": self.id, "keys": list(chunk)}
+                self.conn, {"iid": self.id, "keys": chunk}
             ).fetchall():
                 self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
@@ -302,9 +315,9 @@ class SqlInstanceTransaction(InstanceTransaction):
     ) -> list[ClaimedStep]:
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
-        for chunk in iter_chunks(run, CHUNK):
+        for chunk in _chunks(run):
             _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
-        for chunk in iter_chunks(wait, CHUNK):
+        for chunk in _chunks(wait):
             _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
         return [
             ClaimedStep(row_id, key, -1, attempt + 1, now, first)
