@@ -57,8 +57,7 @@ class HotStatement:
                 value = values.get(name)
                 if value is not None:
                     values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
-        # The pool's DBAPI connection is the driver's own for every synchronous driver.
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = _cursor(conn)
         cursor.execute(sql, values)
         return cursor
 
@@ -125,6 +124,20 @@ class HotStatement:
 def _pyformat(sql: str) -> str:
     """``:name`` as ``%(name)s`` (psycopg, PyMySQL); once per statement shape, not per call."""
     return _NAMED.sub(r"%(\1)s", sql)
+
+
+def _cursor(conn: Connection) -> Any:
+    """The driver cursor the hot statements of ``conn``'s DBAPI connection share.
+
+    Made once per connection (psycopg builds a cursor in Python, at a cost near that of a
+    statement); each caller reads its rows before the next statement runs. The pool's
+    DBAPI connection is the driver's own for every synchronous driver."""
+    proxied = conn.connection
+    driver = proxied.dbapi_connection
+    held = proxied.info.get("stepline_cursor")
+    if held is None or held[0] is not driver:
+        held = proxied.info["stepline_cursor"] = (driver, driver.cursor())  # type: ignore[union-attr]
+    return held[1]
 
 
 @functools.lru_cache(maxsize=64)

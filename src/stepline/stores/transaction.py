@@ -326,7 +326,9 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def pending_ready(self) -> list[str]:
         ready: list[str] = []
-        for row_id, key, attempt, first in _PENDING_READY.run(self.conn, {"iid": self.id}):
+        for row_id, key, attempt, first in _PENDING_READY.run(
+            self.conn, {"iid": self.id}
+        ).fetchall():
             self._ready[key] = (row_id, attempt, first)
             ready.append(key)
         return ready
