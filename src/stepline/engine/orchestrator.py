@@ -235,14 +235,13 @@ class Orchestrator:
         if active is not None:
             self._advance(active, [])
             return True
-        record = self.store.instance(instance_id)
-        if record.status.is_final:
-            return False
-        definition = self._definition(record)
+        # One read: the locked row tells whether it is final and which definition it runs
+        # (from memory once loaded; a first load reads it in its own connection).
         with self.store.instance_transaction(instance_id) as tx:
             current = tx.instance
             if current.status.is_final:
                 return False
+            definition = self._definition(current)
             if takeover and current.owner_id != expected_owner:
                 return False  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():

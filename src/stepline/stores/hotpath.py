@@ -153,7 +153,16 @@ def _naive_utc(value: datetime) -> datetime:
 
 
 def _sqlite_time(value: datetime) -> str:
-    """SQLAlchemy's SQLite storage format (``%Y-%m-%d %H:%M:%S.%f``) of the UTC time."""
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]
+    """SQLAlchemy's SQLite storage format (``%Y-%m-%d %H:%M:%S.%f``) of the UTC time.
+
+    Two-digit fields from a table: isoformat and strftime go through printf, which costs
+    more than the statement's own binding (three times per step)."""
+    v = value if value.tzinfo is UTC else value.astimezone(UTC)
+    d = _TWO_DIGITS
+    return (
+        f"{v.year:04d}-{d[v.month]}-{d[v.day]} {d[v.hour]}:{d[v.minute]}:{d[v.second]}"
+        f".{v.microsecond:06d}"
+    )
+
+
+_TWO_DIGITS = [f"{i:02d}" for i in range(100)]

@@ -124,6 +124,18 @@ _ADD_ITEM = HotStatement(
     " VALUES (:iid, :key, :i, 'queued', 0, 1, :now, 0)",
     times=["now"],
 )
+_STATUSES = HotStatement(
+    "SELECT step_key, map_index, status FROM batch_step_result WHERE batch_instance_id = :iid"
+)
+_UNFINISHED = [s.value for s in StepStatus if not s.is_final]
+_UNFINISHED_ROW = HotStatement(
+    # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
+    # the final ones scanned every finished row of the instance.
+    "SELECT id FROM batch_step_result WHERE batch_instance_id = :iid AND status IN :states"
+    " LIMIT :limit"
+)
+_SET_INSTANCE: dict[tuple[str, ...], HotStatement] = {}
+"""``set_instance``'s UPDATE, by the columns it sets (a handful of shapes)."""
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
@@ -472,11 +484,7 @@ class SqlInstanceTransaction(InstanceTransaction):
     def step_statuses(self) -> dict[str, StepStatus]:
         return {
             (key if index < 0 else f"{key}[{index}]"): StepStatus(status)
-            for key, index, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.map_index, R.c.status).where(
-                    R.c.batch_instance_id == self.id
-                )
-            )
+            for key, index, status in _STATUSES.run(self.conn, {"iid": self.id}).fetchall()
         }
 
     def enqueue_alerts(self, count: int) -> None:
@@ -661,17 +669,8 @@ class SqlInstanceTransaction(InstanceTransaction):
         return expires is not None and expires > db_now(self.conn)
 
     def has_unfinished(self) -> bool:
-        # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
-        # the final ones scanned every finished row of the instance.
-        unfinished = [s.value for s in StepStatus if not s.is_final]
-        return (
-            self.conn.execute(
-                sa.select(R.c.id)
-                .where(R.c.batch_instance_id == self.id, R.c.status.in_(unfinished))
-                .limit(1)
-            ).first()
-            is not None
-        )
+        params = {"iid": self.id, "states": _UNFINISHED, "limit": 1}
+        return _UNFINISHED_ROW.run(self.conn, params).fetchone() is not None
 
     def set_instance(
         self,
@@ -693,4 +692,11 @@ class SqlInstanceTransaction(InstanceTransaction):
             values["owner_id"] = owner
         elif release:
             values["owner_id"] = None
-        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(**values))
+        statement = _SET_INSTANCE.get(tuple(values))
+        if statement is None:
+            sets = ", ".join(f"{name} = :{name}" for name in values)
+            statement = _SET_INSTANCE[tuple(values)] = HotStatement(
+                f"UPDATE batch_instance SET {sets} WHERE id = :id",
+                times=[n for n in ("started_at", "finished_at") if n in values],
+            )
+        statement.run(self.conn, {**values, "id": self.id})
