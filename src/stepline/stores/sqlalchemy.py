@@ -872,7 +872,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
 
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
-            row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
+            row = conn.execute(_INSTANCE, {"id": instance_id}).first()
             if row is None:
                 raise NotFound(
                     f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
@@ -1201,6 +1201,9 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
         assert store._pin_lock is not None
         store._pin_lock.release()
 
+
+_INSTANCE = sa.select(BI).where(BI.c.id == sa.bindparam("id"))
+"""Built once: building a statement and its cache key costs more than running it."""
 
 _PICKUP_SQL = (
     "UPDATE batch_step_result SET owner_id = :owner, started_at = :now"

@@ -224,6 +224,14 @@ def load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dic
     return out
 
 
+_RUNNING = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
+    R.c.batch_instance_id == sa.bindparam("iid"), R.c.status == StepStatus.RUNNING.value
+)
+_RUNNING_NOT_OWNED = _RUNNING.where(
+    sa.or_(R.c.owner_id.is_(None), R.c.owner_id != sa.bindparam("owner"))
+)
+
+
 class SqlInstanceTransaction(InstanceTransaction):
     def __init__(self, conn: Connection, instance: InstanceRecord) -> None:
         self.conn = conn
@@ -507,7 +515,13 @@ class SqlInstanceTransaction(InstanceTransaction):
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
     ) -> list[str]:
-        query = self._running(exclude_keys)
+        skip = list(exclude_keys)
+        if not skip:  # the usual case (no mapped step), with statements built once
+            query = _RUNNING if exclude_owner is None else _RUNNING_NOT_OWNED
+            params = {"iid": self.id, "owner": exclude_owner}
+            rows = self.conn.execute(query, params).all()
+            return self._requeue(rows, "lost: its owner {owner} stopped before the attempt ended")
+        query = self._running(skip)
         if exclude_owner is not None:
             query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
         rows = self.conn.execute(query).all()
