@@ -112,6 +112,22 @@ _START_QUEUED = HotStatement(
     " WHERE id IN :ids AND status = 'queued'",
     times=["now"],
 )
+_CLAIM_ITEMS_RETURNING = HotStatement(
+    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
+    " started_at = :now, finished_at = NULL, available_at = NULL"
+    " WHERE id IN (SELECT id FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index >= 0"
+    " AND status = 'queued' AND (available_at IS NULL OR available_at <= :now)"
+    " ORDER BY map_index LIMIT :limit)"
+    " RETURNING id, map_index, attempt, first_attempt",
+    times=["now"],
+)
+
+
+def _by_index(row: Any) -> int:
+    return int(row[1])
+
+
 _QUEUED_STEPS = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
     " WHERE batch_instance_id = :iid AND status = 'queued' AND map_index = -1"
@@ -416,9 +432,14 @@ class SqlInstanceTransaction(InstanceTransaction):
     ) -> list[ClaimedStep]:
         if limit <= 0:
             return []
-        rows = _QUEUED_ITEMS.run(
-            self.conn, {"iid": self.id, "key": key, "now": now, "limit": limit}
-        ).fetchall()
+        params = {"iid": self.id, "key": key, "now": now, "limit": limit}
+        if self._returning:
+            # One statement: the claim returns the rows it took (the attempt already
+            # counted up), instead of a read of the queued items and then their claim.
+            taken = _CLAIM_ITEMS_RETURNING.run(self.conn, {**params, "owner": owner})
+            rows = sorted(taken.fetchall(), key=_by_index)
+            return [ClaimedStep(r[0], key, r[1], r[2], now, r[3]) for r in rows]
+        rows = _QUEUED_ITEMS.run(self.conn, params).fetchall()
         if not rows:
             return []
         for chunk in iter_chunks(rows, CHUNK):
