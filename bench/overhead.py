@@ -16,6 +16,8 @@ Overhead per step = (wall - the sleeping a perfect scheduler cannot avoid) / ste
 The instance is created before the clock starts; the clock stops when it is final.
 Rounds alternate: each round measures the floor, then every workload once; the figures
 are medians over rounds, so a noisy neighbour slows the floor and the engine alike.
+``x floor`` is the cost per step as a multiple of the floor's, in wall time and in CPU
+time (all of this process's threads; PostgreSQL's own CPU is not in it).
 """
 
 from __future__ import annotations
@@ -161,21 +163,39 @@ def peak_mb() -> float:
 
 
 def classic(urls: list[str], only: str | None, repeat: int) -> None:
+    """Each workload's median over ``repeat`` rounds; each round measures the floor too,
+    so ``x floor`` compares figures taken side by side (CPU too: this process's threads)."""
     chosen = [w for n, w in CLASSIC.items() if only in (None, n)]
     if only and not chosen:
         chosen = [_parse(only)]
-    print(f"{'db':<12}{'workload':<12}{'steps':>7}{'wall s':>10}{'ms/step':>10}{'peak MB':>10}")
+    print(
+        f"{'db':<12}{'workload':<12}{'steps':>7}{'wall s':>9}{'ms/step':>9}{'x floor':>9}"
+        f"{'cpu ms/step':>13}{'x floor':>9}{'peak MB':>9}"
+    )
     for url in urls:
         store = fresh_store(url)
+        definitions = [(w, w.make()) for w in chosen]
+        floors: list[tuple[float, float]] = []
+        runs: dict[str, list[tuple[float, float]]] = {w.name: [] for w in chosen}
+        for _ in range(repeat):
+            cpu = time.process_time()
+            per_step = floor(url, synchronous=SQLITE_SYNC)
+            floors.append((per_step, (time.process_time() - cpu) / 1000))
+            for w, definition in definitions:
+                runs[w.name].append(run_timed(store, definition))
+        store.dispose()
+        base = statistics.median(f[0] for f in floors) * 1000
+        base_cpu = statistics.median(f[1] for f in floors) * 1000
+        label = label_of(url)
+        print(f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{base_cpu:>13.3f}")
         for w in chosen:
-            definition = w.make()
-            wall = statistics.median(run_once(store, definition) for _ in range(repeat))
+            wall = statistics.median(t[0] for t in runs[w.name])
+            cpu = statistics.median(t[1] for t in runs[w.name]) / w.steps * 1000
             per_step = (wall - w.sleeping) / w.steps * 1000
             print(
-                f"{label_of(url):<12}{w.name:<12}{w.steps:>7}{wall:>10.3f}{per_step:>10.3f}"
-                f"{peak_mb():>10.0f}"
+                f"{label:<12}{w.name:<12}{w.steps:>7}{wall:>9.3f}{per_step:>9.3f}"
+                f"{per_step / base:>9.2f}{cpu:>13.3f}{cpu / base_cpu:>9.2f}{peak_mb():>9.0f}"
             )
-        store.dispose()
 
 
 def scaling(urls: list[str], rounds: int) -> None:

@@ -11,7 +11,6 @@ of item results as its payload, so the rest of the DAG sees an ordinary step.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -79,17 +78,17 @@ def advance(
     """
     done = Advance()
     claimer = None if handoff else owner
-    items_done: Counter[str] = Counter()
+    items_done: dict[str, int] = {}
     item_keys: set[str] = set()
     decided: list[tuple[StepOutcome, datetime | None]] = []
     for o in outcomes:
-        policy = definition.step(o.step_key).retry
         retry_at = None
-        allowed = max(policy.attempts, 2) if o.lost else policy.attempts
-        # retry.on names the transient errors; a lost attempt (a dead worker) has no error.
-        transient = o.lost or policy.retries(o.error_codes)
-        if not o.succeeded and o.retryable and o.tries < allowed and transient:
-            retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
+        if not o.succeeded and o.retryable:
+            policy = definition.step(o.step_key).retry
+            allowed = max(policy.attempts, 2) if o.lost else policy.attempts
+            # retry.on names the transient errors; a lost attempt (a dead worker) has none.
+            if o.tries < allowed and (o.lost or policy.retries(o.error_codes)):
+                retry_at = now + timedelta(seconds=policy.delay_before(o.attempt + 1))
         decided.append((o, retry_at))
     recorded = tx.record_many(decided, owner=owner) if decided else []
     for (o, retry_at), stored in zip(decided, recorded, strict=True):
@@ -103,7 +102,7 @@ def advance(
             done.queued_more = True
             done.retry_at = retry_at if done.retry_at is None else min(done.retry_at, retry_at)
         elif o.map_index >= 0:
-            items_done[o.step_key] += 1
+            items_done[o.step_key] = items_done.get(o.step_key, 0) + 1
         else:
             done.finished[o.step_key] = StepStatus.SUCCEEDED if o.succeeded else StepStatus.FAILED
     for key, count in items_done.items():
@@ -185,21 +184,23 @@ def _settle(
     never start it again.
     """
     graph = definition.graph
+    successors = graph.successors
     to_run: list[str] = []
     decided: set[str] = set()
     while frontier or ready_now:
         ready = ready_now
         ready_now = []
-        counts = Counter(s for k in frontier for s in graph.successors.get(k, ()))
+        counts: dict[str, int] = {}
+        early: set[str] = set()
+        for k in frontier:
+            for s in successors.get(k, ()):
+                counts[s] = counts.get(s, 0) + 1
+                if fires_on(definition.step(s).trigger_rule, known[k]):
+                    early.add(s)
         if counts:
             ready = ready + tx.upstream_done(counts)
-        early = {
-            s
-            for k in frontier
-            for s in graph.successors.get(k, ())
-            if fires_on(definition.step(s).trigger_rule, known[k])
-        }
-        early -= decided.union(ready)
+        if early:
+            early -= decided.union(ready)
         if early:
             ready = ready + tx.pending_among(sorted(early))
         # A step decided earlier in this transaction is still pending until start().

@@ -44,8 +44,14 @@ def runner_for(reference: str) -> Runner:
     return runner
 
 
+_async: dict[str, bool] = {}
+
+
 def is_async(reference: str) -> bool:
-    return inspect.iscoroutinefunction(runner_for(reference))
+    found = _async.get(reference)
+    if found is None:
+        found = _async[reference] = inspect.iscoroutinefunction(runner_for(reference))
+    return found
 
 
 _remembered: dict[int, Mapping[str, Any]] = {}
@@ -207,6 +213,10 @@ def error_identifiers(error: BaseException) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""What ``json.dumps`` with these options builds at every call (it keeps no state)."""
+
+
 class UnstorableResult(ValueError):
     """A runner's return value that no store could keep; the message says why."""
 
@@ -214,7 +224,7 @@ class UnstorableResult(ValueError):
 def encode_result(value: Any, max_bytes: int | None = None) -> str:
     """``value`` as the JSON text stored in ``result_payload``; raises UnstorableResult."""
     try:
-        payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        payload = _ENCODER.encode(value)
     except RecursionError:
         raise UnstorableResult(
             f"returned a value nested too deeply to store as JSON ({type(value).__name__})"

@@ -14,7 +14,6 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -146,7 +145,8 @@ class Orchestrator:
         self._outcomes: queue.SimpleQueue[StepOutcome | None] = queue.SimpleQueue()
         self._active: dict[int, _Active] = {}
         self._next_heartbeat = 0.0
-        self._next_poll = 0.0
+        # Every transaction reads the cancel flag too: polling is for instances that wait.
+        self._next_poll = time.monotonic() + poll_seconds
         self.alert_threads: list[threading.Thread | None] = []
         self.draining = False
         self.woken = False
@@ -163,7 +163,7 @@ class Orchestrator:
         trigger: str = "cli",
     ) -> InstanceRecord:
         """Create an instance owned by this orchestrator (run it with :meth:`run`)."""
-        self._heartbeat(force=True)
+        self._heartbeat()
         instance, _ = self.store.create_instance(stored, params or {}, trigger, owner=self.owner)
         return instance
 
@@ -177,7 +177,7 @@ class Orchestrator:
         backoff = Backoff(self.db_patience_seconds)
         while True:
             try:
-                self._heartbeat(force=True)
+                self._heartbeat()  # renewed if due: the lease is valid for two more periods
                 self.adopt(instance_id)
                 break
             except StoreUnavailable as exc:
@@ -213,15 +213,10 @@ class Orchestrator:
         if active is not None:
             self._advance(active, [])
             return True
-        record = self.store.instance(instance_id)
-        if record.status.is_final:
+        taken = self._take_ownership(instance_id, takeover=takeover, expected_owner=expected_owner)
+        if taken is None:
             return False
-        definition = self._definition(record)
-        current = self._take_ownership(
-            instance_id, definition, takeover=takeover, expected_owner=expected_owner
-        )
-        if current is None:
-            return False
+        current, definition = taken
         active = _Active(
             replace(current, status=InstanceStatus.RUNNING, owner_id=self.owner), definition
         )
@@ -235,17 +230,20 @@ class Orchestrator:
     def _take_ownership(
         self,
         instance_id: int,
-        definition: BatchDefinition,
         *,
         takeover: bool,
         expected_owner: str | None,
-    ) -> InstanceRecord | None:
+    ) -> tuple[InstanceRecord, BatchDefinition] | None:
         """Make this process the instance's owner, in one transaction; the instance as it
-        was before, or None if it is final or (``takeover``) changed hands since."""
+        was before and its definition, or None if it is final or (``takeover``) changed
+        hands since."""
+        # One read: the locked row tells whether it is final and which definition it runs
+        # (from memory once loaded; a first load reads it in its own connection).
         with self.store.instance_transaction(instance_id) as tx:
             current = tx.instance
             if current.status.is_final:
                 return None
+            definition = self._definition(current)
             if takeover and current.owner_id != expected_owner:
                 return None  # someone recovered it first
             if current.owner_id not in (None, self.owner) and not takeover and tx.owner_alive():
@@ -260,7 +258,7 @@ class Orchestrator:
             requeued = self._requeue_running(tx, definition, exclude_owner=exclude)
         if requeued:
             log.info("resumed steps of a dead owner", instance_id=instance_id, steps=requeued)
-        return current
+        return current, definition
 
     def _requeue_running(
         self, tx: InstanceTransaction, definition: BatchDefinition, *, exclude_owner: str | None
@@ -282,7 +280,7 @@ class Orchestrator:
             item = self._outcomes.get(timeout=timeout)
             if item is not None:
                 batch.append(item)
-            while True:
+            while not self._outcomes.empty():  # only this thread takes from the queue
                 item = self._outcomes.get_nowait()
                 if item is not None:
                     batch.append(item)
@@ -358,13 +356,22 @@ class Orchestrator:
 
     def _advance(self, active: _Active, outcomes: list[StepOutcome], *, split: bool = True) -> None:
         instance_id = active.instance.id
-        running = sum(len(a.inflight) for a in self._active.values()) - len(outcomes)
+        if len(self._active) == 1:
+            running = len(active.inflight) - len(outcomes)
+        else:
+            running = sum(len(a.inflight) for a in self._active.values()) - len(outcomes)
         slots = self.dispatcher.capacity - running
         if self.draining:
             slots = 0  # shutting down: record what ends, start nothing new
         now = datetime.now(UTC)
         reported = {o.row_id for o in outcomes}
-        still_running = {k: v for k, v in active.inflight.items() if k not in reported}
+        idle = True
+        items: dict[str, int] = {}  # map items still running, by step
+        for row_id, inflight in active.inflight.items():
+            if row_id not in reported:
+                idle = False
+                if inflight.map_index >= 0:
+                    items[inflight.step.key] = items.get(inflight.step.key, 0) + 1
         try:
             with self.store.instance_transaction(instance_id, active.instance) as tx:
                 if tx.instance.owner_id != self.owner or tx.instance.status.is_final:
@@ -385,11 +392,9 @@ class Orchestrator:
                     look_for_queued=active.look_for_queued,
                     settle_pending=active.settle_pending,
                     results=active.results,
-                    idle=not still_running,
+                    idle=idle,
                     params=active.instance.params,
-                    running_items=Counter(
-                        i.step.key for i in still_running.values() if i.map_index >= 0
-                    ),
+                    running_items=items,
                     item_labels=lambda key: self._labels(active, key),
                 )
         except Exception as exc:
@@ -438,8 +443,10 @@ class Orchestrator:
         if done.final is not None:
             self._finish(active, done.final)
             return
+        definition, results, submit = active.definition, active.results, self.dispatcher.submit
+        predecessors = definition.graph.predecessors
         for claimed in done.claimed:
-            step = active.definition.step(claimed.step_key)
+            step = definition.step(claimed.step_key)
             deadline = (
                 time.monotonic() + step.timeout.total_seconds()
                 if step.timeout is not None
@@ -448,22 +455,22 @@ class Orchestrator:
             active.inflight[claimed.row_id] = _Inflight(
                 step, claimed.attempt, deadline, claimed.map_index
             )
-            preds = active.definition.graph.predecessors.get(claimed.step_key, ())
-            known = {k: active.results[k] for k in preds if k in active.results}
+            preds = predecessors.get(claimed.step_key, ())
+            known = {k: results[k] for k in preds if k in results}
             item = None
             if claimed.map_index >= 0:
                 item = self._items(active, step)[claimed.map_index]
-            self.dispatcher.submit(
+            submit(
                 StepWork(
-                    instance_id=instance_id,
-                    batch=active.instance.batch,
-                    claimed=claimed,
-                    step=step,
-                    params=active.instance.params,
-                    results=known,
-                    missing_results=tuple(k for k in preds if k not in known),
-                    item=item,
-                    max_result_bytes=self.max_result_bytes,
+                    instance_id,
+                    active.instance.batch,
+                    claimed,
+                    step,
+                    active.instance.params,
+                    known,
+                    () if len(known) == len(preds) else tuple(k for k in preds if k not in known),
+                    item,
+                    self.max_result_bytes,
                 )
             )
 
@@ -559,28 +566,29 @@ class Orchestrator:
         self, active: _Active, done: Advance, outcomes: list[StepOutcome], now: datetime
     ) -> None:
         instance, batch = active.instance.id, active.instance.batch
+        if done.recorded and outcome_log.enabled():
+            outcome_log.attempts_ended(
+                batch,
+                instance,
+                [
+                    (
+                        o,
+                        StepStatus.SUCCEEDED
+                        if o.succeeded
+                        else StepStatus.QUEUED
+                        if retrying
+                        else StepStatus.FAILED,
+                    )
+                    for o, retrying in done.recorded
+                ],
+            )
+        listener = self.listener
+        if listener is None:
+            return
         ended: dict[str, StepOutcome] = {}
-        outcome_log.attempts_ended(
-            batch,
-            instance,
-            [
-                (
-                    o,
-                    StepStatus.SUCCEEDED
-                    if o.succeeded
-                    else StepStatus.QUEUED
-                    if retrying
-                    else StepStatus.FAILED,
-                )
-                for o, retrying in done.recorded
-            ],
-        )
         for o, retrying in done.recorded:
             if o.map_index < 0 and not retrying:
                 ended[o.step_key] = o
-        if self.listener is None:
-            return
-        listener = self.listener
         for key, items in done.expanded.items():
             listener(
                 StepEvent(instance, key, -1, StepStatus.RUNNING, 0, now, batch, items=len(items))
@@ -648,7 +656,7 @@ class Orchestrator:
 
     def _expired(self, instance_id: int, active: _Active, now: float) -> list[StepOutcome]:
         expired: list[StepOutcome] = []
-        for row_id, inflight in list(active.inflight.items()):
+        for row_id, inflight in active.inflight.items():
             if inflight.deadline is None or inflight.deadline > now:
                 continue
             assert inflight.step.timeout is not None

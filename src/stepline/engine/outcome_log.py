@@ -21,7 +21,7 @@ import structlog
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.stores.base import StepOutcome
 
-__all__ = ["attempts_ended", "configure", "flush", "instance_ended"]
+__all__ = ["attempts_ended", "configure", "enabled", "flush", "instance_ended"]
 
 log = structlog.get_logger("stepline.orchestrator")
 
@@ -94,10 +94,17 @@ def error_class(error: str | None) -> str | None:
     return head.split(":", 1)[0] if ":" in head else head
 
 
+def enabled() -> bool:
+    """Whether the lines are written at all (callers skip building them when not)."""
+    return _Output.enabled
+
+
 def attempts_ended(
     batch: str, instance_id: int, recorded: Iterable[tuple[StepOutcome, StepStatus]]
 ) -> None:
     """Queue a line per recorded attempt (status ``retrying`` when it will run again)."""
+    if not _Output.enabled:
+        return
     lines = []
     for o, status in recorded:
         fields: dict[str, Any] = {

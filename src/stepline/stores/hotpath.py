@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from stepline.stores.schema import JsonDocument, UtcDateTime
 
 _NAMED = re.compile(r":(\w+)")
+_LISTED = re.compile(r"\bIN :(\w+)")
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own storage format for SQLite
 
 
@@ -30,27 +31,49 @@ class HotStatement:
         self.sql = sql
         self.json = frozenset(json)
         self.times = frozenset(times)
-        self._typed: sa.TextClause | None = None
+        self.lists = tuple(dict.fromkeys(_LISTED.findall(sql)))
+        """Parameters that take a list (``IN :ids``), expanded to one bind per element."""
+        self._plain = {True: sql, False: _pyformat(sql)}  # by "is SQLite"
+        self._expanded: dict[tuple[bool, tuple[tuple[str, int], ...]], str] = {}
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Execute on ``conn``'s transaction; returns a DBAPI cursor (rowcount, fetchall)."""
         dialect = conn.dialect.name
         if dialect == "oracle":
             return self._run_typed(conn, params)
-        sql, values = self.sql, dict(params)
-        for name, value in params.items():
-            if isinstance(value, list | tuple):
-                names = [f"{name}_{i}" for i in range(len(value))]
-                sql = sql.replace(f":{name}", "(" + ", ".join(f":{n}" for n in names) + ")")
-                del values[name]
-                values.update(zip(names, value, strict=True))
-            elif name in self.times and isinstance(value, datetime):
-                values[name] = _time(value, dialect)
-        if dialect != "sqlite":
-            sql = _pyformat(sql)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        sqlite = dialect == "sqlite"
+        sql = self._plain[sqlite]
+        values = params
+        if self.lists or self.times:
+            values = dict(params)
+            shape: list[tuple[str, int]] = []
+            for name in self.lists:
+                listed = values.pop(name)
+                shape.append((name, len(listed)))
+                values.update(zip(_names(name, len(listed)), listed, strict=True))
+            if shape:
+                sql = self._sql(sqlite, shape)
+            for name in self.times:
+                value = values.get(name)
+                if value is not None:
+                    values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
+        cursor = _cursor(conn)
         cursor.execute(sql, values)
         return cursor
+
+    def _sql(self, sqlite: bool, shape: list[tuple[str, int]]) -> str:
+        """The text for lists of these lengths (``IN (:ids_0, :ids_1)``), made once."""
+        key = (sqlite, tuple(shape))
+        sql = self._expanded.get(key)
+        if sql is None:
+            sql = self.sql
+            for name, count in shape:
+                listed = ", ".join(f":{n}" for n in _names(name, count))
+                sql = re.sub(rf":{name}\b", f"({listed})", sql)
+            sql = sql if sqlite else _pyformat(sql)
+            if len(self._expanded) < 1024:
+                self._expanded[key] = sql
+        return sql
 
     def run_many(
         self, conn: Connection, rows: Sequence[Mapping[str, Any]], *, returning: bool = False
@@ -63,15 +86,14 @@ class HotStatement:
         dialect = conn.dialect.name
         if dialect == "oracle":
             return conn.execute(self.oracle_clause(rows[0]), list(rows)).cursor
+        sqlite = dialect == "sqlite"
         if self.times:
+            convert = _sqlite_time if sqlite else _naive_utc
             rows = [
-                {
-                    k: _time(v, dialect) if k in self.times and v is not None else v
-                    for k, v in row.items()
-                }
+                {k: convert(v) if k in self.times and v is not None else v for k, v in row.items()}
                 for row in rows
             ]
-        sql = self.sql if dialect == "sqlite" else _pyformat(self.sql)
+        sql = self._plain[sqlite]
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         if returning:
             cursor.executemany(sql, rows, returning=True)
@@ -104,6 +126,43 @@ def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
 
 
-def _time(value: datetime, dialect: str) -> Any:
-    naive = value.astimezone(UTC).replace(tzinfo=None)
-    return naive.strftime(_SQLITE_TIME) if dialect == "sqlite" else naive
+def _cursor(conn: Connection) -> Any:
+    """The driver cursor the hot statements of ``conn``'s DBAPI connection share.
+
+    Made once per connection (psycopg builds a cursor in Python, at a cost near that of a
+    statement); each caller reads its rows before the next statement runs. The pool's
+    DBAPI connection is the driver's own for every synchronous driver."""
+    proxied = conn.connection
+    driver = proxied.dbapi_connection
+    held = proxied.info.get("stepline_cursor")
+    if held is None or held[0] is not driver:
+        held = proxied.info["stepline_cursor"] = (driver, driver.cursor())  # type: ignore[union-attr]
+    return held[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _names(name: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{name}_{i}" for i in range(count))
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """An aware time as the naive UTC time the columns hold (a naive one is local time)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite storage format (``%Y-%m-%d %H:%M:%S.%f``) of the UTC time.
+
+    Two-digit fields from a table: isoformat and strftime go through printf, which costs
+    more than the statement's own binding (three times per step)."""
+    v = value if value.tzinfo is UTC else value.astimezone(UTC)
+    d = _TWO_DIGITS
+    return (
+        f"{v.year:04d}-{d[v.month]}-{d[v.day]} {d[v.hour]}:{d[v.minute]}:{d[v.second]}"
+        f".{v.microsecond:06d}"
+    )
+
+
+_TWO_DIGITS = [f"{i:02d}" for i in range(100)]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,9 +226,11 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
+        driver = conn.connection.driver_connection
+        if driver.in_transaction:  # type: ignore[union-attr]
+            return  # a Core statement joining the hot path's transaction (see _pinned_...)
         mode = "BEGIN" if conn.get_execution_options().get("stepline_read") else "BEGIN IMMEDIATE"
-        # Straight on the driver: this runs per transaction, and on the per-step path.
-        conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
+        driver.execute(mode)  # type: ignore[union-attr]
 
 
 class SqlAlchemyStore(SqlMaintenance, Store):
@@ -250,6 +253,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         self._names: dict[int, str] = {}
         self._pickups: Engine | None = None
         self._definitions: dict[tuple[int, int], BatchDefinition] = {}
+        # The hot path's own connection (see _pinned_transaction); one thread at a time.
+        memory = self.dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:")
+        self._pin_lock = None if memory else threading.Lock()
+        self._pinned: Connection | None = None
+        self._pinned_pid = 0
+        self._pinned_used = 0.0
         quote = self.engine.dialect.identifier_preparer.quote
         self._lock_instance = sa.text(
             f"SELECT {', '.join(quote(c.name) for c in BI.c)} FROM batch_instance WHERE id = :id"
@@ -329,6 +338,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             raise _unavailable(self, exc) from exc
 
     def dispose(self) -> None:
+        if self._pin_lock is not None:
+            with self._pin_lock:
+                pinned, self._pinned = self._pinned, None
+                if pinned is not None and self._pinned_pid == os.getpid():
+                    with contextlib.suppress(Exception):
+                        pinned.close()
         self.engine.dispose()
         if self._pickups is not None:
             self._pickups.dispose()
@@ -688,29 +703,94 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 )
             return bool(taken)
 
-    @contextmanager
     def instance_transaction(
         self, instance_id: int, known: InstanceRecord | None = None
+    ) -> AbstractContextManager[InstanceTransaction]:
+        if known is not None and self._pin_lock is not None and self._pin_lock.acquire(False):
+            return _PinnedTransaction(self, instance_id, known)  # the per-step path
+        return self._pooled_transaction(instance_id, known)
+
+    @contextmanager
+    def _pooled_transaction(
+        self, instance_id: int, known: InstanceRecord | None
     ) -> Iterator[InstanceTransaction]:
         with self._write() as conn:
             if known is not None:
-                # Only status, the cancel flag and the owner change under the driver's feet;
-                # it already holds the rest, so the per-step lock reads three columns.
-                found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
-                if found is None:
-                    raise NotFound(f"instance {instance_id} does not exist")
-                instance = replace(
-                    known,
-                    status=InstanceStatus(found[0]),
-                    cancel_requested=bool(found[1]),
-                    owner_id=found[2],
-                )
+                instance = self._locked(conn, instance_id, known)
             else:
                 row = conn.execute(self._lock_instance, {"id": instance_id}).first()
                 if row is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
             yield SqlInstanceTransaction(conn, instance)
+
+    def _locked(self, conn: Connection, instance_id: int, known: InstanceRecord) -> InstanceRecord:
+        """Lock the instance row; ``known`` with what other processes may have changed.
+
+        Only status, the cancel flag and the owner change under the driver's feet; it
+        already holds the rest, so the per-step lock reads three columns."""
+        found = self._lock_status.run(conn, {"id": instance_id}).fetchone()
+        if found is None:
+            raise NotFound(f"instance {instance_id} does not exist")
+        status, cancel, owner = found
+        same = status == known.status and owner == known.owner_id  # StrEnum == its text
+        if same and bool(cancel) == known.cancel_requested:
+            return known
+        return replace(
+            known,
+            status=InstanceStatus(status),
+            cancel_requested=bool(cancel),
+            owner_id=owner,
+        )
+
+    def _pinned_connection(self) -> Connection:
+        conn = self._pinned
+        if conn is not None and self._pinned_pid != os.getpid():
+            conn = self._pinned = None  # a forked child: the parent's connection is not ours
+        rested = time.monotonic() - self._pinned_used >= PING_AFTER_IDLE
+        if conn is not None and rested and self.dialect != "sqlite":
+            # As the pool does for a connection that rested (a restarted server).
+            try:
+                self.engine.dialect.do_ping(conn.connection.dbapi_connection)  # type: ignore[arg-type]
+            except self._dbapi_error:
+                self._unpin(conn, None)
+                conn = None
+        if conn is None:
+            try:
+                conn = self.engine.connect()
+            except (sa.exc.DBAPIError, self._dbapi_error) as exc:
+                self._raise_translated(exc)
+                raise
+            self._pinned, self._pinned_pid = conn, os.getpid()
+        return conn
+
+    def _unpin(self, conn: Connection, error: BaseException | None) -> None:
+        """Roll back the pinned connection's transaction; a connection whose state is in
+        doubt (after any database error, or ``error`` None) is closed, not kept."""
+        keep = error is not None and not isinstance(
+            error, sa.exc.DBAPIError | self._dbapi_error | GeneratorExit
+        )
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            else:
+                conn.connection.driver_connection.rollback()  # type: ignore[union-attr]
+        except Exception:
+            keep = False
+        if keep and not conn.invalidated:
+            return
+        self._pinned = None
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def _raise_translated(self, exc: BaseException) -> None:
+        """Raise a database error as the store's (see _translate); return for any other."""
+        if isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
+            translated = self._translate(exc)
+            if translated is not exc:
+                raise translated from exc
 
     def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
         now = utcnow()
@@ -793,7 +873,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
 
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
-            row = conn.execute(sa.select(BI).where(BI.c.id == instance_id)).first()
+            row = conn.execute(_INSTANCE, {"id": instance_id}).first()
             if row is None:
                 raise NotFound(
                     f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
@@ -1043,6 +1123,76 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         with self._read() as conn:
             return [(r.id, r.owner_id) for r in conn.execute(query, {"now": db_now(conn)})]
 
+
+class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
+    """One instance transaction on the connection the store keeps checked out.
+
+    A transaction through the pool costs a checkout, SQLAlchemy's begin and commit
+    bookkeeping and a checkin: more than SQLite's own work for a step. The per-step path
+    instead begins and commits on the driver. A Core statement in the same transaction (a
+    rarer path) makes SQLAlchemy join it (the SQLite ``begin`` hook sees the driver's open
+    transaction), and then SQLAlchemy commits it. Whatever fails, the transaction is rolled
+    back, and a connection in doubt (any database error) is dropped, not reused.
+
+    Made by ``instance_transaction`` holding the store's pin lock; releases it on exit.
+    """
+
+    __slots__ = ("_conn", "_id", "_known", "_store")
+
+    def __init__(self, store: SqlAlchemyStore, instance_id: int, known: InstanceRecord) -> None:
+        self._store, self._id, self._known = store, instance_id, known
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> InstanceTransaction:
+        store = self._store
+        if store._write_lock is not None:
+            store._write_lock.acquire()
+        try:
+            conn = self._conn = store._pinned_connection()
+            if store.dialect == "sqlite":
+                conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+            return SqlInstanceTransaction(conn, store._locked(conn, self._id, self._known))
+        except BaseException as exc:
+            try:
+                if self._conn is not None:
+                    store._unpin(self._conn, exc)
+            finally:
+                self._release()
+            store._raise_translated(exc)
+            raise
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        store, conn = self._store, self._conn
+        assert conn is not None
+        try:
+            if error is not None:
+                store._unpin(conn, error)
+            else:
+                try:
+                    if conn.in_transaction():
+                        conn.commit()
+                    else:
+                        conn.connection.driver_connection.commit()  # type: ignore[union-attr]
+                except BaseException as exc:
+                    store._unpin(conn, exc)
+                    store._raise_translated(exc)
+                    raise
+        finally:
+            self._release()
+        if error is not None:
+            store._raise_translated(error)
+
+    def _release(self) -> None:
+        store = self._store
+        store._pinned_used = time.monotonic()
+        if store._write_lock is not None:
+            store._write_lock.release()
+        assert store._pin_lock is not None
+        store._pin_lock.release()
+
+
+_INSTANCE = sa.select(BI).where(BI.c.id == sa.bindparam("id"))
+"""Built once: building a statement and its cache key costs more than running it."""
 
 _PICKUP_SQL = (
     "UPDATE batch_step_result SET owner_id = :owner, started_at = :now"

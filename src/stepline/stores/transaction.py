@@ -94,6 +94,7 @@ _ITEMS_DONE = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n"
     " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
 )
+_ITEMS_DONE_RETURNING = HotStatement(_ITEMS_DONE.sql + " RETURNING upstream_pending")
 _PARENT_PENDING = HotStatement(
     "SELECT upstream_pending FROM batch_step_result"
     " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
@@ -111,6 +112,22 @@ _START_QUEUED = HotStatement(
     " WHERE id IN :ids AND status = 'queued'",
     times=["now"],
 )
+_CLAIM_ITEMS_RETURNING = HotStatement(
+    "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
+    " started_at = :now, finished_at = NULL, available_at = NULL"
+    " WHERE id IN (SELECT id FROM batch_step_result"
+    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index >= 0"
+    " AND status = 'queued' AND (available_at IS NULL OR available_at <= :now)"
+    " ORDER BY map_index LIMIT :limit)"
+    " RETURNING id, map_index, attempt, first_attempt",
+    times=["now"],
+)
+
+
+def _by_index(row: Any) -> int:
+    return int(row[1])
+
+
 _QUEUED_STEPS = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
     " WHERE batch_instance_id = :iid AND status = 'queued' AND map_index = -1"
@@ -128,9 +145,28 @@ _RESULTS = HotStatement(
     "SELECT step_key, result_payload FROM batch_step_result WHERE batch_instance_id = :iid"
     " AND step_key IN :keys AND map_index = -1 AND status = 'succeeded'"
 )
+_STATUSES = HotStatement(
+    "SELECT step_key, map_index, status FROM batch_step_result WHERE batch_instance_id = :iid"
+)
+_UNFINISHED = [s.value for s in StepStatus if not s.is_final]
+_UNFINISHED_ROW = HotStatement(
+    # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
+    # the final ones scanned every finished row of the instance.
+    "SELECT id FROM batch_step_result WHERE batch_instance_id = :iid AND status IN :states"
+    " LIMIT :limit"
+)
+_SET_INSTANCE: dict[tuple[str, ...], HotStatement] = {}
+"""``set_instance``'s UPDATE, by the columns it sets (a handful of shapes)."""
 _QUEUE = HotStatement(
     "UPDATE batch_step_result SET status = 'queued' WHERE id IN :ids AND status = 'pending'"
 )
+
+
+def _chunks(items: list[Any]) -> Sequence[list[Any]]:
+    """``items`` in lists of at most CHUNK (a short list as is: the per-step case)."""
+    if len(items) <= CHUNK:
+        return (items,) if items else ()
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
 def not_in_chunks(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -172,7 +208,10 @@ def _returning(conn: Connection) -> bool:
     """Whether UPDATE ... RETURNING is there: PostgreSQL, and SQLite from 3.35 (MariaDB
     has no UPDATE ... RETURNING; Oracle's RETURNING INTO binds outputs instead)."""
     name = conn.dialect.name
-    return name == "postgresql" or (name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35))
+    return name == "postgresql" or (name == "sqlite" and _SQLITE_RETURNING)
+
+
+_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 def db_now(conn: Connection) -> datetime:
@@ -213,12 +252,22 @@ def load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dic
     return out
 
 
+_RUNNING = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.started_at).where(
+    R.c.batch_instance_id == sa.bindparam("iid"), R.c.status == StepStatus.RUNNING.value
+)
+_RUNNING_NOT_OWNED = _RUNNING.where(
+    sa.or_(R.c.owner_id.is_(None), R.c.owner_id != sa.bindparam("owner"))
+)
+
+
 class SqlInstanceTransaction(InstanceTransaction):
     def __init__(self, conn: Connection, instance: InstanceRecord) -> None:
         self.conn = conn
         self.instance = instance
         self.id = instance.id
         self._ready: dict[str, tuple[int, int, int]] = {}
+        self._dialect = conn.dialect.name
+        self._returning = _returning(conn)
         self._waiting: set[str] = set()
         """Steps this transaction saw pending with upstream steps left: unfinished, unless
         it decides them itself (mark, start, cancel)."""
@@ -227,7 +276,8 @@ class SqlInstanceTransaction(InstanceTransaction):
         updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
         if not updated:
             return False
-        self._keep_logs([outcome])
+        if outcome.log is not None:
+            self._keep_logs([outcome])
         if not outcome.succeeded:
             self._keep_attempt(outcome, owner)
         return True
@@ -235,8 +285,8 @@ class SqlInstanceTransaction(InstanceTransaction):
     def record_many(
         self, outcomes: Sequence[tuple[StepOutcome, datetime | None]], *, owner: str
     ) -> list[bool]:
-        if len(outcomes) < 2 or self.conn.dialect.name != "postgresql":
-            return super().record_many(outcomes, owner=owner)
+        if len(outcomes) < 2 or self._dialect != "postgresql":
+            return [self.record(o, retry_at=at, owner=owner) for o, at in outcomes]
         # psycopg pipelines an executemany: one round trip for a whole burst of outcomes
         # instead of one per outcome; RETURNING tells which rows the fence let through.
         rows = [_record_params(o, at) for o, at in outcomes]
@@ -286,11 +336,11 @@ class SqlInstanceTransaction(InstanceTransaction):
         by_amount: dict[int, list[str]] = {}
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
-        returning = _returning(self.conn)
+        returning = self._returning
         ready: list[str] = []
         for amount, keys in by_amount.items():
-            for chunk in iter_chunks(keys, CHUNK):
-                params = {"amount": amount, "iid": self.id, "keys": list(chunk)}
+            for chunk in _chunks(keys):
+                params = {"amount": amount, "iid": self.id, "keys": chunk}
                 if not returning:
                     _UPSTREAM_DONE.run(self.conn, params)
                     continue
@@ -305,9 +355,9 @@ class SqlInstanceTransaction(InstanceTransaction):
                         self._waiting.add(key)
         if returning:
             return ready
-        for chunk in iter_chunks(list(counts), CHUNK):
+        for chunk in _chunks(list(counts)):
             for row_id, key, attempt, first in _READY.run(
-                self.conn, {"iid": self.id, "keys": list(chunk)}
+                self.conn, {"iid": self.id, "keys": chunk}
             ).fetchall():
                 self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
@@ -319,9 +369,9 @@ class SqlInstanceTransaction(InstanceTransaction):
         self._waiting.difference_update(keys)
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
-        for chunk in iter_chunks(run, CHUNK):
+        for chunk in _chunks(run):
             _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
-        for chunk in iter_chunks(wait, CHUNK):
+        for chunk in _chunks(wait):
             _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
         return [
             ClaimedStep(row_id, key, -1, attempt + 1, now, first)
@@ -330,7 +380,9 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def pending_ready(self) -> list[str]:
         ready: list[str] = []
-        for row_id, key, attempt, first in _PENDING_READY.run(self.conn, {"iid": self.id}):
+        for row_id, key, attempt, first in _PENDING_READY.run(
+            self.conn, {"iid": self.id}
+        ).fetchall():
             self._ready[key] = (row_id, attempt, first)
             ready.append(key)
         return ready
@@ -398,9 +450,14 @@ class SqlInstanceTransaction(InstanceTransaction):
     ) -> list[ClaimedStep]:
         if limit <= 0:
             return []
-        rows = _QUEUED_ITEMS.run(
-            self.conn, {"iid": self.id, "key": key, "now": now, "limit": limit}
-        ).fetchall()
+        params = {"iid": self.id, "key": key, "now": now, "limit": limit}
+        if self._returning:
+            # One statement: the claim returns the rows it took (the attempt already
+            # counted up), instead of a read of the queued items and then their claim.
+            taken = _CLAIM_ITEMS_RETURNING.run(self.conn, {**params, "owner": owner})
+            rows = sorted(taken.fetchall(), key=_by_index)
+            return [ClaimedStep(r[0], key, r[1], r[2], now, r[3]) for r in rows]
+        rows = _QUEUED_ITEMS.run(self.conn, params).fetchall()
         if not rows:
             return []
         for chunk in iter_chunks(rows, CHUNK):
@@ -424,6 +481,9 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def items_done(self, key: str, count: int) -> bool:
         params = {"iid": self.id, "key": key, "n": count}
+        if self._returning:  # one statement (a round trip on PostgreSQL) instead of two
+            left = _ITEMS_DONE_RETURNING.run(self.conn, params).fetchone()
+            return left is not None and left[0] <= 0
         _ITEMS_DONE.run(self.conn, params)
         left = _PARENT_PENDING.run(self.conn, params).fetchone()
         return left is not None and left[0] <= 0
@@ -475,11 +535,7 @@ class SqlInstanceTransaction(InstanceTransaction):
     def step_statuses(self) -> dict[str, StepStatus]:
         return {
             (key if index < 0 else f"{key}[{index}]"): StepStatus(status)
-            for key, index, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.map_index, R.c.status).where(
-                    R.c.batch_instance_id == self.id
-                )
-            )
+            for key, index, status in _STATUSES.run(self.conn, {"iid": self.id}).fetchall()
         }
 
     def enqueue_alerts(self, count: int) -> None:
@@ -502,7 +558,13 @@ class SqlInstanceTransaction(InstanceTransaction):
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
     ) -> list[str]:
-        query = self._running(exclude_keys)
+        skip = list(exclude_keys)
+        if not skip:  # the usual case (no mapped step), with statements built once
+            query = _RUNNING if exclude_owner is None else _RUNNING_NOT_OWNED
+            params = {"iid": self.id, "owner": exclude_owner}
+            rows = self.conn.execute(query, params).all()
+            return self._requeue(rows, "lost: its owner {owner} stopped before the attempt ended")
+        query = self._running(skip)
         if exclude_owner is not None:
             query = query.where(sa.or_(R.c.owner_id.is_(None), R.c.owner_id != exclude_owner))
         rows = self.conn.execute(query).all()
@@ -667,17 +729,8 @@ class SqlInstanceTransaction(InstanceTransaction):
     def has_unfinished(self) -> bool:
         if self._waiting:
             return True  # a step still waiting for its upstream: no need to ask
-        # IN over the few unfinished states seeks the (instance, status) index; NOT IN over
-        # the final ones scanned every finished row of the instance.
-        unfinished = [s.value for s in StepStatus if not s.is_final]
-        return (
-            self.conn.execute(
-                sa.select(R.c.id)
-                .where(R.c.batch_instance_id == self.id, R.c.status.in_(unfinished))
-                .limit(1)
-            ).first()
-            is not None
-        )
+        params = {"iid": self.id, "states": _UNFINISHED, "limit": 1}
+        return _UNFINISHED_ROW.run(self.conn, params).fetchone() is not None
 
     def set_instance(
         self,
@@ -699,4 +752,11 @@ class SqlInstanceTransaction(InstanceTransaction):
             values["owner_id"] = owner
         elif release:
             values["owner_id"] = None
-        self.conn.execute(sa.update(BI).where(BI.c.id == self.id).values(**values))
+        statement = _SET_INSTANCE.get(tuple(values))
+        if statement is None:
+            sets = ", ".join(f"{name} = :{name}" for name in values)
+            statement = _SET_INSTANCE[tuple(values)] = HotStatement(
+                f"UPDATE batch_instance SET {sets} WHERE id = :id",
+                times=[n for n in ("started_at", "finished_at") if n in values],
+            )
+        statement.run(self.conn, {**values, "id": self.id})
