@@ -3,6 +3,10 @@ pickup by attempt, handed-over claims, lost attempts, the worker's job without a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import remote_runners as rr
+from faults import Faults, install
 from stepline import InstanceStatus, StepStatus, batch
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage
 from stepline.engine.advance import advance
@@ -223,3 +229,115 @@ def test_running_items_count_other_items_only(store: SqlAlchemyStore) -> None:
         assert tx.running_items() == {"each": 2}
         assert tx.running_items([items[0].row_id]) == {"each": 1}
     owner.close()
+
+
+@pytest.fixture
+def faulty_store(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[SqlAlchemyStore, Faults]]:
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path))
+    faults = Faults()
+    store = SqlAlchemyStore(db_url)
+    install(store.engine, faults)
+    with Stepline(store=store) as service:
+        yield service.store, faults
+
+
+def test_a_database_that_does_not_answer_costs_a_worker_s_outcome_nothing(
+    faulty_store: tuple[SqlAlchemyStore, Faults],
+) -> None:
+    """Five failed tries in a row (a failover, a restart): the success is still recorded as
+    one, not turned into a failure; the worker waits for the database as long as it takes."""
+    store, faults = faulty_store
+    owner, outbox, iid = start(store, [step("a", ["b"]), step("b")])
+    job = StepJob(store, "w:1:a")
+    (a,) = outbox.sent
+    finished = job.run(iid, a.row_id, a.attempt)
+    assert finished is not None and finished.outcome.succeeded
+    faults.arm(dict.fromkeys(range(1, 6), "deadlock"))  # the first statement of five tries
+    (b,) = job.record(*finished)
+    assert len(faults.injected) == 5
+    faults.disarm()
+    (row,) = [r for r in store.step_results(iid) if r.step_key == "a"]
+    assert row.status is StepStatus.SUCCEEDED, row.error
+    assert job(iid, b.row_id, b.attempt) == []
+    assert store.instance(iid).status is InstanceStatus.SUCCEEDED
+    owner.close()
+
+
+def test_an_outcome_of_a_deleted_instance_is_dropped_not_retried_for_ever(
+    store: SqlAlchemyStore,
+) -> None:
+    owner, outbox, iid = start(store, [step("a")])
+    job = StepJob(store, "w:1:a")
+    (a,) = outbox.sent
+    finished = job.run(iid, a.row_id, a.attempt)
+    assert finished is not None
+    owner.close()
+    with store.engine.begin() as conn:  # gone, as `stepline delete --purge` leaves it
+        rows = "SELECT id FROM batch_step_result WHERE batch_instance_id = :i"
+        for table in ("batch_step_log", "batch_step_attempt"):
+            conn.execute(
+                sa.text(f"DELETE FROM {table} WHERE step_result_id IN ({rows})"), {"i": iid}
+            )
+        conn.execute(
+            sa.text("DELETE FROM batch_step_result WHERE batch_instance_id = :i"), {"i": iid}
+        )
+        conn.execute(sa.text("DELETE FROM batch_instance WHERE id = :i"), {"i": iid})
+    sent: list[StepMessage] = []
+    recorder = Recorder(job, sent.extend)
+    recorder.put(finished)
+    assert recorder.close(timeout=10), "the recorder is stuck on an outcome it cannot record"
+    assert sent == []
+
+
+def test_a_worker_whose_outcomes_cannot_be_recorded_ends_so_its_owner_recovers_them(
+    tmp_path: Path,
+) -> None:
+    """Refused even without its result: left running under a live lease, the attempt would
+    hang for ever, so the worker process ends (its owner then records the attempt lost)."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sqlalchemy as sa
+            from stepline import batch
+            from stepline.engine.remote import Recorder, RemoteOrchestrator, StepJob
+            from stepline.service import Stepline
+            from test_remote_store import Outbox
+
+            with Stepline(db="sqlite:///{tmp_path / "w.db"}") as service:
+                store = service.store
+                a_step = {{"key": "a", "runner": "remote_runners:work"}}
+                stored = store.apply(batch("poison", [a_step]))
+                outbox = Outbox()
+                owner = RemoteOrchestrator(store, outbox, lease_seconds=5)
+                instance = owner.start(stored)
+                owner.adopt(instance.id)
+                (a,) = outbox.sent
+                job = StepJob(store, "w:1:a")
+                finished = job.run(instance.id, a.row_id, a.attempt)
+                with store.engine.begin() as conn:  # the database refuses every record
+                    conn.exec_driver_sql(
+                        "CREATE TRIGGER refuse BEFORE UPDATE ON batch_step_result"
+                        " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+                    )
+                recorder = Recorder(job, lambda messages: None)
+                recorder.put(finished)
+                recorder.flush()
+            print("still alive")
+            """
+        )
+    )
+    here = Path(__file__).parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]),
+        "STEPLINE_TEST_CALLS": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 70, done.stdout + done.stderr
+    assert "still alive" not in done.stdout
+    assert "ending the worker process" in done.stdout + done.stderr

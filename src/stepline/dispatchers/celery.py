@@ -268,13 +268,27 @@ def _heartbeat(store: Store, owner: str, lease_seconds: float, stop: threading.E
             log.warning("could not renew the worker lease", error=f"{type(exc).__name__}: {exc}")
 
 
+SHUTDOWN_RECORD_SECONDS = 30.0
+"""How long a stopping worker process waits for its outcomes to be recorded."""
+
+
 def _stop_child(**_: Any) -> None:
     worker = _worker
     if worker is None:
         return
+    # What this process ran is recorded before it goes, while its lease is still renewed
+    # (a lease lapsing meanwhile would have the owner run those steps again).
+    drained = worker.recorder.close(timeout=SHUTDOWN_RECORD_SECONDS)
     worker.stop.set()
-    worker.recorder.close()  # what this process ran is recorded before it goes
     worker.dispatcher.shutdown()
+    if not drained:
+        # Outcomes still unrecorded: keep the worker row, so that its lease lapses and the
+        # owner records those attempts as lost (a released owner is nobody's to recover).
+        log.error(
+            "could not record every step outcome before stopping; their steps run again",
+            seconds=SHUTDOWN_RECORD_SECONDS,
+        )
+        return
     try:
         worker.store.release(worker.owner)
         worker.store.dispose()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import structlog
 
@@ -35,6 +35,7 @@ from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
 from stepline.engine import steplogs
 from stepline.engine.advance import advance, map_items
+from stepline.engine.backoff import Backoff, short_error
 from stepline.engine.execution import (
     build_context,
     is_async,
@@ -44,6 +45,7 @@ from stepline.engine.execution import (
 )
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
 from stepline.engine.steplogs import AttemptLog
+from stepline.errors import NotFound, StoreUnavailable
 from stepline.stores.base import (
     ClaimedStep,
     InstanceRecord,
@@ -56,6 +58,8 @@ from stepline.stores.base import (
 log = structlog.get_logger("stepline.remote")
 
 MAX_CLAIM = 100_000
+REFUSALS = 3
+"""Times the database may refuse a step outcome before it is recorded without its result."""
 """Steps one transaction may hand to the broker: the broker queues what workers cannot
 take yet, so the only bound is the size of one transaction."""
 
@@ -321,8 +325,11 @@ class StepJob:
         """Record outcomes of one instance and advance it in one transaction, retried until
         the database takes it; return the claimed successors to send.
 
-        A group the database refuses is recorded one outcome at a time, and a result the
-        database refuses three times is recorded as the step's failure.
+        A database that does not answer (StoreUnavailable) is waited for, however long: the
+        outcome is kept. A group the database refuses is recorded one outcome at a time; an
+        outcome refused three times is recorded as the step's failure without its result and
+        log (not retried); if even that is refused, the process ends (see :func:`fatal`).
+        An outcome of a deleted instance is dropped.
         """
         if len(results) > 1:
             try:
@@ -336,28 +343,48 @@ class StepJob:
                 )
             return [m for r in results for m in self.record(instance, definition, r)]
         (result,) = results
-        delay, tries = 0.2, 0
+        backoff = Backoff(None)  # the database may come back: the outcome is kept
+        refused = 0
         while True:
             try:
                 return self._record(instance, definition, [result])
-            except Exception as exc:
-                tries += 1
+            except StoreUnavailable as exc:
+                backoff.wait(exc)  # a blip or a failover costs a step nothing
+                continue
+            except NotFound:
                 log.warning(
-                    "could not record a step outcome; retrying",
+                    "the instance is gone (deleted or purged); its step outcome is dropped",
                     instance_id=instance.id,
                     step=result.step_key,
-                    error=f"{type(exc).__name__}: {exc}",
                 )
-                if tries == 3 and result.succeeded:
+                return []
+            except Exception as exc:
+                refused += 1
+                error = short_error(exc)
+                if refused > REFUSALS:
+                    # Even the bare failure is refused: not a value, a fault of this process
+                    # or of the database. Left running under a live lease the attempt would
+                    # hang for ever; let the process die so that its owner records it lost.
+                    fatal(f"could not record step {result.step_key!r}: {error}")
+                log.warning(
+                    "the database refused a step outcome; retrying",
+                    instance_id=instance.id,
+                    step=result.step_key,
+                    error=error,
+                )
+                if refused == REFUSALS:
+                    # What the runner produced (result, log) is what the database refuses:
+                    # record the attempt's failure without it, never to be retried.
                     result = replace(
                         result,
                         succeeded=False,
                         payload=None,
+                        log=None,
+                        log_truncated=False,
                         retryable=False,
-                        error=f"the result could not be stored: {type(exc).__name__}: {exc}",
+                        error=f"the outcome could not be stored: {error}",
                     )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                time.sleep(0.2 * refused)
 
     def _record(
         self, instance: InstanceRecord, definition: BatchDefinition, results: Sequence[StepOutcome]
@@ -414,6 +441,8 @@ class Recorder:
 
     def put(self, finished: Finished) -> None:
         """Hand an outcome over; waits while the database is far behind (back pressure)."""
+        if not self._thread.is_alive():
+            fatal("the recorder thread has stopped")
         self._queue.put(finished)
         while self._queue.qsize() > self.backlog and self._thread.is_alive():
             time.sleep(0.01)
@@ -422,25 +451,32 @@ class Recorder:
         """Wait until everything handed over is recorded and its successors sent."""
         self._queue.join()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
+        """Record what is left, then stop; False if that took longer than ``timeout``."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
-        while True:
-            taken = [self._queue.get()]
-            while len(taken) < self.group:
+        try:
+            while True:
+                taken = [self._queue.get()]
+                while len(taken) < self.group:
+                    try:
+                        taken.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
                 try:
-                    taken.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._record([f for f in taken if f is not None])
-            finally:
-                for _ in taken:
-                    self._queue.task_done()
-            if None in taken:
-                return
+                    self._record([f for f in taken if f is not None])
+                finally:
+                    for _ in taken:
+                        self._queue.task_done()
+                if None in taken:
+                    return
+        except BaseException as exc:
+            # Without this thread nothing this process runs is ever recorded, while its
+            # lease stays alive: end the process, so its owner takes its attempts as lost.
+            fatal(f"the recorder thread failed: {short_error(exc)}")
 
     def _record(self, finished: list[Finished]) -> None:
         groups: dict[int, list[Finished]] = {}
@@ -448,11 +484,24 @@ class Recorder:
             groups.setdefault(f.instance.id, []).append(f)
         for group in groups.values():
             instance, definition = group[0].instance, group[0].definition
+            messages = self.job.record(instance, definition, *(f.outcome for f in group))
             try:
-                messages = self.job.record(instance, definition, *(f.outcome for f in group))
                 self.send(messages)
-            except Exception:  # the thread must live on; the owner sweeps what is stuck
-                log.exception("could not record step outcomes", instance_id=instance.id)
+            except Exception as exc:  # claimed and committed: the owner's sweep resends them
+                log.warning(
+                    "could not send claimed steps; the owner sends them again later",
+                    instance_id=instance.id,
+                    steps=len(messages),
+                    error=short_error(exc),
+                )
+
+
+def fatal(reason: str) -> NoReturn:
+    """End this worker process at once. Its attempts still ``running`` are then recorded as
+    lost by the instance's owner once the lease lapses, and run again per their retry
+    policy: what a killed process leads to, the path the crash tests cover."""
+    log.critical("ending the worker process", reason=reason)
+    os._exit(70)
 
 
 class RemoteOrchestrator(Orchestrator):
