@@ -175,6 +175,8 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
 
 PING_AFTER_IDLE = 1.0
 """Seconds a pooled connection may rest before a checkout pings it."""
+DISPOSE_WAIT = 5.0
+"""Seconds ``dispose`` waits for a transaction on the pinned connection to end."""
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -338,12 +340,16 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             raise _unavailable(self, exc) from exc
 
     def dispose(self) -> None:
-        if self._pin_lock is not None:
-            with self._pin_lock:
+        # A transaction still running on the pinned connection (another thread) keeps it;
+        # closing the store does not wait for ever on it.
+        if self._pin_lock is not None and self._pin_lock.acquire(timeout=DISPOSE_WAIT):
+            try:
                 pinned, self._pinned = self._pinned, None
                 if pinned is not None and self._pinned_pid == os.getpid():
                     with contextlib.suppress(Exception):
                         pinned.close()
+            finally:
+                self._pin_lock.release()
         self.engine.dispose()
         if self._pickups is not None:
             self._pickups.dispose()
@@ -765,11 +771,13 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         return conn
 
     def _unpin(self, conn: Connection, error: BaseException | None) -> None:
-        """Roll back the pinned connection's transaction; a connection whose state is in
-        doubt (after any database error, or ``error`` None) is closed, not kept."""
-        keep = error is not None and not isinstance(
-            error, sa.exc.DBAPIError | self._dbapi_error | GeneratorExit
+        """Roll back the pinned connection's transaction. A connection whose state is in
+        doubt is closed, not kept: after any database error, an interrupt (it may have
+        struck inside a driver call), or ``error`` None."""
+        keep = isinstance(error, Exception) and not isinstance(
+            error, sa.exc.DBAPIError | self._dbapi_error
         )
+        self._pinned = None  # pinned again only once the rollback is known to be done
         try:
             if conn.in_transaction():
                 conn.rollback()
@@ -777,13 +785,13 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 conn.connection.driver_connection.rollback()  # type: ignore[union-attr]
         except Exception:
             keep = False
+        except BaseException:
+            _discard(conn)
+            raise
         if keep and not conn.invalidated:
+            self._pinned = conn
             return
-        self._pinned = None
-        with contextlib.suppress(Exception):
-            conn.invalidate()
-        with contextlib.suppress(Exception):
-            conn.close()
+        _discard(conn)
 
     def _raise_translated(self, exc: BaseException) -> None:
         """Raise a database error as the store's (see _translate); return for any other."""
@@ -1124,6 +1132,14 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             return [(r.id, r.owner_id) for r in conn.execute(query, {"now": db_now(conn)})]
 
 
+def _discard(conn: Connection) -> None:
+    """Close a connection for good: never back into the pool."""
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
 class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
     """One instance transaction on the connection the store keeps checked out.
 
@@ -1145,9 +1161,11 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
 
     def __enter__(self) -> InstanceTransaction:
         store = self._store
-        if store._write_lock is not None:
-            store._write_lock.acquire()
+        write_locked = False
         try:
+            if store._write_lock is not None:
+                store._write_lock.acquire()
+                write_locked = True
             conn = self._conn = store._pinned_connection()
             if store.dialect == "sqlite":
                 conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
@@ -1157,7 +1175,7 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
                 if self._conn is not None:
                     store._unpin(self._conn, exc)
             finally:
-                self._release()
+                self._release(write_locked=write_locked)
             store._raise_translated(exc)
             raise
 
@@ -1182,10 +1200,10 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
         if error is not None:
             store._raise_translated(error)
 
-    def _release(self) -> None:
+    def _release(self, *, write_locked: bool = True) -> None:
         store = self._store
         store._pinned_used = time.monotonic()
-        if store._write_lock is not None:
+        if store._write_lock is not None and write_locked:
             store._write_lock.release()
         assert store._pin_lock is not None
         store._pin_lock.release()
