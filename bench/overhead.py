@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,19 +173,7 @@ def classic(urls: list[str], only: str | None, repeat: int) -> None:
         f"{'cpu ms/step':>13}{'x floor':>9}{'peak MB':>9}"
     )
     for url in urls:
-        store = fresh_store(url)
-        definitions = [(w, w.make()) for w in chosen]
-        floors: list[tuple[float, float]] = []
-        runs: dict[str, list[tuple[float, float]]] = {w.name: [] for w in chosen}
-        for _ in range(repeat):
-            cpu = time.process_time()
-            per_step = floor(url, synchronous=SQLITE_SYNC)
-            floors.append((per_step, (time.process_time() - cpu) / 1000))
-            for w, definition in definitions:
-                runs[w.name].append(run_timed(store, definition))
-        store.dispose()
-        base = statistics.median(f[0] for f in floors) * 1000
-        base_cpu = statistics.median(f[1] for f in floors) * 1000
+        base, base_cpu, runs = alternate(url, chosen, repeat)
         label = label_of(url)
         print(f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{base_cpu:>13.3f}")
         for w in chosen:
@@ -198,6 +186,27 @@ def classic(urls: list[str], only: str | None, repeat: int) -> None:
             )
 
 
+def alternate(
+    url: str, workloads: Sequence[Workload], rounds: int
+) -> tuple[float, float, dict[str, list[tuple[float, float]]]]:
+    """Rounds of the floor, then each workload once: the floor's median ms per step (wall,
+    CPU) and each workload's (wall s, CPU s) per round."""
+    store = fresh_store(url)
+    definitions = [(w, w.make()) for w in workloads]
+    floors: list[tuple[float, float]] = []
+    runs: dict[str, list[tuple[float, float]]] = {w.name: [] for w in workloads}
+    for _ in range(rounds):
+        cpu = time.process_time()
+        per_step = floor(url, synchronous=SQLITE_SYNC)
+        floors.append((per_step, (time.process_time() - cpu) / 1000))
+        for w, definition in definitions:
+            runs[w.name].append(run_timed(store, definition))
+    store.dispose()
+    base = statistics.median(f[0] for f in floors) * 1000
+    base_cpu = statistics.median(f[1] for f in floors) * 1000
+    return base, base_cpu, runs
+
+
 def scaling(urls: list[str], rounds: int) -> None:
     """Per-step cost by size, in alternating rounds, beside the floor.
 
@@ -208,19 +217,7 @@ def scaling(urls: list[str], rounds: int) -> None:
         f"{'x floor':>9}{'x smallest':>12}{'cpu ms/step':>13}"
     )
     for url in urls:
-        store = fresh_store(url)
-        definitions = [(w, w.make()) for w in SCALING]
-        floors: list[tuple[float, float]] = []
-        walls: dict[str, list[tuple[float, float]]] = {w.name: [] for w in SCALING}
-        for _ in range(rounds):
-            cpu = time.process_time()
-            per_step = floor(url, synchronous=SQLITE_SYNC)
-            floors.append((per_step, (time.process_time() - cpu) / 1000))
-            for w, definition in definitions:
-                walls[w.name].append(run_timed(store, definition))
-        store.dispose()
-        base = statistics.median(f[0] for f in floors) * 1000
-        base_cpu = statistics.median(f[1] for f in floors) * 1000
+        base, base_cpu, walls = alternate(url, SCALING, rounds)
         label = label_of(url)
         print(
             f"{label:<12}{'floor':<12}{1000:>7}{'':>9}{base:>9.3f}{1:>9.2f}{'':>12}"
