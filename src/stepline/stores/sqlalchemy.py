@@ -346,8 +346,9 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             try:
                 pinned, self._pinned = self._pinned, None
                 if pinned is not None and self._pinned_pid == os.getpid():
-                    with contextlib.suppress(Exception):
-                        pinned.close()
+                    # Closed for good, not checked in: the pool it came from may be gone
+                    # already (a dispose that found it in use by another thread).
+                    _discard(pinned)
             finally:
                 self._pin_lock.release()
         self.engine.dispose()
