@@ -341,3 +341,27 @@ def test_a_worker_whose_outcomes_cannot_be_recorded_ends_so_its_owner_recovers_t
     assert done.returncode == 70, done.stdout + done.stderr
     assert "still alive" not in done.stdout
     assert "ending the worker process" in done.stdout + done.stderr
+
+
+def test_a_pickup_survives_its_kept_connection_being_closed_by_the_server(
+    store: SqlAlchemyStore,
+) -> None:
+    """PostgreSQL pickups keep one connection checked out; one the server closed meanwhile
+    (a restart, an idle timeout) is replaced, not turned into a failed delivery."""
+    if store.dialect != "postgresql":
+        pytest.skip("only PostgreSQL keeps a connection for pickups")
+    owner, outbox, iid = start(store, [step("a"), step("b")])
+    first, second = outbox.sent
+    assert store.pickup(first.row_id, 1, "w:1:a") is not None
+    with store.engine.connect() as admin:
+        killed = admin.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query LIKE 'UPDATE batch_step_result%'"
+            )
+        ).all()
+    assert killed, "the kept pickup connection was not found"
+    picked = store.pickup(second.row_id, 1, "w:1:a")
+    assert picked is not None and picked[1].step_key == "b"
+    owner.close()

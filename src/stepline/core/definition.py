@@ -153,6 +153,13 @@ class BatchDefinition:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_key", {s.key: s for s in self.steps})
         object.__setattr__(self, "_graph", _graph_with_watchers(self.steps))
+        object.__setattr__(self, "_mapped", any(s.map is not None for s in self.steps))
+
+    @property
+    def mapped(self) -> bool:
+        """Whether any step is mapped over items (read on every decision: kept, not walked)."""
+        mapped: bool = self.__dict__["_mapped"]
+        return mapped
 
     @property
     def graph(self) -> Graph:

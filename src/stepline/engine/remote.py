@@ -199,7 +199,10 @@ class StepJob:
     ) -> Finished | None:
         """Pick the attempt up and run it; None if another delivery took it first (or it
         ended, or a newer attempt superseded it). Nothing is recorded yet."""
-        picked = self.store.pickup(row_id, attempt, self.owner)
+        try:
+            picked = self.store.pickup(row_id, attempt, self.owner)
+        except StoreUnavailable:  # held, not dropped: a dropped message waits for a resend
+            picked = Backoff(None).call(lambda: self.store.pickup(row_id, attempt, self.owner))
         if picked is None:
             log.info(
                 "delivery of an attempt already taken, ended or superseded; nothing to run",
@@ -389,7 +392,7 @@ class StepJob:
     def _record(
         self, instance: InstanceRecord, definition: BatchDefinition, results: Sequence[StepOutcome]
     ) -> list[StepMessage]:
-        mapped = any(s.map is not None for s in definition.steps)
+        mapped = definition.mapped
         with self.store.instance_transaction(instance.id, instance) as tx:
             if tx.instance.status.is_final:
                 return []
@@ -595,7 +598,7 @@ class RemoteOrchestrator(Orchestrator):
         it. An error leaves everything as stored; the next look at the instance retries."""
         instance_id = active.instance.id
         definition = active.definition
-        mapped = any(s.map is not None for s in definition.steps)
+        mapped = definition.mapped
         with self.store.instance_transaction(instance_id, active.instance) as tx:
             if tx.instance.owner_id != self.owner:
                 self._lose(active)

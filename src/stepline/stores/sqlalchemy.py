@@ -254,6 +254,9 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         )
         self._names: dict[int, str] = {}
         self._pickups: Engine | None = None
+        self._pickup_conn: Connection | None = None
+        """Kept checked out: a pool checkout and check-in cost more than the pickup itself."""
+        self._pickup_lock = threading.Lock()
         self._definitions: dict[tuple[int, int], BatchDefinition] = {}
         # The hot path's own connection (see _pinned_transaction); one thread at a time.
         memory = self.dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:")
@@ -353,6 +356,13 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 self._pin_lock.release()
         self.engine.dispose()
         if self._pickups is not None:
+            if self._pickup_lock.acquire(timeout=DISPOSE_WAIT):
+                try:
+                    conn, self._pickup_conn = self._pickup_conn, None
+                    if conn is not None:
+                        _discard(conn)
+                finally:
+                    self._pickup_lock.release()
             self._pickups.dispose()
 
     def _forget(self, definition_id: int) -> None:
@@ -808,11 +818,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             # One statement, committed on its own without waiting for an fsync: a pickup lost
             # in a database crash only lets the attempt run again (the owner sends it again),
             # and the outcome's own synchronous commit flushes it before anything depends on it.
-            try:
-                with self._pickup_engine().connect() as conn:
-                    row = _PICKUP_RETURNING.run(conn, params).fetchone()
-            except sa.exc.OperationalError as exc:
-                raise _unavailable(self, exc) from exc
+            row = self._pickup_pg(params)
         else:
             with self._write() as conn:
                 if self.dialect == "sqlite":
@@ -825,6 +831,27 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             return None
         instance_id, key, index, first = row
         return int(instance_id), ClaimedStep(row_id, key, index, attempt, now, first)
+
+    def _pickup_pg(self, params: dict[str, Any]) -> Any:
+        """The pickup on the connection kept for it; a kept connection that fails (the
+        server restarted meanwhile) is replaced once, as a pre-ping would have."""
+        with self._pickup_lock:
+            for fresh in (self._pickup_conn is None, True):
+                conn = self._pickup_conn
+                try:
+                    if conn is None:
+                        conn = self._pickup_conn = self._pickup_engine().connect()
+                    return _PICKUP_RETURNING.run(conn, params).fetchone()
+                except BaseException as exc:
+                    self._pickup_conn = None  # a broken or interrupted one is not reused
+                    if conn is not None:
+                        _discard(conn)
+                    if not isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
+                        raise
+                    translated = self._translate(exc)
+                    if fresh or not isinstance(translated, StoreUnavailable):
+                        raise translated from exc
+        raise AssertionError("unreachable")
 
     def _pickup_engine(self) -> Engine:
         if self._pickups is None:
