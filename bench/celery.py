@@ -12,6 +12,10 @@ alike; the table shows medians. The clock runs from the first message (for Stepl
 trigger) until the last task has run (the instance is final).
 W3: two parallel 0.2 s steps, a join, a final step, on 2 processes: trigger to final as
 the waiting owner sees it, and as stored (``finished_at - created_at``).
+Below each row, where the CPU went (Linux ``/proc``; medians, ms of CPU per step): the
+worker's main process (Celery's consumer) and its pool processes, the database server, the
+broker, and this process (the sender of raw tasks; Stepline's owner). On a machine whose
+cores are all busy, throughput follows the sum.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -115,6 +120,54 @@ class Raw:
         stop(self.worker)
 
 
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of these processes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def pids_of(pattern: str, parent: int | None = None) -> list[int]:
+    args = ["pgrep", "-P", str(parent)] if parent is not None else ["pgrep", "-f", pattern]
+    found = subprocess.run(args, capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in found.split()]
+
+
+class CpuMeter:
+    """CPU per role while one measure runs: the worker's consumer, its pool processes, the
+    database server, the broker and this process."""
+
+    def __init__(self, worker: subprocess.Popen[bytes], broker: str) -> None:
+        self.roles = {
+            "consumer": [worker.pid],
+            "pool": pids_of("", parent=worker.pid),
+            "database": pids_of("postgres"),
+            "broker": pids_of("redis-server" if broker.startswith("redis") else "beam.smp"),
+            "bench": [os.getpid()],
+        }
+        self.samples: dict[str, list[float]] = {role: [] for role in self.roles}
+
+    def measure(self, fn: object, steps: int) -> float:
+        before = {role: cpu_seconds(p) for role, p in self.roles.items()}
+        wall = fn()  # type: ignore[operator]
+        for role, pids in self.roles.items():
+            self.samples[role].append((cpu_seconds(pids) - before[role]) * 1000 / steps)
+        return float(wall)
+
+    def line(self) -> str:
+        parts = [f"{r} {statistics.median(v):.2f}" for r, v in self.samples.items() if v]
+        total = sum(statistics.median(v) for v in self.samples.values() if v)
+        return f"cpu ms/step: {', '.join(parts)}; total {total:.2f}"
+
+
 def fresh_database(server: str) -> str:
     name = f"stepline_bench_celery_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
@@ -168,6 +221,10 @@ def fan_out(app: Stepline, steps: int) -> tuple[float, int]:
     wall = time.perf_counter() - start
     assert final.status == "succeeded", final
     return wall, steps + 2
+
+
+def fan_steps(app: Stepline, steps: int) -> float:
+    return fan_out(app, steps)[0]
 
 
 def w3(app: Stepline, repeat: int) -> tuple[float, float]:
@@ -225,13 +282,15 @@ def main() -> None:
             raw = Raw(args.broker, processes, tmp)
             worker = stepline_worker(settings, db, processes, tmp / f"stepline-{processes}.log")
             raw_walls, walls = [], []
+            raw_cpu, cpu = CpuMeter(raw.worker, args.broker), CpuMeter(worker, args.broker)
+            steps = args.steps + 2
             try:
                 with Stepline(settings, db=db) as app:
                     fan_out(app, processes * 2)  # warm-up: every process has run a step
                     for _ in range(args.rounds):
-                        raw_walls.append(raw.measure(args.steps))
-                        wall, steps = fan_out(app, args.steps)
-                        walls.append(wall)
+                        raw_run = partial(raw.measure, args.steps)
+                        raw_walls.append(raw_cpu.measure(raw_run, args.steps))
+                        walls.append(cpu.measure(partial(fan_steps, app, args.steps), steps))
                         rows = app.store.step_results(app.store.instances(limit=1)[0].id)
                         assert len(rows) == steps and all(r.status == "succeeded" for r in rows)
                     w3_seen, w3_stored = w3(app, args.repeat) if processes >= 2 else (None, None)
@@ -246,6 +305,8 @@ def main() -> None:
                 f"{processes:>9}  {raw_wall:>12.2f}  {raw_rate:>8.0f}  {wall:>10.2f}  {rate:>8.0f}"
                 f"  {rate / raw_rate:>6.0%}  (rounds: {ratios})"
             )
+            print(f"{'':>9}  raw celery {raw_cpu.line()}")
+            print(f"{'':>9}  stepline   {cpu.line()}")
             if w3_seen is not None:
                 print(
                     f"  W3 on {processes} processes: {w3_seen:.3f} s trigger to final as `run`"
