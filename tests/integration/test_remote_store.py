@@ -350,7 +350,7 @@ def test_a_pickup_survives_its_kept_connection_being_closed_by_the_server(
     (a restart, an idle timeout) is replaced, not turned into a failed delivery."""
     if store.dialect != "postgresql":
         pytest.skip("only PostgreSQL keeps a connection for pickups")
-    owner, outbox, iid = start(store, [step("a"), step("b")])
+    owner, outbox, _ = start(store, [step("a"), step("b")])
     first, second = outbox.sent
     assert store.pickup(first.row_id, 1, "w:1:a") is not None
     with store.engine.connect() as admin:

@@ -284,7 +284,10 @@ def run_sync(
     *,
     statuses: StatusLoader | None = None,
     connections: Connections | None = None,
+    timeouts: tuple[type[BaseException], ...] = (),
 ) -> StepOutcome:
+    """Run a ``def`` runner in this thread. ``timeouts`` are the exceptions that mean the
+    attempt ran out of time (a Celery worker's soft time limit)."""
     started = datetime.now(UTC)
     log = steplogs.capture(work.params)
     token = steplogs.active(log)
@@ -296,6 +299,8 @@ def run_sync(
                 f"runner {work.step.runner!r} returned an awaitable from a plain "
                 "def; declare it `async def`"
             )
+    except timeouts:
+        return timed_out(work, started, log)
     except BaseException as exc:  # SystemExit in a runner must still end its attempt
         return outcome(work, started, error=exc, log=log)
     finally:
@@ -309,17 +314,51 @@ async def run_async(
     *,
     statuses: StatusLoader | None = None,
     connections: Connections | None = None,
+    timeout: float | None = None,
+    timeouts: tuple[type[BaseException], ...] = (),
 ) -> StepOutcome:
+    """Await an ``async def`` runner; with ``timeout`` (seconds) it is cancelled then, and
+    the attempt fails as timed out. ``timeouts`` as for :func:`run_sync`."""
     started = datetime.now(UTC)
     log = steplogs.capture(work.params)
     token = steplogs.active(log)  # the task's own context: other tasks are not affected
     try:
         context = build_context(work, load, log, statuses=statuses, connections=connections)
-        value = await runner_for(work.step.runner)(context)
+        call = runner_for(work.step.runner)(context)
+        value = await (call if timeout is None else asyncio.wait_for(call, timeout))
     except asyncio.CancelledError:
         raise  # the dispatcher tells an abandoned attempt from one that cancelled itself
+    except timeouts:
+        return timed_out(work, started, log)
+    except TimeoutError as exc:
+        if timeout is not None:
+            return timed_out(work, started, log)
+        return outcome(work, started, error=exc, log=log)
     except BaseException as exc:  # SystemExit in a runner must still end its attempt
         return outcome(work, started, error=exc, log=log)
     finally:
         steplogs.release(token)
     return outcome(work, started, value, log=log)
+
+
+def timed_out(work: StepWork, started: datetime, log: AttemptLog | None = None) -> StepOutcome:
+    """The outcome of an attempt that ran out of its step's time (retried per policy)."""
+    assert work.step.timeout is not None
+    claimed = work.claimed
+    text, truncated = log.text() if log is not None else (None, False)
+    return StepOutcome(
+        row_id=claimed.row_id,
+        step_key=claimed.step_key,
+        map_index=claimed.map_index,
+        attempt=claimed.attempt,
+        succeeded=False,
+        payload=None,
+        error=f"TimeoutError: attempt {claimed.attempt} exceeded the step timeout of "
+        f"{work.step.timeout.total_seconds():g} s",
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        first_attempt=claimed.first_attempt,
+        error_codes=("TimeoutError",),
+        log=safe_text(text) if text is not None else None,
+        log_truncated=truncated,
+    )

@@ -33,18 +33,10 @@ import structlog
 from stepline.core.definition import BatchDefinition, StepDefinition
 from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
-from stepline.engine import steplogs
 from stepline.engine.advance import advance, map_items
 from stepline.engine.backoff import Backoff, short_error
-from stepline.engine.execution import (
-    build_context,
-    is_async,
-    outcome,
-    runner_for,
-    safe_text,
-)
+from stepline.engine.execution import is_async, outcome, run_async, run_sync, timed_out
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
-from stepline.engine.steplogs import AttemptLog
 from stepline.errors import NotFound, StoreUnavailable
 from stepline.stores.base import (
     ClaimedStep,
@@ -133,28 +125,6 @@ def lost_outcome(step: StepDefinition, running: RunningStep, now: datetime) -> S
         finished_at=now,
         first_attempt=running.first_attempt,
         lost=True,
-    )
-
-
-def timed_out(work: StepWork, started: datetime, log: AttemptLog | None = None) -> StepOutcome:
-    assert work.step.timeout is not None
-    claimed = work.claimed
-    text, truncated = log.text() if log is not None else (None, False)
-    return StepOutcome(
-        row_id=claimed.row_id,
-        step_key=claimed.step_key,
-        map_index=claimed.map_index,
-        attempt=claimed.attempt,
-        succeeded=False,
-        payload=None,
-        error=f"TimeoutError: attempt {claimed.attempt} exceeded the step timeout of "
-        f"{work.step.timeout.total_seconds():g} s",
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        first_attempt=claimed.first_attempt,
-        error_codes=("TimeoutError",),
-        log=safe_text(text) if text is not None else None,
-        log_truncated=truncated,
     )
 
 
@@ -298,29 +268,15 @@ class StepJob:
         ]
 
     def _run(self, work: StepWork, timeouts: tuple[type[BaseException], ...]) -> StepOutcome:
-        """Run the attempt as the direct dispatcher does: its log captured and stored with
-        its outcome, ``ctx.upstream`` naming upstream steps that did not succeed."""
-        started = datetime.now(UTC)
-        log = steplogs.capture(work.params)
-        token = steplogs.active(log)
-        try:
-            context = build_context(work, self._load, log, statuses=self.store.statuses_for)
-            runner = runner_for(work.step.runner)
-            if not is_async(work.step.runner):
-                value = runner(context)
-            else:
-                seconds = work.step.timeout.total_seconds() if work.step.timeout else None
-                try:
-                    value = asyncio.run(asyncio.wait_for(runner(context), seconds))
-                except TimeoutError:
-                    return timed_out(work, started, log)
-        except timeouts:
-            return timed_out(work, started, log)
-        except BaseException as exc:  # SystemExit in a runner must still end its attempt
-            return outcome(work, started, error=exc, log=log)
-        finally:
-            steplogs.release(token)
-        return outcome(work, started, value, log=log)
+        """Run the attempt as the direct dispatcher does (its log captured, ``ctx.upstream``
+        naming upstream steps that did not succeed), within the step's timeout."""
+        statuses = self.store.statuses_for
+        if not is_async(work.step.runner):
+            return run_sync(work, self._load, statuses=statuses, timeouts=timeouts)
+        seconds = work.step.timeout.total_seconds() if work.step.timeout else None
+        return asyncio.run(
+            run_async(work, self._load, statuses=statuses, timeout=seconds, timeouts=timeouts)
+        )
 
     def record(
         self, instance: InstanceRecord, definition: BatchDefinition, *results: StepOutcome
