@@ -1,15 +1,24 @@
-"""`alembic upgrade head` yields exactly the tables the code declares, on every database."""
+"""`alembic upgrade head` yields exactly the tables the code declares, on every database;
+and a new database, whose tables are created as declared and stamped at head, gets the
+same schema as `alembic upgrade head` would give it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.schema import CreateTable
 
+from databases import ALL_BACKENDS, create_database, drop_database
 from stepline import batch, step
+from stepline.errors import StoreUnavailable
 from stepline.service import Stepline
 from stepline.stores.migrations import (
     VERSION_TABLE,
@@ -17,6 +26,7 @@ from stepline.stores.migrations import (
     current_revision,
     declared_head,
     head_revision,
+    version_table,
 )
 from stepline.stores.schema import declared_for, metadata
 from stepline.stores.sqlalchemy import SqlAlchemyStore
@@ -89,6 +99,139 @@ def test_a_store_at_an_older_revision_is_upgraded(tmp_path: Path) -> None:
         assert _differences(store.engine) == []
     finally:
         store.dispose()
+
+
+# -- a new database: created as declared and stamped, the same as `alembic upgrade head` ----
+
+
+def _schema(engine: sa.Engine) -> dict[str, Any]:
+    """Everything reflection tells of each table: columns (type as the database names it,
+    nullability, default, autoincrement, identity), keys, indexes, unique and check
+    constraints; and the revision stored."""
+    inspector = sa.inspect(engine)
+    dialect = engine.dialect
+
+    def column(c: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in c.items() if k not in ("type", "comment")}
+        return {**kept, "type": c["type"].compile(dialect=dialect)}
+
+    def options(table: str) -> dict[str, Any]:
+        try:
+            return inspector.get_table_options(table)  # MySQL's engine and charset
+        except NotImplementedError:  # a dialect that has none to tell
+            return {}
+
+    def by_name(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(items, key=lambda item: str(item.get("name")))
+
+    tables = {
+        table: {
+            "columns": [column(c) for c in inspector.get_columns(table)],
+            "primary key": inspector.get_pk_constraint(table),
+            "foreign keys": by_name(inspector.get_foreign_keys(table)),
+            "indexes": by_name(inspector.get_indexes(table)),
+            "unique": by_name(inspector.get_unique_constraints(table)),
+            "checks": by_name(inspector.get_check_constraints(table)),
+            "options": options(table),
+        }
+        for table in sorted(inspector.get_table_names())
+    }
+    return {"tables": tables, "revision": _versions(engine, VERSION_TABLE)}
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def two_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two clean databases on the same backend."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, first_handle = create_database(request.param, tmp_path / "a")
+    try:
+        second, second_handle = create_database(request.param, tmp_path / "b")
+        try:
+            yield first, second
+        finally:
+            drop_database(request.param, second_handle)
+    finally:
+        drop_database(request.param, first_handle)
+
+
+def test_a_new_database_is_created_at_head_as_alembic_upgrade_head_creates_it(
+    two_databases: tuple[str, str],
+) -> None:
+    migrated_url, created_url = two_databases
+    migrated, created = sa.create_engine(migrated_url), sa.create_engine(created_url)
+    try:
+        with migrated.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+        store = SqlAlchemyStore(created_url)
+        try:
+            store.initialize()  # a new database: created as declared, and stamped
+        finally:
+            store.dispose()
+
+        expected, got = _schema(migrated), _schema(created)
+        assert set(got["tables"]) == set(expected["tables"])
+        for table in expected["tables"]:
+            assert got["tables"][table] == expected["tables"][table], table
+        assert got["revision"] == expected["revision"] == [head_revision()]
+        assert _differences(created) == []
+        with created.begin() as conn:
+            assert current_revision(conn) == head_revision()  # Alembic reads the stamp
+            command.upgrade(alembic_config(conn), "head")  # and has nothing to do
+        assert _schema(created) == got
+    finally:
+        migrated.dispose()
+        created.dispose()
+
+
+def test_processes_that_open_a_new_database_at_once_create_it_once(db_url: str) -> None:
+    stores = [SqlAlchemyStore(db_url) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(SqlAlchemyStore.initialize, stores))
+        assert _versions(stores[0].engine, VERSION_TABLE) == [head_revision()]
+        assert _differences(stores[0].engine) == []
+    finally:
+        for store in stores:
+            store.dispose()
+
+
+def test_the_version_table_is_declared_as_alembic_declares_it() -> None:
+    from alembic.ddl.impl import DefaultImpl
+
+    alembics = DefaultImpl.version_table_impl(
+        None,  # type: ignore[arg-type]  # the default implementation uses no instance state
+        version_table=VERSION_TABLE,
+        version_table_schema=None,
+        version_table_pk=True,
+    )
+    from sqlalchemy.dialects import mysql, oracle, postgresql, sqlite
+
+    ours = version_table()
+    for dialect in (d.dialect() for d in (sqlite, postgresql, mysql, oracle)):
+        assert str(CreateTable(ours).compile(dialect=dialect)) == str(
+            CreateTable(alembics).compile(dialect=dialect)
+        )
+
+
+def test_a_database_with_stepline_tables_but_no_revision_is_left_to_alembic(
+    tmp_path: Path,
+) -> None:
+    """Only a database without any of Stepline's tables is created at head."""
+    url = f"sqlite:///{tmp_path}/partial.db"
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            metadata.tables["batch_definition"].create(conn)
+        store = SqlAlchemyStore(url)
+        try:
+            with pytest.raises(StoreUnavailable, match="table batch_definition already exists"):
+                store.initialize()  # Alembic's 0001 creates batch_definition: it refuses
+        finally:
+            store.dispose()
+        assert VERSION_TABLE not in _tables(engine)
+    finally:
+        engine.dispose()
 
 
 def test_the_oracle_ddl_compiles() -> None:

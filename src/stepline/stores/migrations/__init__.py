@@ -4,6 +4,12 @@ Stepline records its revision in a version table of its own, ``stepline_alembic_
 so that it can share a database with an application that uses Alembic itself (and keeps
 its revision in the default ``alembic_version``). Releases before that kept Stepline's
 revision in ``alembic_version``; such a database is taken over on the first upgrade.
+
+A database without any of Stepline's tables is not migrated step by step: its tables are
+created from the declared schema and stamped at the head revision, which yields the same
+schema (tests/integration/test_migrations.py compares the two on every tested database)
+without importing Alembic, a third of a second of a first ``stepline run``. A database that
+has Stepline's tables always goes through Alembic's migrations.
 """
 
 from __future__ import annotations
@@ -23,6 +29,20 @@ _HERE = Path(__file__).parent
 _LOCK_ID = 7_372_150_301  # arbitrary, fixed: serialises concurrent upgrades on PostgreSQL
 VERSION_TABLE = "stepline_alembic_version"
 _LEGACY_VERSION_TABLE = "alembic_version"
+# Where a new database's tables are created from the declared schema (the tested ones);
+# elsewhere (Oracle) Alembic creates them.
+_CREATED_AT_HEAD = ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+def version_table() -> sa.Table:
+    """Stepline's Alembic version table, declared as Alembic declares it (its
+    ``DefaultImpl.version_table_impl``): a test checks that the two agree."""
+    return sa.Table(
+        VERSION_TABLE,
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), nullable=False),
+        sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+    )
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -93,21 +113,43 @@ def upgrade(engine: Engine) -> None:
     """Migrate to head; cheap when already there, and safe when processes race to do it."""
     if is_current(engine):
         return
-    from alembic import command
-
-    head = head_revision()
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
         elif engine.dialect.name in ("mysql", "mariadb"):
             conn.exec_driver_sql("SELECT GET_LOCK('stepline_migrate', 120)")
         try:
-            _adopt_legacy_revision(conn)
-            if current_revision(conn) != head:
-                command.upgrade(alembic_config(conn), "head")
+            if not _create_at_head(conn):
+                _migrate(conn)
         finally:
             if engine.dialect.name in ("mysql", "mariadb"):
                 conn.exec_driver_sql("SELECT RELEASE_LOCK('stepline_migrate')")
+
+
+def _migrate(conn: Connection) -> None:
+    from alembic import command
+
+    _adopt_legacy_revision(conn)
+    if current_revision(conn) != head_revision():
+        command.upgrade(alembic_config(conn), "head")
+
+
+def _create_at_head(conn: Connection) -> bool:
+    """On a database without any of Stepline's tables, create them as declared and stamp
+    the head revision; False (nothing done) on any other database."""
+    from stepline.stores.schema import metadata
+
+    head = declared_head()
+    if head is None or conn.dialect.name not in _CREATED_AT_HEAD:
+        return False
+    existing = set(sa.inspect(conn).get_table_names())
+    if existing & {VERSION_TABLE, *metadata.tables}:
+        return False
+    metadata.create_all(conn, checkfirst=False)
+    version = version_table()
+    version.create(conn, checkfirst=False)
+    conn.execute(version.insert().values(version_num=head))
+    return True
 
 
 def offline_sql(dialect_name: str) -> str:
