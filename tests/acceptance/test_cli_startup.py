@@ -70,6 +70,39 @@ def test_help_version_and_completion_load_no_database_settings_http_or_engine(
     assert not loaded, loaded
 
 
+# What `stepline run` on SQLite must not load: Alembic (a new database's tables are created
+# from the declared schema, an existing one is only checked), and the dialect packages of the
+# other databases (stores/schema.py picks their types when they are in use).
+NOT_ON_SQLITE = (
+    "alembic",
+    "sqlalchemy.dialects.postgresql",
+    "sqlalchemy.dialects.mysql",
+    "sqlalchemy.dialects.oracle",
+)
+DIAMOND = """\
+name: diamond
+steps:
+  - {key: load, runner: 'steps:noop', next_steps: [left, right]}
+  - {key: left, runner: 'steps:noop', next_steps: [join]}
+  - {key: right, runner: 'steps:noop', next_steps: [join]}
+  - {key: join, runner: 'steps:noop'}
+"""
+
+
+@pytest.mark.parametrize("database", ["new", "existing"])
+def test_run_on_sqlite_loads_neither_alembic_nor_other_databases_dialects(
+    cli: Cli, database: str
+) -> None:
+    cli.write("steps.py", STEPS)
+    cli.write("diamond.yaml", DIAMOND)
+    if database == "existing":
+        assert cli("run", "diamond.yaml").code == 0
+    names, out = imported(cli, "run", "diamond.yaml")
+    assert "succeeded" in out and "sqlalchemy.dialects.sqlite" in names
+    loaded = sorted(n for n in names if n.startswith(NOT_ON_SQLITE))
+    assert not loaded, loaded
+
+
 def test_a_command_still_refuses_an_invalid_setting_and_help_shows_stepline_db(
     cli: Cli,
 ) -> None:
