@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from stepline.core.loader import parse_definition, read_document
+from stepline.core.loader import _LOADER, _UniqueKeyLoader, parse_definition, read_document
 from stepline.errors import DefinitionError, Problem, clip, shown
 
 
@@ -37,6 +38,35 @@ def test_a_repeated_yaml_key_is_refused_naming_it_and_both_lines(
     assert f"found duplicate key {key!r} (first on line {first})" in message
     assert f"line {again}," in message
     assert message.startswith(f"{path}: not valid YAML")
+
+
+ROOT = Path(__file__).parents[3]
+YAML_FILES = sorted([*ROOT.glob("examples/**/*.yaml"), *ROOT.glob("tests/**/*.yaml")])
+BROKEN = [
+    "name: [unclosed\nsteps: {",
+    "name: a\n  steps: b\n",
+    "name: a\nsteps:\n\t- key: x\n",
+    "name: a\nname: b\n",
+    "a: *missing\n",
+]
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_libyaml_reads_a_file_as_pyyaml_does(path: Path) -> None:
+    """Definitions are parsed by libyaml when PyYAML has it; the values are PyYAML's."""
+    text = path.read_text(encoding="utf-8")
+    assert yaml.load(text, Loader=_LOADER) == yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+@pytest.mark.parametrize("text", BROKEN)
+def test_a_broken_file_gets_pyyamls_own_message(tmp_path: Path, text: str) -> None:
+    """libyaml's errors show no line of the file; the message is PyYAML's, which does."""
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(yaml.YAMLError) as expected:
+        yaml.load(text, Loader=_UniqueKeyLoader)
+    assert problem_text(path) == f"{path}: not valid YAML: {expected.value}"
 
 
 def test_a_merged_key_may_be_overridden(tmp_path: Path) -> None:
