@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Iterable
@@ -21,8 +22,10 @@ def configure_logging(
 ) -> None:
     """Log on stderr; with ``outcome_lines`` (``serve``) also the engine's line per step
     attempt and per instance."""
-    # Settings do not change while the process runs: find the secrets once, not per line.
-    known = list(secrets())
+    # Settings do not change while the process runs: find the secrets once, not per line,
+    # and only when a line is logged (their URLs are parsed by SQLAlchemy, which a command
+    # that logs nothing, `stepline run --help` say, need not import).
+    known = functools.cache(lambda: list(secrets()))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -36,7 +39,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            redact_processor(lambda: known),
+            redact_processor(known),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

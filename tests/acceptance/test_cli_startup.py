@@ -112,6 +112,20 @@ def test_a_command_still_refuses_an_invalid_setting_and_help_shows_stepline_db(
     assert helped.code == 0 and "STEPLINE_DB" in helped.out, helped.report
 
 
+def test_a_commands_help_reads_the_settings_but_loads_no_database_layer(cli: Cli) -> None:
+    """The settings are read and logging set up before a command's --help (the root
+    callback runs first); the secrets that log lines are redacted of are found at the first
+    line, so no SQLAlchemy is imported to parse their URLs."""
+    names, out = imported(cli, "instances", "--help")
+    assert "STEPLINE_DB" in out and "stepline.settings" in names
+    loaded = sorted(
+        n
+        for n in names
+        if n.startswith(("sqlalchemy", "alembic", "stepline.stores.sqlalchemy", "stepline.service"))
+    )
+    assert not loaded, loaded
+
+
 WIDTH = 400
 STEPS = """\
 import time
