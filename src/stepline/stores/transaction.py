@@ -156,6 +156,11 @@ _RESULTS = HotStatement(
     "SELECT step_key, result_payload FROM batch_step_result WHERE batch_instance_id = :iid"
     " AND step_key IN :keys AND map_index = -1 AND status = 'succeeded'"
 )
+_STATUSES_OF = HotStatement(
+    # A join deciding after its last upstream step: the statuses of the others.
+    "SELECT step_key, status FROM batch_step_result WHERE batch_instance_id = :iid"
+    " AND step_key IN :keys AND map_index = -1"
+)
 _STATUSES = HotStatement(
     "SELECT step_key, map_index, status FROM batch_step_result WHERE batch_instance_id = :iid"
 )
@@ -467,11 +472,8 @@ class SqlInstanceTransaction(InstanceTransaction):
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
         for chunk in iter_chunks(list(keys), CHUNK):
-            for key, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.status).where(
-                    R.c.batch_instance_id == self.id, R.c.step_key.in_(chunk), R.c.map_index == -1
-                )
-            ):
+            params = {"iid": self.id, "keys": list(chunk)}
+            for key, status in self._run(_STATUSES_OF, params).fetchall():
                 out[key] = StepStatus(status)
         return out
 
