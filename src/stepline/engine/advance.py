@@ -150,12 +150,13 @@ def advance(
                 item_keys.add(step.key)
             else:
                 frontier.append(step.key)
-        known.update({k: done.finished[k] for k in frontier})
         if not frontier:
             break
+        known.update({k: done.finished[k] for k in frontier})
 
-    running = dict(running_items or {})
-    for key in sorted(item_keys | (_mapped(definition) if look_for_items else set())):
+    running = running_items or {}
+    mapped = item_keys | _mapped(definition) if look_for_items else item_keys
+    for key in sorted(mapped) if mapped else ():
         spec = definition.step(key).map
         assert spec is not None
         limit = min(slots, spec.concurrency - running.get(key, 0))
@@ -211,6 +212,8 @@ def _settle(
         ready_now = []
         counts: dict[str, int] = {}
         early: set[str] = set()
+        start: list[str] = []  # decided to run as soon as counted down (see below)
+        chosen: set[str] = set()
         for k in frontier:
             for s in successors.get(k, ()):
                 counts[s] = counts.get(s, 0) + 1
@@ -218,7 +221,6 @@ def _settle(
                 if rule in EARLY_RULES and fires_on(rule, known[k]):
                     early.add(s)
         if counts:
-            start: list[str] = []
             for s in counts if budget > 0 else ():
                 before = predecessors[s]
                 if len(before) != 1 or s in decided:
@@ -231,6 +233,7 @@ def _settle(
                     if len(start) >= budget:
                         break
             budget -= len(start)
+            chosen = set(start)
             ready = ready + tx.upstream_done(counts, start=start, owner=claimer, now=now)
         if early:
             early -= decided.union(ready)
@@ -248,11 +251,15 @@ def _settle(
         upstream_status = known.__getitem__
         for key in ready:
             definition_of = step(key)
-            verdict = decide(definition_of.trigger_rule, map(upstream_status, predecessors[key]))
+            if key in chosen:  # decided above, on the same upstream statuses
+                verdict: StepStatus | None = StepStatus.QUEUED
+            else:
+                rule = definition_of.trigger_rule
+                verdict = decide(rule, map(upstream_status, predecessors[key]))
             if verdict is None:
                 continue  # an early rule that has not fired yet: it waits for its upstream
             decided.add(key)
-            error = _why(verdict)
+            error = None if verdict is StepStatus.QUEUED else _why(verdict)
             if verdict is StepStatus.QUEUED and definition_of.condition is not None:
                 verdict, error = _check_condition(tx, definition, key, params, results)
             decisions.setdefault(verdict, []).append(key)
