@@ -124,3 +124,50 @@ def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
         assert not [sql for sql in seen if "batch_definition_version" in sql]
     finally:
         app.close()
+
+
+def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
+    """``upstream_done(start=...)`` counts down and starts in one statement; ``start``
+    returns those first and within its limit; a key the statement did not take (other
+    upstream steps left) is counted down as usual and left pending."""
+    store = SqlAlchemyStore(db_url)
+    store.initialize()
+    try:
+        stored = store.apply(
+            batch(
+                "fused",
+                [
+                    step("a", "tests.fixture_runners:work", ["x", "y"]),
+                    step("b", "tests.fixture_runners:work", ["y"]),
+                    step("x", "tests.fixture_runners:work"),
+                    step("y", "tests.fixture_runners:work"),
+                ],
+            )
+        )
+        instance, _ = store.create_instance(stored, {}, "test", owner=OWNER)
+        now = datetime.now(UTC)
+        with store.instance_transaction(instance.id) as tx:
+            claimed = tx.start(tx.pending_ready(), 10, OWNER, now=now)
+            assert sorted(c.step_key for c in claimed) == ["a", "b"]
+        a = next(c for c in claimed if c.step_key == "a")
+        with store.instance_transaction(instance.id) as tx:
+            assert tx.record_many([(_outcome(a), None)], owner=OWNER) == [True]
+            ready = tx.upstream_done({"x": 1, "y": 1}, start=["x", "y"], owner=OWNER, now=now)
+            assert ready == ["x"]  # y still waits for b
+            started = tx.start(ready, 1, OWNER, now=now)
+        assert [(c.step_key, c.attempt) for c in started] == [("x", 1)]
+        rows = {r.step_key: r for r in store.step_results(instance.id)}
+        assert rows["x"].status is StepStatus.RUNNING and rows["x"].attempt == 1
+        assert rows["y"].status is StepStatus.PENDING
+        b = next(c for c in claimed if c.step_key == "b")
+        with store.instance_transaction(instance.id) as tx:
+            tx.record_many([(_outcome(b), None)], owner=OWNER)
+            assert tx.upstream_done({"y": 1}, start=["y"], owner=OWNER, now=now) == ["y"]
+            assert [c.step_key for c in tx.start(["y"], 5, OWNER, now=now)] == ["y"]
+        with store.instance_transaction(instance.id) as tx:
+            # A countdown of a step that is no longer pending changes nothing.
+            assert tx.upstream_done({"y": 1}, start=["y"], owner=OWNER, now=now) == []
+        rows = {r.step_key: r for r in store.step_results(instance.id)}
+        assert rows["y"].status is StepStatus.RUNNING and rows["y"].attempt == 1
+    finally:
+        store.dispose()

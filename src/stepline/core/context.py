@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepline.core.records import quick_init
+
 
 class DoNotRetry(Exception):
     """Raise from a runner to fail the step now, whatever its retry policy says.
@@ -14,6 +16,7 @@ class DoNotRetry(Exception):
     """
 
 
+@quick_init
 @dataclass(frozen=True)
 class StepContext:
     """The single argument of every runner."""

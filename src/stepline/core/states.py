@@ -125,6 +125,8 @@ def decide(rule: TriggerRule, upstream: Iterable[StepStatus]) -> StepStatus | No
     statuses = list(upstream)
     if not statuses or rule is TR.ALWAYS:
         return S.QUEUED
+    if rule is TR.ALL_SUCCESS and statuses.count(S.SUCCEEDED) == len(statuses):
+        return S.QUEUED  # the default rule's usual case (once per step on the hot path)
     fires = _FIRES_ON.get(rule)
     if fires is not None and any(s in fires for s in statuses):
         return S.QUEUED

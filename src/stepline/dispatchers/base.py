@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline.core.definition import StepDefinition
+from stepline.core.records import quick_init
 from stepline.stores.base import ClaimedStep, StepOutcome
 
 
+@quick_init
 @dataclass(frozen=True)
 class StepWork:
     """Everything needed to run one attempt of one step, in any process."""

@@ -119,7 +119,19 @@ def advance(
         if early:
             initial += tx.pending_among([k for k in early if k not in initial])
     while True:
-        to_run = _settle(tx, definition, frontier, known, done, params, results, initial)
+        to_run = _settle(
+            tx,
+            definition,
+            frontier,
+            known,
+            done,
+            params,
+            results,
+            initial,
+            max(slots, 0),
+            claimer,
+            now,
+        )
         initial = []
         claimed: list[ClaimedStep] = []
         if to_run:
@@ -138,12 +150,13 @@ def advance(
                 item_keys.add(step.key)
             else:
                 frontier.append(step.key)
-        known.update({k: done.finished[k] for k in frontier})
         if not frontier:
             break
+        known.update({k: done.finished[k] for k in frontier})
 
-    running = dict(running_items or {})
-    for key in sorted(item_keys | (_mapped(definition) if look_for_items else set())):
+    running = running_items or {}
+    mapped = item_keys | _mapped(definition) if look_for_items else item_keys
+    for key in sorted(mapped) if mapped else ():
         spec = definition.step(key).map
         assert spec is not None
         limit = min(slots, spec.concurrency - running.get(key, 0))
@@ -173,9 +186,16 @@ def _settle(
     params: Mapping[str, Any],
     results: Mapping[str, Any],
     ready_now: list[str],
+    budget: int = 0,
+    claimer: str | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
     """Decide ``ready_now`` and propagate newly final steps through the DAG; return the
     steps that may now run.
+
+    Up to ``budget`` steps whose one upstream step just ended and whose rule then runs
+    them (no condition, not mapped) are started by the countdown itself (see
+    ``InstanceTransaction.upstream_done``); they are in the list returned as well.
 
     A step is looked at when its count of unfinished upstream steps reaches zero, or
     earlier when its rule fires on an upstream step that just ended (``one_success``,
@@ -184,7 +204,7 @@ def _settle(
     never start it again.
     """
     graph = definition.graph
-    successors = graph.successors
+    successors, predecessors, step = graph.successors, graph.predecessors, definition.step
     to_run: list[str] = []
     decided: set[str] = set()
     while frontier or ready_now:
@@ -192,13 +212,29 @@ def _settle(
         ready_now = []
         counts: dict[str, int] = {}
         early: set[str] = set()
+        start: list[str] = []  # decided to run as soon as counted down (see below)
+        chosen: set[str] = set()
         for k in frontier:
             for s in successors.get(k, ()):
                 counts[s] = counts.get(s, 0) + 1
-                if fires_on(definition.step(s).trigger_rule, known[k]):
+                rule = step(s).trigger_rule
+                if rule in EARLY_RULES and fires_on(rule, known[k]):
                     early.add(s)
         if counts:
-            ready = ready + tx.upstream_done(counts)
+            for s in counts if budget > 0 else ():
+                before = predecessors[s]
+                if len(before) != 1 or s in decided:
+                    continue
+                spec = step(s)
+                if spec.condition is not None or spec.map is not None:
+                    continue
+                if decide(spec.trigger_rule, (known[before[0]],)) is StepStatus.QUEUED:
+                    start.append(s)
+                    if len(start) >= budget:
+                        break
+            budget -= len(start)
+            chosen = set(start)
+            ready = ready + tx.upstream_done(counts, start=start, owner=claimer, now=now)
         if early:
             early -= decided.union(ready)
         if early:
@@ -207,19 +243,24 @@ def _settle(
         ready = [k for k in dict.fromkeys(ready) if k not in decided]
         if not ready:
             break
-        unknown = {p for k in ready for p in graph.predecessors[k]} - known.keys()
+        unknown = {p for k in ready for p in predecessors[k] if p not in known}
         if unknown:
             known.update(tx.statuses(unknown))
         decisions: dict[StepStatus, list[str]] = {}
         errors: dict[str, str] = {}
+        upstream_status = known.__getitem__
         for key in ready:
-            step = definition.step(key)
-            verdict = decide(step.trigger_rule, (known[p] for p in graph.predecessors[key]))
+            definition_of = step(key)
+            if key in chosen:  # decided above, on the same upstream statuses
+                verdict: StepStatus | None = StepStatus.QUEUED
+            else:
+                rule = definition_of.trigger_rule
+                verdict = decide(rule, map(upstream_status, predecessors[key]))
             if verdict is None:
                 continue  # an early rule that has not fired yet: it waits for its upstream
             decided.add(key)
-            error = _why(verdict)
-            if verdict is StepStatus.QUEUED and step.condition is not None:
+            error = None if verdict is StepStatus.QUEUED else _why(verdict)
+            if verdict is StepStatus.QUEUED and definition_of.condition is not None:
                 verdict, error = _check_condition(tx, definition, key, params, results)
             decisions.setdefault(verdict, []).append(key)
             if error:

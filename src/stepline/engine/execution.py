@@ -223,6 +223,8 @@ class UnstorableResult(ValueError):
 
 def encode_result(value: Any, max_bytes: int | None = None) -> str:
     """``value`` as the JSON text stored in ``result_payload``; raises UnstorableResult."""
+    if value is None and (max_bytes is None or max_bytes >= 4):
+        return "null"  # a step that returns nothing: no encoder to build and run
     try:
         payload = _ENCODER.encode(value)
     except RecursionError:
@@ -294,7 +296,7 @@ def run_sync(
     try:
         context = build_context(work, load, log, statuses=statuses, connections=connections)
         value = runner_for(work.step.runner)(context)
-        if inspect.isawaitable(value):
+        if value is not None and inspect.isawaitable(value):
             raise TypeError(
                 f"runner {work.step.runner!r} returned an awaitable from a plain "
                 "def; declare it `async def`"

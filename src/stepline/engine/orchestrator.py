@@ -150,6 +150,8 @@ class Orchestrator:
         self.alert_threads: list[threading.Thread | None] = []
         self.draining = False
         self.woken = False
+        self._deferred: list[StepWork] | None = None
+        """While step_once advances instances: the attempts to submit when it is done."""
         # Registered before it owns anything, so no other process takes it for dead.
         self._heartbeat(force=True)
         dispatcher.start(self._outcomes.put)
@@ -295,6 +297,18 @@ class Orchestrator:
                     if inflight.attempt == o.attempt:
                         by_instance.setdefault(instance_id, []).append(o)
                     break
+        # The attempts claimed below are handed to the dispatcher last, just before this
+        # thread waits again: a runner thread woken earlier would only wait for the GIL
+        # while the driver finishes its turn (and be woken a second time).
+        deferred: list[StepWork] = []
+        self._deferred = deferred
+        try:
+            self._advance_all(by_instance)
+        finally:
+            self._deferred = None
+            self._submit(deferred)
+
+    def _advance_all(self, by_instance: dict[int, list[StepOutcome]]) -> None:
         now = time.monotonic()
         failure: BaseException | None = None
         for instance_id, active in list(self._active.items()):
@@ -316,6 +330,16 @@ class Orchestrator:
             self._next_poll = now + self.poll_seconds
             self._poll_cancellations()
         self._heartbeat()
+
+    def _submit(self, deferred: list[StepWork]) -> None:
+        """Hand deferred attempts to the dispatcher, except one that is no longer in
+        flight (its instance was cancelled or lost in the same turn)."""
+        submit = self.dispatcher.submit
+        for work in deferred:
+            active = self._active.get(work.instance_id)
+            inflight = None if active is None else active.inflight.get(work.claimed.row_id)
+            if inflight is not None and inflight.attempt == work.claimed.attempt:
+                submit(work)
 
     def heartbeat(self) -> None:
         """Renew this process's lease now if it is due (while it waits outside step_once)."""
@@ -443,7 +467,8 @@ class Orchestrator:
         if done.final is not None:
             self._finish(active, done.final)
             return
-        definition, results, submit = active.definition, active.results, self.dispatcher.submit
+        definition, results = active.definition, active.results
+        submit = self.dispatcher.submit if self._deferred is None else self._deferred.append
         predecessors = definition.graph.predecessors
         for claimed in done.claimed:
             step = definition.step(claimed.step_key)
@@ -746,4 +771,6 @@ def _seconds(o: StepOutcome) -> float:
 
 
 def _decode(payload: str | None) -> Any:
-    return None if payload is None else json.loads(payload)
+    if payload is None or payload == "null":  # a step that returns nothing: no parsing
+        return None
+    return json.loads(payload)

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from stepline.core.definition import BatchDefinition
+from stepline.core.records import quick_init
 from stepline.core.states import InstanceStatus, StepStatus
 
 
@@ -109,6 +110,7 @@ class PendingAlert:
     attempts: int
 
 
+@quick_init
 @dataclass(frozen=True)
 class ClaimedStep:
     """A step result row this process now owns as ``running`` for ``attempt``."""
@@ -122,6 +124,7 @@ class ClaimedStep:
     """Where this run of the step began counting attempts (see ``stepline retry``)."""
 
 
+@quick_init
 @dataclass(frozen=True)
 class StepOutcome:
     """What one attempt of a step produced, reported back by whoever ran it."""
@@ -206,9 +209,21 @@ class InstanceTransaction(ABC):
         return [self.record(o, retry_at=at, owner=owner) for o, at in outcomes]
 
     @abstractmethod
-    def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
+    def upstream_done(
+        self,
+        counts: Mapping[str, int],
+        *,
+        start: Sequence[str] = (),
+        owner: str | None = None,
+        now: datetime | None = None,
+    ) -> list[str]:
         """Subtract ``counts[key]`` from each pending step's count of unfinished upstream
-        steps; return the keys whose count reached zero and that are still ``pending``."""
+        steps; return the keys whose count reached zero and that are still ``pending``.
+
+        The keys in ``start`` (already decided to run once their count reaches zero) may be
+        moved to ``running`` for ``owner`` in the same statement; :meth:`start` then
+        returns them first, within its ``limit`` (so ``start`` must not name more keys
+        than the caller's :meth:`start` will allow)."""
 
     @abstractmethod
     def pending_ready(self) -> list[str]:

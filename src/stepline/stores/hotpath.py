@@ -41,7 +41,11 @@ class HotStatement:
         dialect = conn.dialect.name
         if dialect == "oracle":
             return self._run_typed(conn, params)
-        sqlite = dialect == "sqlite"
+        return self.run_on(driver_cursor(conn), dialect == "sqlite", params)
+
+    def run_on(self, cursor: Any, sqlite: bool, params: Mapping[str, Any]) -> Any:
+        """:meth:`run` on the cursor ``driver_cursor`` gave for the connection (a transaction
+        keeps it), not Oracle; returns the cursor."""
         sql = self._plain[sqlite]
         values = params
         if self.lists or self.times:
@@ -57,7 +61,6 @@ class HotStatement:
                 value = values.get(name)
                 if value is not None:
                     values[name] = _sqlite_time(value) if sqlite else _naive_utc(value)
-        cursor = _cursor(conn)
         cursor.execute(sql, values)
         return cursor
 
@@ -126,7 +129,7 @@ def _pyformat(sql: str) -> str:
     return _NAMED.sub(r"%(\1)s", sql)
 
 
-def _cursor(conn: Connection) -> Any:
+def driver_cursor(conn: Connection) -> Any:
     """The driver cursor the hot statements of ``conn``'s DBAPI connection share.
 
     Made once per connection (psycopg builds a cursor in Python, at a cost near that of a
@@ -155,13 +158,15 @@ def _naive_utc(value: datetime) -> datetime:
 def _sqlite_time(value: datetime) -> str:
     """SQLAlchemy's SQLite storage format (``%Y-%m-%d %H:%M:%S.%f``) of the UTC time.
 
-    Two-digit fields from a table: isoformat and strftime go through printf, which costs
-    more than the statement's own binding (three times per step)."""
+    Two-digit fields from a table, and the year and microseconds as ``str`` of an int
+    with a leading 1 cut off: isoformat, strftime and format specs (``:06d``) go through
+    printf-style formatting, which costs more than the statement's own binding (three
+    times per step)."""
     v = value if value.tzinfo is UTC else value.astimezone(UTC)
     d = _TWO_DIGITS
     return (
-        f"{v.year:04d}-{d[v.month]}-{d[v.day]} {d[v.hour]}:{d[v.minute]}:{d[v.second]}"
-        f".{v.microsecond:06d}"
+        f"{str(10000 + v.year)[1:]}-{d[v.month]}-{d[v.day]} {d[v.hour]}:{d[v.minute]}"
+        f":{d[v.second]}.{str(1000000 + v.microsecond)[1:]}"
     )
 
 

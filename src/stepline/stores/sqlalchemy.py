@@ -235,6 +235,13 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
         driver.execute(mode)  # type: ignore[union-attr]
 
 
+_PID = [os.getpid()]
+"""This process's id, kept by a fork hook: ``os.getpid()`` is a system call, and the
+pinned connection is checked against it at every step."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
 class SqlAlchemyStore(SqlMaintenance, Store):
     def __init__(
         self, url: str, *, engine: Engine | None = None, timeouts: Timeouts | None = None
@@ -762,7 +769,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
 
     def _pinned_connection(self) -> Connection:
         conn = self._pinned
-        if conn is not None and self._pinned_pid != os.getpid():
+        if conn is not None and self._pinned_pid != _PID[0]:
             conn = self._pinned = None  # a forked child: the parent's connection is not ours
         rested = time.monotonic() - self._pinned_used >= PING_AFTER_IDLE
         if conn is not None and rested and self.dialect != "sqlite":
@@ -778,7 +785,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             except (sa.exc.DBAPIError, self._dbapi_error) as exc:
                 self._raise_translated(exc)
                 raise
-            self._pinned, self._pinned_pid = conn, os.getpid()
+            self._pinned, self._pinned_pid = conn, _PID[0]
         return conn
 
     def _unpin(self, conn: Connection, error: BaseException | None) -> None:

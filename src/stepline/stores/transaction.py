@@ -23,7 +23,7 @@ from stepline.stores.base import (
     StepOutcome,
     iter_chunks,
 )
-from stepline.stores.hotpath import HotStatement
+from stepline.stores.hotpath import HotStatement, driver_cursor
 from stepline.stores.schema import (
     Encoded,
     batch_instance,
@@ -64,6 +64,17 @@ _UPSTREAM_DONE = HotStatement(
 )
 _UPSTREAM_DONE_RETURNING = HotStatement(
     _UPSTREAM_DONE.sql + " RETURNING id, step_key, attempt, first_attempt, upstream_pending"
+)
+_UPSTREAM_DONE_START = HotStatement(
+    # The countdown and the start of steps already decided to run (their one upstream step
+    # just succeeded), in one statement: a chain step saves the start UPDATE.
+    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount,"
+    " status = 'running', attempt = attempt + 1, owner_id = :owner, started_at = :now,"
+    " finished_at = NULL, available_at = NULL"
+    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
+    " AND status = 'pending' AND upstream_pending <= :amount"
+    " RETURNING id, step_key, attempt, first_attempt",
+    times=["now"],
 )
 _READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
@@ -144,6 +155,11 @@ _ADD_ITEM = HotStatement(
 _RESULTS = HotStatement(
     "SELECT step_key, result_payload FROM batch_step_result WHERE batch_instance_id = :iid"
     " AND step_key IN :keys AND map_index = -1 AND status = 'succeeded'"
+)
+_STATUSES_OF = HotStatement(
+    # A join deciding after its last upstream step: the statuses of the others.
+    "SELECT step_key, status FROM batch_step_result WHERE batch_instance_id = :iid"
+    " AND step_key IN :keys AND map_index = -1"
 )
 _STATUSES = HotStatement(
     "SELECT step_key, map_index, status FROM batch_step_result WHERE batch_instance_id = :iid"
@@ -267,13 +283,25 @@ class SqlInstanceTransaction(InstanceTransaction):
         self.id = instance.id
         self._ready: dict[str, tuple[int, int, int]] = {}
         self._dialect = conn.dialect.name
+        self._cursor: Any = None
         self._returning = _returning(conn)
         self._waiting: set[str] = set()
         """Steps this transaction saw pending with upstream steps left: unfinished, unless
         it decides them itself (mark, start, cancel)."""
+        self._started: dict[str, ClaimedStep] = {}
+        """Steps ``upstream_done`` already moved to running, for ``start`` to return."""
+
+    def _run(self, statement: HotStatement, params: Mapping[str, Any]) -> Any:
+        """``statement.run`` on this transaction's driver cursor, looked up once."""
+        cursor = self._cursor
+        if cursor is None:
+            if self._dialect == "oracle":
+                return statement.run(self.conn, params)
+            cursor = self._cursor = driver_cursor(self.conn)
+        return statement.run_on(cursor, self._dialect == "sqlite", params)
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
-        updated = _RECORD.run(self.conn, _record_params(outcome, retry_at)).rowcount
+        updated = self._run(_RECORD, _record_params(outcome, retry_at)).rowcount
         if not updated:
             return False
         if outcome.log is not None:
@@ -332,21 +360,30 @@ class SqlInstanceTransaction(InstanceTransaction):
             )
         )
 
-    def upstream_done(self, counts: Mapping[str, int]) -> list[str]:
+    def upstream_done(
+        self,
+        counts: Mapping[str, int],
+        *,
+        start: Sequence[str] = (),
+        owner: str | None = None,
+        now: datetime | None = None,
+    ) -> list[str]:
+        returning = self._returning
+        ready: list[str] = []
+        if start and returning and now is not None:
+            counts = self._count_down_and_start(counts, start, owner, now, ready)
         by_amount: dict[int, list[str]] = {}
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
-        returning = self._returning
-        ready: list[str] = []
         for amount, keys in by_amount.items():
             for chunk in _chunks(keys):
                 params = {"amount": amount, "iid": self.id, "keys": chunk}
                 if not returning:
-                    _UPSTREAM_DONE.run(self.conn, params)
+                    self._run(_UPSTREAM_DONE, params)
                     continue
                 # One statement instead of two: the counts come back with the rows.
-                for row_id, key, attempt, first, left in _UPSTREAM_DONE_RETURNING.run(
-                    self.conn, params
+                for row_id, key, attempt, first, left in self._run(
+                    _UPSTREAM_DONE_RETURNING, params
                 ).fetchall():
                     if left <= 0:
                         self._ready[key] = (row_id, attempt, first)
@@ -356,24 +393,59 @@ class SqlInstanceTransaction(InstanceTransaction):
         if returning:
             return ready
         for chunk in _chunks(list(counts)):
-            for row_id, key, attempt, first in _READY.run(
-                self.conn, {"iid": self.id, "keys": chunk}
+            for row_id, key, attempt, first in self._run(
+                _READY, {"iid": self.id, "keys": chunk}
             ).fetchall():
                 self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
         return ready
 
+    def _count_down_and_start(
+        self,
+        counts: Mapping[str, int],
+        start: Sequence[str],
+        owner: str | None,
+        now: datetime,
+        ready: list[str],
+    ) -> Mapping[str, int]:
+        """Count down and start the ``start`` keys at once (one statement per amount);
+        the counts left for the usual countdown: the other keys, and any ``start`` key the
+        statement did not take (not pending, or with other upstream steps left)."""
+        by_amount: dict[int, list[str]] = {}
+        for key in start:
+            by_amount.setdefault(counts[key], []).append(key)
+        taken: set[str] = set()
+        for amount, keys in by_amount.items():
+            for chunk in _chunks(keys):
+                params = {"amount": amount, "iid": self.id, "keys": chunk}
+                rows = self._run(
+                    _UPSTREAM_DONE_START, {**params, "owner": owner, "now": now}
+                ).fetchall()
+                for row_id, key, attempt, first in rows:
+                    self._started[key] = ClaimedStep(row_id, key, -1, attempt, now, first)
+                    taken.add(key)
+                    ready.append(key)
+        if len(taken) == len(counts):
+            return {}
+        return {key: amount for key, amount in counts.items() if key not in taken}
+
     def start(
         self, keys: Sequence[str], limit: int, owner: str | None, *, now: datetime
     ) -> list[ClaimedStep]:
         self._waiting.difference_update(keys)
+        started: list[ClaimedStep] = []
+        if self._started:  # moved to running by upstream_done: they come first
+            started = [self._started.pop(k) for k in keys if k in self._started]
+            if started:
+                keys = [k for k in keys if k in self._ready]
+                limit = max(limit - len(started), 0)
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
         for chunk in _chunks(run):
-            _START.run(self.conn, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
+            self._run(_START, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
         for chunk in _chunks(wait):
-            _QUEUE.run(self.conn, {"ids": [r[1] for r in chunk]})
-        return [
+            self._run(_QUEUE, {"ids": [r[1] for r in chunk]})
+        return started + [
             ClaimedStep(row_id, key, -1, attempt + 1, now, first)
             for key, row_id, attempt, first in run
         ]
@@ -400,11 +472,8 @@ class SqlInstanceTransaction(InstanceTransaction):
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
         for chunk in iter_chunks(list(keys), CHUNK):
-            for key, status in self.conn.execute(
-                sa.select(R.c.step_key, R.c.status).where(
-                    R.c.batch_instance_id == self.id, R.c.step_key.in_(chunk), R.c.map_index == -1
-                )
-            ):
+            params = {"iid": self.id, "keys": list(chunk)}
+            for key, status in self._run(_STATUSES_OF, params).fetchall():
                 out[key] = StepStatus(status)
         return out
 
@@ -430,12 +499,12 @@ class SqlInstanceTransaction(InstanceTransaction):
     def claim(self, limit: int, owner: str | None, *, now: datetime) -> list[ClaimedStep]:
         if limit <= 0:
             return []
-        rows = _QUEUED_STEPS.run(self.conn, {"iid": self.id, "now": now, "limit": limit}).fetchall()
+        rows = self._run(_QUEUED_STEPS, {"iid": self.id, "now": now, "limit": limit}).fetchall()
         if not rows:
             return []
         # attempt + 1 in SQL: the rows were read under this transaction's instance lock.
         for chunk in iter_chunks(rows, CHUNK):
-            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
+            self._run(_START_QUEUED, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
         return [ClaimedStep(r[0], r[1], -1, r[2] + 1, now, r[3]) for r in rows]
 
     def expand(self, key: str, count: int) -> None:
@@ -454,14 +523,14 @@ class SqlInstanceTransaction(InstanceTransaction):
         if self._returning:
             # One statement: the claim returns the rows it took (the attempt already
             # counted up), instead of a read of the queued items and then their claim.
-            taken = _CLAIM_ITEMS_RETURNING.run(self.conn, {**params, "owner": owner})
+            taken = self._run(_CLAIM_ITEMS_RETURNING, {**params, "owner": owner})
             rows = sorted(taken.fetchall(), key=_by_index)
             return [ClaimedStep(r[0], key, r[1], r[2], now, r[3]) for r in rows]
-        rows = _QUEUED_ITEMS.run(self.conn, params).fetchall()
+        rows = self._run(_QUEUED_ITEMS, params).fetchall()
         if not rows:
             return []
         for chunk in iter_chunks(rows, CHUNK):
-            _START_QUEUED.run(self.conn, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
+            self._run(_START_QUEUED, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
         return [ClaimedStep(r[0], key, r[1], r[2] + 1, now, r[3]) for r in rows]
 
     def running_items(self, exclude_rows: Iterable[int] = ()) -> dict[str, int]:
@@ -482,10 +551,10 @@ class SqlInstanceTransaction(InstanceTransaction):
     def items_done(self, key: str, count: int) -> bool:
         params = {"iid": self.id, "key": key, "n": count}
         if self._returning:  # one statement (a round trip on PostgreSQL) instead of two
-            left = _ITEMS_DONE_RETURNING.run(self.conn, params).fetchone()
+            left = self._run(_ITEMS_DONE_RETURNING, params).fetchone()
             return left is not None and left[0] <= 0
-        _ITEMS_DONE.run(self.conn, params)
-        left = _PARENT_PENDING.run(self.conn, params).fetchone()
+        self._run(_ITEMS_DONE, params)
+        left = self._run(_PARENT_PENDING, params).fetchone()
         return left is not None and left[0] <= 0
 
     def finish_mapped(
