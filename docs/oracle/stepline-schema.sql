@@ -260,6 +260,20 @@ UPDATE stepline_alembic_version SET version_num='0005_perf_indexes' WHERE stepli
 
 /
 
+-- Running upgrade 0005_perf_indexes -> 0006_queue_order_index
+
+CREATE INDEX ix_step_result_queue ON batch_step_result (batch_instance_id, status, map_index, id)
+
+/
+
+DROP INDEX ix_step_result_status
+
+/
+
+UPDATE stepline_alembic_version SET version_num='0006_queue_order_index' WHERE stepline_alembic_version.version_num = '0005_perf_indexes'
+
+/
+
 COMMIT
 
 /

@@ -296,8 +296,10 @@ batch_step_result = sa.Table(
     # past every finished item). Migration 0005_perf_indexes.
     sa.Index("ix_step_result_items", "batch_instance_id", "step_key", "status", "map_index"),
     # Steps by status (unfinished, queued, running); map_index lets the claim of queued
-    # unmapped steps skip a wide map's queued items.
-    sa.Index("ix_step_result_status", "batch_instance_id", "status", "map_index"),
+    # unmapped steps skip a wide map's queued items, and id gives it their order (PostgreSQL
+    # and Oracle keep equal keys in heap order: the claim sorted every queued step).
+    # Migration 0006_queue_order_index.
+    sa.Index("ix_step_result_queue", "batch_instance_id", "status", "map_index", "id"),
     is_json_check("result_payload"),
 )
 
