@@ -35,17 +35,25 @@ class HotStatement:
         """Parameters that take a list (``IN :ids``), expanded to one bind per element."""
         self._plain = {True: sql, False: _pyformat(sql)}  # by "is SQLite"
         self._expanded: dict[tuple[bool, tuple[tuple[str, int], ...]], str] = {}
+        self._arrays = _pyformat(_LISTED.sub(r"= ANY(:\1)", sql))
+        """PostgreSQL's text: a list is one array parameter (``= ANY(%(ids)s)``), so a
+        list of any length is one statement, parsed and planned once."""
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Execute on ``conn``'s transaction; returns a DBAPI cursor (rowcount, fetchall)."""
         dialect = conn.dialect.name
         if dialect == "oracle":
             return self._run_typed(conn, params)
-        return self.run_on(driver_cursor(conn), dialect == "sqlite", params)
+        return self.run_on(
+            driver_cursor(conn), dialect == "sqlite", params, arrays=dialect == "postgresql"
+        )
 
-    def run_on(self, cursor: Any, sqlite: bool, params: Mapping[str, Any]) -> Any:
+    def run_on(
+        self, cursor: Any, sqlite: bool, params: Mapping[str, Any], *, arrays: bool = False
+    ) -> Any:
         """:meth:`run` on the cursor ``driver_cursor`` gave for the connection (a transaction
-        keeps it), not Oracle; returns the cursor."""
+        keeps it), not Oracle; returns the cursor. ``arrays`` (PostgreSQL): lists are sent
+        as arrays instead of one bind per element."""
         sql = self._plain[sqlite]
         values = params
         if self.lists or self.times:
@@ -53,9 +61,14 @@ class HotStatement:
             shape: list[tuple[str, int]] = []
             for name in self.lists:
                 listed = values.pop(name)
+                if arrays:
+                    values[name] = list(listed)
+                    continue
                 shape.append((name, len(listed)))
                 values.update(zip(_names(name, len(listed)), listed, strict=True))
-            if shape:
+            if arrays and self.lists:
+                sql = self._arrays
+            elif shape:
                 sql = self._sql(sqlite, shape)
             for name in self.times:
                 value = values.get(name)

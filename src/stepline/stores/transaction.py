@@ -178,11 +178,16 @@ _QUEUE = HotStatement(
 )
 
 
-def _chunks(items: list[Any]) -> Sequence[list[Any]]:
-    """``items`` in lists of at most CHUNK (a short list as is: the per-step case)."""
-    if len(items) <= CHUNK:
+ARRAY_CHUNK = 100_000
+"""PostgreSQL takes a list as one array parameter: one statement for a whole fan-out (ten
+statements of 500 each read all of a 5,000-step instance's rows ten times over)."""
+
+
+def _chunks(items: list[Any], size: int = CHUNK) -> Sequence[list[Any]]:
+    """``items`` in lists of at most ``size`` (a short list as is: the per-step case)."""
+    if len(items) <= size:
         return (items,) if items else ()
-    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def not_in_chunks(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
@@ -245,7 +250,7 @@ def load_results(conn: Connection, instance_id: int, keys: Iterable[str]) -> dic
     if conn.dialect.name == "postgresql":
         # psycopg decodes JSONB itself: on the driver's cursor a fan-in's thousands of
         # upstream results load several times faster than through Core's result rows.
-        for chunk in iter_chunks(list(keys), CHUNK):
+        for chunk in iter_chunks(list(keys), ARRAY_CHUNK):
             params = {"iid": instance_id, "keys": list(chunk)}
             out.update(_RESULTS.run(conn, params).fetchall())
         return out
@@ -284,6 +289,8 @@ class SqlInstanceTransaction(InstanceTransaction):
         self._ready: dict[str, tuple[int, int, int]] = {}
         self._dialect = conn.dialect.name
         self._cursor: Any = None
+        self._arrays = self._dialect == "postgresql"
+        self._chunk = ARRAY_CHUNK if self._arrays else CHUNK
         self._returning = _returning(conn)
         self._waiting: set[str] = set()
         """Steps this transaction saw pending with upstream steps left: unfinished, unless
@@ -298,7 +305,7 @@ class SqlInstanceTransaction(InstanceTransaction):
             if self._dialect == "oracle":
                 return statement.run(self.conn, params)
             cursor = self._cursor = driver_cursor(self.conn)
-        return statement.run_on(cursor, self._dialect == "sqlite", params)
+        return statement.run_on(cursor, self._dialect == "sqlite", params, arrays=self._arrays)
 
     def record(self, outcome: StepOutcome, *, retry_at: datetime | None, owner: str) -> bool:
         updated = self._run(_RECORD, _record_params(outcome, retry_at)).rowcount
@@ -376,7 +383,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
         for amount, keys in by_amount.items():
-            for chunk in _chunks(keys):
+            for chunk in _chunks(keys, self._chunk):
                 params = {"amount": amount, "iid": self.id, "keys": chunk}
                 if not returning:
                     self._run(_UPSTREAM_DONE, params)
@@ -392,7 +399,7 @@ class SqlInstanceTransaction(InstanceTransaction):
                         self._waiting.add(key)
         if returning:
             return ready
-        for chunk in _chunks(list(counts)):
+        for chunk in _chunks(list(counts), self._chunk):
             for row_id, key, attempt, first in self._run(
                 _READY, {"iid": self.id, "keys": chunk}
             ).fetchall():
@@ -416,7 +423,7 @@ class SqlInstanceTransaction(InstanceTransaction):
             by_amount.setdefault(counts[key], []).append(key)
         taken: set[str] = set()
         for amount, keys in by_amount.items():
-            for chunk in _chunks(keys):
+            for chunk in _chunks(keys, self._chunk):
                 params = {"amount": amount, "iid": self.id, "keys": chunk}
                 rows = self._run(
                     _UPSTREAM_DONE_START, {**params, "owner": owner, "now": now}
@@ -441,9 +448,9 @@ class SqlInstanceTransaction(InstanceTransaction):
                 limit = max(limit - len(started), 0)
         rows = [(key, *self._ready.pop(key)) for key in keys]
         run, wait = rows[:limit], rows[limit:]
-        for chunk in _chunks(run):
+        for chunk in _chunks(run, self._chunk):
             self._run(_START, {"ids": [r[1] for r in chunk], "owner": owner, "now": now})
-        for chunk in _chunks(wait):
+        for chunk in _chunks(wait, self._chunk):
             self._run(_QUEUE, {"ids": [r[1] for r in chunk]})
         return started + [
             ClaimedStep(row_id, key, -1, attempt + 1, now, first)
@@ -471,7 +478,7 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
-        for chunk in iter_chunks(list(keys), CHUNK):
+        for chunk in iter_chunks(list(keys), self._chunk):
             params = {"iid": self.id, "keys": list(chunk)}
             for key, status in self._run(_STATUSES_OF, params).fetchall():
                 out[key] = StepStatus(status)
@@ -503,7 +510,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         if not rows:
             return []
         # attempt + 1 in SQL: the rows were read under this transaction's instance lock.
-        for chunk in iter_chunks(rows, CHUNK):
+        for chunk in iter_chunks(rows, self._chunk):
             self._run(_START_QUEUED, {"ids": [r[0] for r in chunk], "owner": owner, "now": now})
         return [ClaimedStep(r[0], r[1], -1, r[2] + 1, now, r[3]) for r in rows]
 
