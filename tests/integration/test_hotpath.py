@@ -175,3 +175,28 @@ def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
         assert rows["y"].status is StepStatus.RUNNING and rows["y"].attempt == 1
     finally:
         store.dispose()
+
+
+RUNNER = "tests.fixture_runners:work"
+
+
+def test_a_list_of_thousands_of_keys_is_one_statement_on_postgresql(db_url: str) -> None:
+    """PostgreSQL takes a list as one array (``= ANY``): a 1,200-step fan-out's statuses
+    are read in one statement, not in lists of 500 that each read every row of the
+    instance; other databases keep lists of 500. Either way every key is answered."""
+    from stepline.stores.transaction import _STATUSES_OF
+
+    assert "step_key = ANY(%(keys)s)" in _STATUSES_OF._arrays
+    store = SqlAlchemyStore(db_url)
+    store.initialize()
+    try:
+        keys = [f"f{i}" for i in range(1200)]
+        stored = store.apply(
+            batch("wide", [step("root", RUNNER, keys), *(step(k, RUNNER) for k in keys)])
+        )
+        instance, _ = store.create_instance(stored, {}, "cli", owner="o")
+        with store.instance_transaction(instance.id, instance) as tx:
+            assert tx.statuses(keys) == dict.fromkeys(keys, StepStatus.PENDING)
+            assert tx.pending_among(keys[::-1]) != []
+    finally:
+        store.dispose()
