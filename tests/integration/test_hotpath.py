@@ -180,7 +180,7 @@ def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
 RUNNER = "tests.fixture_runners:work"
 
 
-def test_a_list_of_thousands_of_keys_is_one_statement_on_postgresql(db_url: str) -> None:
+def test_a_list_of_thousands_of_keys_is_answered_whole_and_sent_as_one_array(db_url: str) -> None:
     """PostgreSQL takes a list as one array (``= ANY``): a 1,200-step fan-out's statuses
     are read in one statement, not in lists of 500 that each read every row of the
     instance; other databases keep lists of 500. Either way every key is answered."""

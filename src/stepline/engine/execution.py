@@ -13,7 +13,7 @@ import re
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from stepline.connections import Connections, default_connections
@@ -343,6 +343,14 @@ async def run_async(
     return outcome(work, started, value, log=log)
 
 
+def timeout_error(attempt: int, timeout: timedelta) -> str:
+    """The error of an attempt that ran out of its step's time, whoever noticed it."""
+    return (
+        f"TimeoutError: attempt {attempt} exceeded the step timeout of "
+        f"{timeout.total_seconds():g} s"
+    )
+
+
 def timed_out(work: StepWork, started: datetime, log: AttemptLog | None = None) -> StepOutcome:
     """The outcome of an attempt that ran out of its step's time (retried per policy)."""
     assert work.step.timeout is not None
@@ -355,8 +363,7 @@ def timed_out(work: StepWork, started: datetime, log: AttemptLog | None = None) 
         attempt=claimed.attempt,
         succeeded=False,
         payload=None,
-        error=f"TimeoutError: attempt {claimed.attempt} exceeded the step timeout of "
-        f"{work.step.timeout.total_seconds():g} s",
+        error=timeout_error(claimed.attempt, work.step.timeout),
         started_at=started,
         finished_at=datetime.now(UTC),
         first_attempt=claimed.first_attempt,

@@ -28,6 +28,7 @@ from stepline.engine import outcome_log
 from stepline.engine.advance import Advance, advance, map_items
 from stepline.engine.alerts import deliver_in_background
 from stepline.engine.backoff import Backoff, short_error
+from stepline.engine.execution import timeout_error
 from stepline.errors import Conflict, StoreUnavailable
 from stepline.stores.base import (
     InstanceRecord,
@@ -696,8 +697,7 @@ class Orchestrator:
                     attempt=inflight.attempt,
                     succeeded=False,
                     payload=None,
-                    error=f"TimeoutError: attempt {inflight.attempt} exceeded the step timeout "
-                    f"of {inflight.step.timeout.total_seconds():g} s",
+                    error=timeout_error(inflight.attempt, inflight.step.timeout),
                     started_at=finished - inflight.step.timeout,
                     finished_at=finished,
                     error_codes=("TimeoutError",),

@@ -35,7 +35,14 @@ from stepline.core.states import InstanceStatus, StepStatus
 from stepline.dispatchers.base import RemoteDispatcher, StepMessage, StepWork
 from stepline.engine.advance import advance, map_items
 from stepline.engine.backoff import Backoff, short_error
-from stepline.engine.execution import is_async, outcome, run_async, run_sync, timed_out
+from stepline.engine.execution import (
+    is_async,
+    outcome,
+    run_async,
+    run_sync,
+    timed_out,
+    timeout_error,
+)
 from stepline.engine.orchestrator import Listener, Orchestrator, StepEvent, _Active
 from stepline.errors import NotFound, StoreUnavailable
 from stepline.stores.base import (
@@ -107,9 +114,8 @@ def lost_outcome(step: StepDefinition, running: RunningStep, now: datetime) -> S
     started = running.started_at or now
     if step.timeout is not None and now - started >= step.timeout:
         error = (
-            f"TimeoutError: attempt {running.attempt} exceeded the step timeout of "
-            f"{step.timeout.total_seconds():g} s; its worker process {running.owner_id} "
-            "was stopped at the hard time limit"
+            f"{timeout_error(running.attempt, step.timeout)}; its worker process "
+            f"{running.owner_id} was stopped at the hard time limit"
         )
     else:
         error = f"lost: its worker {running.owner_id} stopped before the attempt ended"

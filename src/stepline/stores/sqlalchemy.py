@@ -843,22 +843,28 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         """The pickup on the connection kept for it; a kept connection that fails (the
         server restarted meanwhile) is replaced once, as a pre-ping would have."""
         with self._pickup_lock:
-            for fresh in (self._pickup_conn is None, True):
-                conn = self._pickup_conn
-                try:
-                    if conn is None:
-                        conn = self._pickup_conn = self._pickup_engine().connect()
-                    return _PICKUP_RETURNING.run(conn, params).fetchone()
-                except BaseException as exc:
-                    self._pickup_conn = None  # a broken or interrupted one is not reused
-                    if conn is not None:
-                        _discard(conn)
-                    if not isinstance(exc, sa.exc.DBAPIError | self._dbapi_error):
-                        raise
-                    translated = self._translate(exc)
-                    if fresh or not isinstance(translated, StoreUnavailable):
-                        raise translated from exc
-        raise AssertionError("unreachable")
+            kept = self._pickup_conn is not None
+            try:
+                return self._pickup_on_kept(params)
+            except StoreUnavailable:
+                if not kept:
+                    raise
+                return self._pickup_on_kept(params)
+
+    def _pickup_on_kept(self, params: dict[str, Any]) -> Any:
+        if self._pickup_conn is None:
+            try:
+                self._pickup_conn = self._pickup_engine().connect()
+            except sa.exc.DBAPIError as exc:
+                self._raise_translated(exc)
+                raise
+        try:
+            return _PICKUP_RETURNING.run(self._pickup_conn, params).fetchone()
+        except BaseException as exc:
+            conn, self._pickup_conn = self._pickup_conn, None  # broken or interrupted
+            _discard(conn)
+            self._raise_translated(exc)
+            raise
 
     def _pickup_engine(self) -> Engine:
         if self._pickups is None:
