@@ -265,6 +265,26 @@ def test_a_database_that_does_not_answer_costs_a_worker_s_outcome_nothing(
     owner.close()
 
 
+def test_a_pickup_waits_for_a_database_that_does_not_answer(
+    faulty_store: tuple[SqlAlchemyStore, Faults],
+) -> None:
+    """A delivery whose pickup meets an unavailable database is held and picked up when it
+    answers, not failed (a failed task is acknowledged, and its step would wait for the
+    owner's resend)."""
+    store, faults = faulty_store
+    if store.dialect == "postgresql":
+        pytest.skip("PostgreSQL pickups run on an engine of their own, which faults miss")
+    owner, outbox, iid = start(store, [step("a")])
+    job = StepJob(store, "w:1:a")
+    (a,) = outbox.sent
+    faults.arm(dict.fromkeys(range(1, 4), "deadlock"))
+    finished = job.run(iid, a.row_id, a.attempt)
+    assert len(faults.injected) == 3
+    faults.disarm()
+    assert finished is not None and finished.outcome.succeeded
+    owner.close()
+
+
 def test_an_outcome_of_a_deleted_instance_is_dropped_not_retried_for_ever(
     store: SqlAlchemyStore,
 ) -> None:
