@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from databases import create_database, drop_database
 from stepline.core.definition import batch, step
 from stepline.core.states import StepStatus
 from stepline.stores.base import ClaimedStep, StepOutcome
 from stepline.stores.sqlalchemy import SqlAlchemyStore
 from stepline.stores.transaction import (
+    _ITEMS_DONE,
     _QUEUED_ITEMS,
     _QUEUED_STEPS,
     _UPSTREAM_DONE,
@@ -94,6 +96,42 @@ def test_the_per_step_statements_seek_their_rows(tmp_path: Path) -> None:
         assert "step_key=?" in plan and "map_index=?" in plan, plan
     finally:
         store.dispose()
+
+
+def test_a_finished_item_counts_down_its_step_without_reading_the_others(
+    tmp_path: Path,
+) -> None:
+    """Each transaction that records items counts down their step's own row. On
+    PostgreSQL, with no statistics yet (a new instance, autovacuum not run), the planner
+    took ix_step_result_items for it and read every item's index entry: the per-item cost
+    of a 50,000-item map was twice a 5,000-item one's. Found by the buffers it reads."""
+    url, handle = create_database("postgresql", tmp_path)
+    store = SqlAlchemyStore(url)
+    try:
+        store.initialize()
+        runner = "tests.fixture_runners:work"
+        definition = batch(
+            "m", [step("list", runner, ["each"]), step("each", runner, map={"over": "list"})]
+        )
+        instance, _ = store.create_instance(store.apply(definition), {}, "test", owner=OWNER)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE batch_step_result SET status = 'running' WHERE step_key = 'each'"
+            )
+        with store.instance_transaction(instance.id) as tx:
+            tx.expand("each", 5000)
+        sql = _ITEMS_DONE.sql.replace(":n", "1").replace(":iid", str(instance.id))
+        sql = sql.replace(":key", "'each'")
+        with store.engine.connect() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql).scalar()
+            conn.rollback()
+        top = plan[0]["Plan"]
+        assert top["Plans"][0]["Actual Rows"] == 1, plan
+        # One seek: a few index pages and the row's heap page (the items span dozens).
+        assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] <= 10, plan
+    finally:
+        store.dispose()
+        drop_database("postgresql", handle)
 
 
 def test_the_indexes_are_in_the_schema() -> None:

@@ -101,15 +101,18 @@ _SET_PENDING = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = :n"
     " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
 )
+# A mapped step's own row is running while its items run. Naming the status makes every
+# index on (instance, step) a seek to that one row: without it PostgreSQL, with no
+# statistics to tell the two apart, chose ix_step_result_items and read every item's entry
+# (old row versions included), 7.6 ms a call at 50,000 items against 1.4 ms at 5,000.
+_PARENT_ROW = (
+    " WHERE batch_instance_id = :iid AND step_key = :key AND status = 'running' AND map_index = -1"
+)
 _ITEMS_DONE = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
+    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n" + _PARENT_ROW
 )
 _ITEMS_DONE_RETURNING = HotStatement(_ITEMS_DONE.sql + " RETURNING upstream_pending")
-_PARENT_PENDING = HotStatement(
-    "SELECT upstream_pending FROM batch_step_result"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
-)
+_PARENT_PENDING = HotStatement("SELECT upstream_pending FROM batch_step_result" + _PARENT_ROW)
 _QUEUED_ITEMS = HotStatement(
     "SELECT id, map_index, attempt, first_attempt FROM batch_step_result"
     " WHERE batch_instance_id = :iid AND step_key = :key AND map_index >= 0"
