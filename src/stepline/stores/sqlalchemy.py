@@ -64,6 +64,7 @@ from stepline.stores.schema import (
 )
 from stepline.stores.transaction import (
     CHUNK,
+    ItemCursors,
     SqlInstanceTransaction,
     db_now,
     load_results,
@@ -253,6 +254,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         # SQLite has one writer; queueing our own threads here is cheaper than its
         # busy-wait handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._item_cursors: ItemCursors = {}
         dbapi = self.engine.dialect.loaded_dbapi
         self._dbapi_error: type[Exception] = dbapi.Error
         self._dbapi_transient: tuple[type[Exception], ...] = (
@@ -746,7 +748,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 if row is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
-            yield SqlInstanceTransaction(conn, instance)
+            yield SqlInstanceTransaction(conn, instance, self._item_cursors)
 
     def _locked(self, conn: Connection, instance_id: int, known: InstanceRecord) -> InstanceRecord:
         """Lock the instance row; ``known`` with what other processes may have changed.
@@ -1210,7 +1212,8 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
             conn = self._conn = store._pinned_connection()
             if store.dialect == "sqlite":
                 conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-            return SqlInstanceTransaction(conn, store._locked(conn, self._id, self._known))
+            instance = store._locked(conn, self._id, self._known)
+            return SqlInstanceTransaction(conn, instance, store._item_cursors)
         except BaseException as exc:
             try:
                 if self._conn is not None:
