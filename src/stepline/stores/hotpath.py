@@ -38,6 +38,11 @@ class HotStatement:
         self._arrays = _pyformat(_LISTED.sub(r"= ANY(:\1)", sql))
         """PostgreSQL's text: a list is one array parameter (``= ANY(%(ids)s)``), so a
         list of any length is one statement, parsed and planned once."""
+        self._single = _pyformat(_LISTED.sub(r"= :\1", sql))
+        """PostgreSQL's text when every list has one element, the usual countdown (a chain
+        step's successor, a join): ``step_key = %(keys)s`` is a seek on any index that
+        starts with the instance and the key, where with ``= ANY(...)`` PostgreSQL may seek
+        the instance alone and filter the keys of all its rows."""
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Execute on ``conn``'s transaction; returns a DBAPI cursor (rowcount, fetchall)."""
@@ -59,15 +64,21 @@ class HotStatement:
         if self.lists or self.times:
             values = dict(params)
             shape: list[tuple[str, int]] = []
+            single = True
             for name in self.lists:
                 listed = values.pop(name)
                 if arrays:
                     values[name] = list(listed)
+                    single = single and len(listed) == 1
                     continue
                 shape.append((name, len(listed)))
                 values.update(zip(_names(name, len(listed)), listed, strict=True))
             if arrays and self.lists:
                 sql = self._arrays
+                if single:
+                    sql = self._single
+                    for name in self.lists:
+                        values[name] = values[name][0]
             elif shape:
                 sql = self._sql(sqlite, shape)
             for name in self.times:

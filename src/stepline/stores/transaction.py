@@ -55,12 +55,17 @@ _RECORD = HotStatement(
 _RECORD_RETURNING = HotStatement(
     _RECORD.sql + " RETURNING id", json=["payload"], times=sorted(_RECORD.times)
 )
-_UPSTREAM_DONE = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount"
-    # map_index = -1 keeps it on the unique index, one row per key; on the status index
-    # it would scan every pending row of the instance.
+# Pending steps by key. The unique index (instance, step_key, map_index) finds each row;
+# the status is only checked, written so that no index can seek on it. Given `status =
+# 'pending'`, PostgreSQL (statistics or not) chose ix_step_result_queue (instance, status,
+# map_index) and walked the entries of every row that had been pending, old row versions
+# included until vacuum: 9.7 ms a countdown late in a 5,000-step fan-out, against 1.9.
+_PENDING_KEYS = (
     " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
-    " AND status = 'pending'"
+    " AND LOWER(status) = 'pending'"
+)
+_UPSTREAM_DONE = HotStatement(
+    "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount" + _PENDING_KEYS
 )
 _UPSTREAM_DONE_RETURNING = HotStatement(
     _UPSTREAM_DONE.sql + " RETURNING id, step_key, attempt, first_attempt, upstream_pending"
@@ -71,15 +76,14 @@ _UPSTREAM_DONE_START = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount,"
     " status = 'running', attempt = attempt + 1, owner_id = :owner, started_at = :now,"
     " finished_at = NULL, available_at = NULL"
-    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
-    " AND status = 'pending' AND upstream_pending <= :amount"
-    " RETURNING id, step_key, attempt, first_attempt",
+    + _PENDING_KEYS
+    + " AND upstream_pending <= :amount RETURNING id, step_key, attempt, first_attempt",
     times=["now"],
 )
 _READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
-    " WHERE batch_instance_id = :iid"
-    " AND step_key IN :keys AND map_index = -1 AND status = 'pending' AND upstream_pending <= 0"
+    + _PENDING_KEYS
+    + " AND upstream_pending <= 0"
 )
 _PENDING_READY = HotStatement(
     "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
@@ -87,9 +91,7 @@ _PENDING_READY = HotStatement(
     " AND upstream_pending <= 0"
 )
 _PENDING_AMONG = HotStatement(
-    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result"
-    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
-    " AND status = 'pending'"
+    "SELECT id, step_key, attempt, first_attempt FROM batch_step_result" + _PENDING_KEYS
 )
 _START = HotStatement(
     "UPDATE batch_step_result SET status = 'running', attempt = attempt + 1, owner_id = :owner,"
