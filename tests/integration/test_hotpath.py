@@ -11,12 +11,14 @@ from databases import create_database, drop_database
 from stepline.core.definition import batch, step
 from stepline.core.states import StepStatus
 from stepline.stores.base import ClaimedStep, StepOutcome
+from stepline.stores.hotpath import HotStatement
 from stepline.stores.sqlalchemy import SqlAlchemyStore
 from stepline.stores.transaction import (
     _ITEMS_DONE,
     _QUEUED_ITEMS,
     _QUEUED_STEPS,
     _UPSTREAM_DONE,
+    _UPSTREAM_DONE_START,
 )
 
 OWNER = "test:1:aa"
@@ -91,10 +93,10 @@ def test_the_per_step_statements_seek_their_rows(tmp_path: Path) -> None:
         plan = _plan(store, steps, {"iid": 1, "now": now})
         assert "USING INDEX ix_step_result_queue" in plan, plan
         assert "TEMP B-TREE" not in plan, plan  # id order comes from the index
-        countdown = _UPSTREAM_DONE.sql.replace(":keys", "(:k0, :k1)")
-        plan = _plan(store, countdown, {"amount": 1, "iid": 1, "k0": "a", "k1": "b"})
-        # One row per key, found by key (not a scan of the instance's pending rows).
-        assert "step_key=?" in plan, plan
+        countdown = _UPSTREAM_DONE.sql.replace(":ids", "(:k0, :k1)")
+        plan = _plan(store, countdown, {"amount": 1, "k0": 1, "k1": 2})
+        # One row per step, by primary key (not a scan of the instance's pending rows).
+        assert "INTEGER PRIMARY KEY" in plan, plan
     finally:
         store.dispose()
 
@@ -121,8 +123,9 @@ def test_a_finished_item_counts_down_its_step_without_reading_the_others(
             )
         with store.instance_transaction(instance.id) as tx:
             tx.expand("each", 5000)
-        sql = _ITEMS_DONE.sql.replace(":n", "1").replace(":iid", str(instance.id))
-        sql = sql.replace(":key", "'each'")
+        with store.instance_transaction(instance.id) as tx:
+            (parent,) = tx.row_ids(["each"])
+        sql = _ITEMS_DONE.sql.replace(":n", "1").replace(":id", str(parent))
         with store.engine.connect() as conn:
             plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql).scalar()
             conn.rollback()
@@ -315,16 +318,55 @@ def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
         store.dispose()
 
 
+def test_a_countdown_late_in_a_chain_seeks_its_one_step(tmp_path: Path) -> None:
+    """A chain step counts its successor down by key. With the key sent as ``= ANY`` and
+    the pending status as an index key, PostgreSQL took ix_step_result_queue (instance,
+    status) and walked the entries of every step that had been pending, old row versions
+    included: a 3,000-step chain grew quadratic. Found by the buffers the statement reads,
+    as the store sends it."""
+    url, handle = create_database("postgresql", tmp_path)
+    store = SqlAlchemyStore(url)
+    try:
+        store.initialize()
+        keys = [f"s{i}" for i in range(1000)]
+        steps = [step(k, RUNNER, [keys[i + 1]] if i < 999 else []) for i, k in enumerate(keys)]
+        instance, _ = store.create_instance(store.apply(batch("c", steps)), {}, "t", owner=OWNER)
+        with store.engine.begin() as conn:  # 900 steps ran: each left its pending entries
+            for status in ("running", "succeeded"):
+                conn.exec_driver_sql(
+                    f"UPDATE batch_step_result SET status = '{status}'"
+                    " WHERE CAST(SUBSTR(step_key, 2) AS INTEGER) < 900"
+                )
+        # The statement as the store sends it (its lists and times handled the same way).
+        explain = HotStatement(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _UPSTREAM_DONE_START.sql, times=["now"]
+        )
+        with store.instance_transaction(instance.id) as tx:
+            ids = tx.row_ids(["s900"])
+        params = {"amount": 1, "ids": ids, "owner": OWNER}
+        with store.engine.connect() as conn:
+            found = explain.run(conn, {**params, "now": datetime.now(UTC)}).fetchone()
+            top = found[0][0]["Plan"]
+            conn.rollback()
+        scan = top["Plans"][0]
+        assert scan["Actual Rows"] == 1, top
+        assert scan.get("Rows Removed by Filter", 0) == 0, top
+        assert scan["Shared Hit Blocks"] + scan["Shared Read Blocks"] <= 6, top
+    finally:
+        store.dispose()
+        drop_database("postgresql", handle)
+
+
 RUNNER = "tests.fixture_runners:work"
 
 
 def test_a_list_of_thousands_of_keys_is_answered_whole_and_sent_as_one_array(db_url: str) -> None:
     """PostgreSQL takes a list as one array (``= ANY``): a 1,200-step fan-out's statuses
-    are read in one statement, not in lists of 500 that each read every row of the
-    instance; other databases keep lists of 500. Either way every key is answered."""
+    are read in one statement by primary key, not in lists of 500; other databases keep
+    lists of 500. Either way every key is answered."""
     from stepline.stores.transaction import _STATUSES_OF
 
-    assert "step_key = ANY(%(keys)s)" in _STATUSES_OF._arrays
+    assert "id = ANY(%(ids)s)" in _STATUSES_OF._arrays
     store = SqlAlchemyStore(db_url)
     store.initialize()
     try:

@@ -66,6 +66,7 @@ from stepline.stores.transaction import (
     CHUNK,
     ItemCursors,
     SqlInstanceTransaction,
+    StepRows,
     db_now,
     load_results,
     not_in_chunks,
@@ -255,6 +256,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         # busy-wait handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         self._item_cursors: ItemCursors = {}
+        self._step_rows: StepRows = {}
         dbapi = self.engine.dialect.loaded_dbapi
         self._dbapi_error: type[Exception] = dbapi.Error
         self._dbapi_transient: tuple[type[Exception], ...] = (
@@ -748,7 +750,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 if row is None:
                     raise NotFound(f"instance {instance_id} does not exist")
                 instance = self._instance(conn, row)
-            yield SqlInstanceTransaction(conn, instance, self._item_cursors)
+            yield SqlInstanceTransaction(conn, instance, self._item_cursors, self._step_rows)
 
     def _locked(self, conn: Connection, instance_id: int, known: InstanceRecord) -> InstanceRecord:
         """Lock the instance row; ``known`` with what other processes may have changed.
@@ -1213,7 +1215,7 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
             if store.dialect == "sqlite":
                 conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
             instance = store._locked(conn, self._id, self._known)
-            return SqlInstanceTransaction(conn, instance, store._item_cursors)
+            return SqlInstanceTransaction(conn, instance, store._item_cursors, store._step_rows)
         except BaseException as exc:
             try:
                 if self._conn is not None:

@@ -55,15 +55,17 @@ _RECORD = HotStatement(
 _RECORD_RETURNING = HotStatement(
     _RECORD.sql + " RETURNING id", json=["payload"], times=sorted(_RECORD.times)
 )
-# Pending steps by key. The unique index (instance, step_key, map_index) finds each row;
-# the status is only checked, written so that no index can seek on it. Given `status =
-# 'pending'`, PostgreSQL (statistics or not) chose ix_step_result_queue (instance, status,
-# map_index) and walked the entries of every row that had been pending, old row versions
-# included until vacuum: 9.7 ms a countdown late in a 5,000-step fan-out, against 1.9.
-_PENDING_KEYS = (
-    " WHERE batch_instance_id = :iid AND step_key IN :keys AND map_index = -1"
-    " AND LOWER(status) = 'pending'"
+# The per-step statements on a step's own row address it by primary key (the ids come
+# from SqlInstanceTransaction.step_rows, read once per instance and process). By
+# (instance, step_key), PostgreSQL's planner saw three indexes starting with the instance
+# at one cost (within its 1% fuzz) on a table without statistics, and often took
+# ix_step_result_queue (instance, status, ...), walking every row of the instance that had
+# been pending, old row versions included until vacuum: a chain grew quadratic (0.4 ms a
+# countdown 2,000 steps into a chain). By id there is one index to use.
+_STEP_ROWS = HotStatement(
+    "SELECT step_key, id FROM batch_step_result WHERE batch_instance_id = :iid AND map_index = -1"
 )
+_PENDING_KEYS = " WHERE id IN :ids AND status = 'pending'"
 _UPSTREAM_DONE = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :amount" + _PENDING_KEYS
 )
@@ -99,17 +101,11 @@ _START = HotStatement(
     " WHERE id IN :ids AND status = 'pending'",
     times=["now"],
 )
-_SET_PENDING = HotStatement(
-    "UPDATE batch_step_result SET upstream_pending = :n"
-    " WHERE batch_instance_id = :iid AND step_key = :key AND map_index = -1"
-)
-# A mapped step's own row is running while its items run. Naming the status makes every
-# index on (instance, step) a seek to that one row: without it PostgreSQL, with no
-# statistics to tell the two apart, chose ix_step_result_items and read every item's entry
-# (old row versions included), 7.6 ms a call at 50,000 items against 1.4 ms at 5,000.
-_PARENT_ROW = (
-    " WHERE batch_instance_id = :iid AND step_key = :key AND status = 'running' AND map_index = -1"
-)
+_SET_PENDING = HotStatement("UPDATE batch_step_result SET upstream_pending = :n WHERE id = :id")
+# A mapped step's own row is running while its items run. By (instance, step_key) the
+# planner took ix_step_result_items and read every item's entry (old row versions
+# included): 7.6 ms a call at 50,000 items against 1.4 ms at 5,000.
+_PARENT_ROW = " WHERE id = :id AND status = 'running'"
 _ITEMS_DONE = HotStatement(
     "UPDATE batch_step_result SET upstream_pending = upstream_pending - :n" + _PARENT_ROW
 )
@@ -163,8 +159,7 @@ _RESULTS = HotStatement(
 )
 _STATUSES_OF = HotStatement(
     # A join deciding after its last upstream step: the statuses of the others.
-    "SELECT step_key, status FROM batch_step_result WHERE batch_instance_id = :iid"
-    " AND step_key IN :keys AND map_index = -1"
+    "SELECT step_key, status FROM batch_step_result WHERE id IN :ids"
 )
 _STATUSES = HotStatement(
     "SELECT step_key, map_index, status FROM batch_step_result WHERE batch_instance_id = :iid"
@@ -289,15 +284,25 @@ _RUNNING_NOT_OWNED = _RUNNING.where(
 ItemCursors = dict[tuple[int, str], int]
 """Per (instance, mapped step): the highest map_index this process claimed. A hint only."""
 
+StepRows = dict[tuple[int, datetime], dict[str, int]]
+"""Per instance (id and creation time: SQLite may reuse the id of a deleted instance): the
+primary key of each step's own row. Made with the instance, never deleted while it lives."""
+
 _MAX_CURSORS = 4096
+_MAX_INSTANCES = 256
 
 
 class SqlInstanceTransaction(InstanceTransaction):
     def __init__(
-        self, conn: Connection, instance: InstanceRecord, cursors: ItemCursors | None = None
+        self,
+        conn: Connection,
+        instance: InstanceRecord,
+        cursors: ItemCursors | None = None,
+        step_rows: StepRows | None = None,
     ) -> None:
         self.conn = conn
         self._cursors: ItemCursors = {} if cursors is None else cursors
+        self._step_rows: StepRows = {} if step_rows is None else step_rows
         self.instance = instance
         self.id = instance.id
         self._ready: dict[str, tuple[int, int, int]] = {}
@@ -311,6 +316,17 @@ class SqlInstanceTransaction(InstanceTransaction):
         it decides them itself (mark, start, cancel)."""
         self._started: dict[str, ClaimedStep] = {}
         """Steps ``upstream_done`` already moved to running, for ``start`` to return."""
+
+    def row_ids(self, keys: Iterable[str]) -> list[int]:
+        """The primary keys of these steps' own rows (read once per instance and process)."""
+        slot = (self.id, self.instance.created_at)
+        rows = self._step_rows.get(slot)
+        if rows is None:
+            rows = dict(self._run(_STEP_ROWS, {"iid": self.id}).fetchall())
+            if len(self._step_rows) >= _MAX_INSTANCES:
+                self._step_rows.clear()
+            self._step_rows[slot] = rows
+        return [rows[k] for k in keys if k in rows]
 
     def _run(self, statement: HotStatement, params: Mapping[str, Any]) -> Any:
         """``statement.run`` on this transaction's driver cursor, looked up once."""
@@ -397,8 +413,8 @@ class SqlInstanceTransaction(InstanceTransaction):
         for key, amount in counts.items():
             by_amount.setdefault(amount, []).append(key)
         for amount, keys in by_amount.items():
-            for chunk in _chunks(keys, self._chunk):
-                params = {"amount": amount, "iid": self.id, "keys": chunk}
+            for chunk in _chunks(self.row_ids(keys), self._chunk):
+                params = {"amount": amount, "ids": chunk}
                 if not returning:
                     self._run(_UPSTREAM_DONE, params)
                     continue
@@ -413,10 +429,8 @@ class SqlInstanceTransaction(InstanceTransaction):
                         self._waiting.add(key)
         if returning:
             return ready
-        for chunk in _chunks(list(counts), self._chunk):
-            for row_id, key, attempt, first in self._run(
-                _READY, {"iid": self.id, "keys": chunk}
-            ).fetchall():
+        for chunk in _chunks(self.row_ids(counts), self._chunk):
+            for row_id, key, attempt, first in self._run(_READY, {"ids": chunk}).fetchall():
                 self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
         return ready
@@ -437,8 +451,8 @@ class SqlInstanceTransaction(InstanceTransaction):
             by_amount.setdefault(counts[key], []).append(key)
         taken: set[str] = set()
         for amount, keys in by_amount.items():
-            for chunk in _chunks(keys, self._chunk):
-                params = {"amount": amount, "iid": self.id, "keys": chunk}
+            for chunk in _chunks(self.row_ids(keys), self._chunk):
+                params = {"amount": amount, "ids": chunk}
                 rows = self._run(
                     _UPSTREAM_DONE_START, {**params, "owner": owner, "now": now}
                 ).fetchall()
@@ -482,9 +496,9 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def pending_among(self, keys: Sequence[str]) -> list[str]:
         ready: list[str] = []
-        for chunk in iter_chunks(list(keys), CHUNK):
+        for chunk in iter_chunks(self.row_ids(keys), CHUNK):
             for row_id, key, attempt, first in _PENDING_AMONG.run(
-                self.conn, {"iid": self.id, "keys": list(chunk)}
+                self.conn, {"ids": list(chunk)}
             ).fetchall():
                 self._ready[key] = (row_id, attempt, first)
                 ready.append(key)
@@ -492,9 +506,8 @@ class SqlInstanceTransaction(InstanceTransaction):
 
     def statuses(self, keys: Iterable[str]) -> dict[str, StepStatus]:
         out: dict[str, StepStatus] = {}
-        for chunk in iter_chunks(list(keys), self._chunk):
-            params = {"iid": self.id, "keys": list(chunk)}
-            for key, status in self._run(_STATUSES_OF, params).fetchall():
+        for chunk in iter_chunks(self.row_ids(keys), self._chunk):
+            for key, status in self._run(_STATUSES_OF, {"ids": list(chunk)}).fetchall():
                 out[key] = StepStatus(status)
         return out
 
@@ -533,7 +546,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         rows = [{"iid": self.id, "key": key, "i": index, "now": now} for index in range(count)]
         for chunk in iter_chunks(rows, 2000):
             _ADD_ITEM.run_many(self.conn, chunk)
-        _SET_PENDING.run(self.conn, {"iid": self.id, "key": key, "n": count})
+        _SET_PENDING.run(self.conn, {"id": self.row_ids([key])[0], "n": count})
 
     def claim_items(
         self, key: str, limit: int, owner: str | None, *, now: datetime
@@ -591,7 +604,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         return {key: int(n) for key, n in self.conn.execute(query)}
 
     def items_done(self, key: str, count: int) -> bool:
-        params = {"iid": self.id, "key": key, "n": count}
+        params = {"id": self.row_ids([key])[0], "n": count}
         if self._returning:  # one statement (a round trip on PostgreSQL) instead of two
             left = self._run(_ITEMS_DONE_RETURNING, params).fetchone()
             return left is not None and left[0] <= 0
