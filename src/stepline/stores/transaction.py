@@ -56,7 +56,7 @@ _RECORD_RETURNING = HotStatement(
     _RECORD.sql + " RETURNING id", json=["payload"], times=sorted(_RECORD.times)
 )
 # The per-step statements on a step's own row address it by primary key (the ids come
-# from SqlInstanceTransaction.step_rows, read once per instance and process). By
+# from SqlInstanceTransaction.row_ids, read once per instance and process). By
 # (instance, step_key), PostgreSQL's planner saw three indexes starting with the instance
 # at one cost (within its 1% fuzz) on a table without statistics, and often took
 # ix_step_result_queue (instance, status, ...), walking every row of the instance that had
