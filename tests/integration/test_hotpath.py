@@ -4,7 +4,7 @@ claims and the upstream countdown linear in the size of an instance."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from databases import create_database, drop_database
@@ -160,9 +160,10 @@ def _claim(store: SqlAlchemyStore, instance_id: int, limit: int) -> list[Claimed
 
 
 def test_items_queued_again_behind_the_claims_are_claimed_too(db_url: str) -> None:
-    """The claim seeks past the items this process already claimed; an item queued again
-    behind them (a retry, a lost attempt) is still found once the items ahead run out,
-    and a process that claimed nothing yet starts from item 0."""
+    """The claim seeks past the items this process already claimed. A retry it decided is
+    claimed once due, before the items after it; an item queued again behind the cursor
+    that it does not know of (a lost attempt) is found once the items ahead run out; a
+    process that claimed nothing yet starts from item 0."""
     store = SqlAlchemyStore(db_url)
     store.initialize()
     other = SqlAlchemyStore(db_url)  # another process: cursors of its own
@@ -170,21 +171,27 @@ def test_items_queued_again_behind_the_claims_are_claimed_too(db_url: str) -> No
         instance_id = _mapped_instance(store, 8)
         first = _claim(store, instance_id, 3)
         assert [c.map_index for c in first] == [0, 1, 2]
-        retried = first[1]
-        with store.instance_transaction(instance_id) as tx:  # item 1 fails and is retried
-            outcome = replace(_outcome(retried, ok=False), map_index=1)
-            assert tx.record(outcome, retry_at=datetime.now(UTC), owner=OWNER)
-        assert [c.map_index for c in _claim(store, instance_id, 2)] == [3, 4]
-        assert [c.map_index for c in _claim(other, instance_id, 1)] == [1]  # from item 0
-        assert [c.map_index for c in _claim(store, instance_id, 5)] == [5, 6, 7]
-        with store.instance_transaction(instance_id) as tx:  # item 6 is lost, queued again
+        now = datetime.now(UTC)
+
+        def fail(claimed: ClaimedStep, retry_at: datetime) -> None:
+            with store.instance_transaction(instance_id) as tx:
+                outcome = replace(_outcome(claimed, ok=False), map_index=claimed.map_index)
+                assert tx.record(outcome, retry_at=retry_at, owner=OWNER)
+
+        fail(first[1], now - timedelta(seconds=1))  # due
+        again = _claim(store, instance_id, 2)
+        assert [(c.map_index, c.attempt) for c in again] == [(1, 2), (3, 1)]
+        fail(again[1], now + timedelta(hours=1))  # item 3: not due for an hour
+        assert [c.map_index for c in _claim(store, instance_id, 2)] == [4, 5]
+        assert [c.map_index for c in _claim(other, instance_id, 1)] == [6]  # from item 0
+        with store.instance_transaction(instance_id) as tx:  # item 2 is lost, queued again
             tx.conn.exec_driver_sql(
                 "UPDATE batch_step_result SET status = 'queued'"
-                " WHERE step_key = 'each' AND map_index = 6"
+                " WHERE step_key = 'each' AND map_index = 2"
             )
-        again = _claim(store, instance_id, 5)
-        assert [(c.map_index, c.attempt) for c in again] == [(6, 2)]
-        assert _claim(store, instance_id, 5) == []
+        late = _claim(store, instance_id, 5)
+        assert [(c.map_index, c.attempt) for c in late] == [(7, 1), (2, 2)]
+        assert _claim(store, instance_id, 5) == []  # item 3 waits for its retry
     finally:
         other.dispose()
         store.dispose()
@@ -226,7 +233,7 @@ def test_a_claim_late_in_a_wide_map_seeks_its_items(tmp_path: Path) -> None:
 
         # The store claims after the last item it claimed: a seek to a few pages, where
         # from item 0 the search reads the entries of the 3,000 items claimed before.
-        assert store._item_cursors[(instance_id, "each")] == 2999
+        assert store._item_cursors.after[(instance_id, "each")] == 2999
         assert buffers(-1) > 3 * buffers(2989), (buffers(-1), buffers(2989))
         # Nothing after the cursor: the claim looks from the start for the items queued
         # again behind it.

@@ -255,7 +255,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         # SQLite has one writer; queueing our own threads here is cheaper than its
         # busy-wait handler, which sleeps in steps of up to 100 ms.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
-        self._item_cursors: ItemCursors = {}
+        self._item_cursors = ItemCursors()
         self._step_rows: StepRows = {}
         dbapi = self.engine.dialect.loaded_dbapi
         self._dbapi_error: type[Exception] = dbapi.Error

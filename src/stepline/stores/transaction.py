@@ -281,8 +281,21 @@ _RUNNING_NOT_OWNED = _RUNNING.where(
 )
 
 
-ItemCursors = dict[tuple[int, str], int]
-"""Per (instance, mapped step): the highest map_index this process claimed. A hint only."""
+class ItemCursors:
+    """Per store (process) and mapped step (instance, key): the highest map_index it
+    claimed, and the items it queued again behind that (retries: map_index -> when due).
+    Hints only: the status in the claim's WHERE is the fence."""
+
+    __slots__ = ("after", "behind")
+
+    def __init__(self) -> None:
+        self.after: dict[tuple[int, str], int] = {}
+        self.behind: dict[tuple[int, str], dict[int, datetime]] = {}
+
+    def forget(self, slot: tuple[int, str]) -> None:
+        self.after.pop(slot, None)
+        self.behind.pop(slot, None)
+
 
 StepRows = dict[tuple[int, datetime], dict[str, int]]
 """Per instance (id and creation time: SQLite may reuse the id of a deleted instance): the
@@ -301,7 +314,7 @@ class SqlInstanceTransaction(InstanceTransaction):
         step_rows: StepRows | None = None,
     ) -> None:
         self.conn = conn
-        self._cursors: ItemCursors = {} if cursors is None else cursors
+        self._cursors = ItemCursors() if cursors is None else cursors
         self._step_rows: StepRows = {} if step_rows is None else step_rows
         self.instance = instance
         self.id = instance.id
@@ -345,6 +358,7 @@ class SqlInstanceTransaction(InstanceTransaction):
             self._keep_logs([outcome])
         if not outcome.succeeded:
             self._keep_attempt(outcome, owner)
+            self._queued_again(outcome, retry_at)
         return True
 
     def record_many(
@@ -361,11 +375,18 @@ class SqlInstanceTransaction(InstanceTransaction):
             stored.update(row[0] for row in cursor.fetchall())
             if not cursor.nextset():
                 break
-        for o, _ in outcomes:
+        for o, at in outcomes:
             if o.row_id in stored and not o.succeeded:
                 self._keep_attempt(o, owner)
+                self._queued_again(o, at)
         self._keep_logs([o for o, _ in outcomes if o.row_id in stored])
         return [o.row_id in stored for o, _ in outcomes]
+
+    def _queued_again(self, outcome: StepOutcome, retry_at: datetime | None) -> None:
+        """A mapped item to retry behind the cursor: its claim is due at ``retry_at``."""
+        slot = (self.id, outcome.step_key)
+        if retry_at is not None and 0 <= outcome.map_index <= self._cursors.after.get(slot, -1):
+            self._cursors.behind.setdefault(slot, {})[outcome.map_index] = retry_at
 
     def _keep_logs(self, outcomes: Sequence[StepOutcome]) -> None:
         """What the recorded attempts logged, in their own transaction (one statement; a
@@ -555,18 +576,35 @@ class SqlInstanceTransaction(InstanceTransaction):
         # this process claimed: the claim seeks there. From item 0 it would walk an index
         # entry for every item claimed before (on PostgreSQL each one's old row version
         # stays in the queued range until vacuum): 13 ms a claim late in a 50,000-item
-        # map. Items behind the cursor are queued again by a retry, a lost attempt or a
-        # claim rolled back, so when the items after it run short the claim looks from
-        # the start as well. The cursor is only a hint: the status in the claim fences.
+        # map. A retry this process decided is claimed from its own index once due, before
+        # the items after it, as from item 0. Other items behind the cursor (a lost
+        # attempt, another process's retry, a claim rolled back) are found when the items
+        # after it run short: the claim then looks from the start as well.
         slot = (self.id, key)
-        after = self._cursors.get(slot, -1)
-        items = self._claim_items(key, limit, owner, now, after)
-        if len(items) < limit and after >= 0:
+        hints = self._cursors
+        after = hints.after.get(slot, -1)
+        start = after
+        behind = hints.behind.get(slot)
+        due: list[int] = []
+        if behind:
+            due = [index for index, at in behind.items() if at <= now]
+            if due:
+                start = min(due) - 1
+        items = self._claim_items(key, limit, owner, now, start)
+        if len(items) < limit and start >= 0:
             items += self._claim_items(key, limit - len(items), owner, now, -1)
+        if behind and due:
+            reached = max((i.map_index for i in items), default=start)
+            for index in due:  # claimed, or taken by another process meanwhile
+                if index <= reached or len(items) < limit:
+                    del behind[index]
+            if not behind:
+                hints.behind.pop(slot, None)
         if items:
-            if len(self._cursors) >= _MAX_CURSORS and slot not in self._cursors:
-                self._cursors.clear()
-            self._cursors[slot] = max(after, *(i.map_index for i in items))
+            if len(hints.after) >= _MAX_CURSORS and slot not in hints.after:
+                hints.after.clear()
+                hints.behind.clear()
+            hints.after[slot] = max(after, *(i.map_index for i in items))
         return items
 
     def _claim_items(
@@ -615,6 +653,7 @@ class SqlInstanceTransaction(InstanceTransaction):
     def finish_mapped(
         self, key: str, *, error: str | None = None, labels: Sequence[str] | None = None
     ) -> tuple[StepStatus, list[Any]]:
+        self._cursors.forget((self.id, key))
         payloads: list[Any] = []
         failed: list[int] = []
         if error is None:
