@@ -3,9 +3,13 @@ claims and the upstream countdown linear in the size of an instance."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from databases import create_database, drop_database
 from stepline.core.definition import batch, step
@@ -22,10 +26,11 @@ from stepline.stores.transaction import (
 )
 
 OWNER = "test:1:aa"
+RUNNER = "tests.fixture_runners:work"
 
 
 def _started(store: SqlAlchemyStore, keys: list[str]) -> tuple[int, list[ClaimedStep]]:
-    stored = store.apply(batch("b", [step(k, "tests.fixture_runners:work") for k in keys]))
+    stored = store.apply(batch("b", [step(k, RUNNER) for k in keys]))
     instance, _ = store.create_instance(stored, {}, "test", owner=OWNER)
     with store.instance_transaction(instance.id) as tx:
         ready = tx.pending_ready()
@@ -78,6 +83,39 @@ def _plan(store: SqlAlchemyStore, sql: str, params: dict[str, object]) -> str:
     return " | ".join(str(r[-1]) for r in rows)
 
 
+@pytest.fixture
+def pg_store(tmp_path: Path) -> Iterator[SqlAlchemyStore]:
+    """A store on a new PostgreSQL database: no statistics, as after a first deployment
+    (or anywhere autovacuum has not run yet)."""
+    url, handle = create_database("postgresql", tmp_path)
+    store = SqlAlchemyStore(url)
+    try:
+        store.initialize()
+        yield store
+    finally:
+        store.dispose()
+        drop_database("postgresql", handle)
+
+
+def _explained(
+    store: SqlAlchemyStore, statement: HotStatement, params: dict[str, Any]
+) -> dict[str, Any]:
+    """PostgreSQL's plan of ``statement`` run as the store sends it (lists and times
+    alike), with what it read; its changes rolled back."""
+    explain = HotStatement(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement.sql, times=statement.times
+    )
+    with store.engine.connect() as conn:
+        plan: dict[str, Any] = explain.run(conn, params).fetchone()[0][0]["Plan"]
+        conn.rollback()
+    return plan
+
+
+def _read(node: Mapping[str, Any]) -> int:
+    """The pages a plan node read (from the cache or not)."""
+    return int(node["Shared Hit Blocks"] + node["Shared Read Blocks"])
+
+
 def test_the_per_step_statements_seek_their_rows(tmp_path: Path) -> None:
     """On SQLite the plans are stable: each statement uses an index that starts at its
     rows, so a claim does not walk past every finished item (quadratic in a wide map)."""
@@ -102,47 +140,25 @@ def test_the_per_step_statements_seek_their_rows(tmp_path: Path) -> None:
 
 
 def test_a_finished_item_counts_down_its_step_without_reading_the_others(
-    tmp_path: Path,
+    pg_store: SqlAlchemyStore,
 ) -> None:
     """Each transaction that records items counts down their step's own row. On
     PostgreSQL, with no statistics yet (a new instance, autovacuum not run), the planner
     took ix_step_result_items for it and read every item's index entry: the per-item cost
     of a 50,000-item map was twice a 5,000-item one's. Found by the buffers it reads."""
-    url, handle = create_database("postgresql", tmp_path)
-    store = SqlAlchemyStore(url)
-    try:
-        store.initialize()
-        runner = "tests.fixture_runners:work"
-        definition = batch(
-            "m", [step("list", runner, ["each"]), step("each", runner, map={"over": "list"})]
-        )
-        instance, _ = store.create_instance(store.apply(definition), {}, "test", owner=OWNER)
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "UPDATE batch_step_result SET status = 'running' WHERE step_key = 'each'"
-            )
-        with store.instance_transaction(instance.id) as tx:
-            tx.expand("each", 5000)
-        with store.instance_transaction(instance.id) as tx:
-            (parent,) = tx.row_ids(["each"])
-        sql = _ITEMS_DONE.sql.replace(":n", "1").replace(":id", str(parent))
-        with store.engine.connect() as conn:
-            plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql).scalar()
-            conn.rollback()
-        top = plan[0]["Plan"]
-        assert top["Plans"][0]["Actual Rows"] == 1, plan
-        # One seek: a few index pages and the row's heap page (the items span dozens).
-        assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] <= 10, plan
-    finally:
-        store.dispose()
-        drop_database("postgresql", handle)
+    instance_id = _mapped_instance(pg_store, 5000)
+    with pg_store.instance_transaction(instance_id) as tx:
+        (parent,) = tx.row_ids(["each"])
+    top = _explained(pg_store, _ITEMS_DONE, {"n": 1, "id": parent})
+    assert top["Plans"][0]["Actual Rows"] == 1, top
+    # One seek: a few index pages and the row's heap page (the items span dozens).
+    assert _read(top) <= 10, top
 
 
 def _mapped_instance(store: SqlAlchemyStore, items: int) -> int:
     """An instance whose mapped step ``each`` is running with ``items`` queued items."""
-    runner = "tests.fixture_runners:work"
     definition = batch(
-        "m", [step("list", runner, ["each"]), step("each", runner, map={"over": "list"})]
+        "m", [step("list", RUNNER, ["each"]), step("each", RUNNER, map={"over": "list"})]
     )
     instance, _ = store.create_instance(store.apply(definition), {}, "test", owner=OWNER)
     with store.engine.begin() as conn:
@@ -197,51 +213,38 @@ def test_items_queued_again_behind_the_claims_are_claimed_too(db_url: str) -> No
         store.dispose()
 
 
-def test_a_claim_late_in_a_wide_map_seeks_its_items(tmp_path: Path) -> None:
+def test_a_claim_late_in_a_wide_map_seeks_its_items(pg_store: SqlAlchemyStore) -> None:
     """Late in a map, a claim from item 0 walks an index entry (on PostgreSQL, a dead row
     version until vacuum) for every item claimed before it: 13 ms a claim at 40,000 of
     50,000 items. The store keeps where its claims got to and seeks there."""
-    url, handle = create_database("postgresql", tmp_path)
-    store = SqlAlchemyStore(url)
-    try:
-        store.initialize()
-        instance_id = _mapped_instance(store, 3000)
-        for _ in range(30):
-            claimed = _claim(store, instance_id, 100)
-            with store.instance_transaction(instance_id) as tx:
-                outcomes = [(replace(_outcome(c), map_index=c.map_index), None) for c in claimed]
-                assert all(tx.record_many(outcomes, owner=OWNER))
-        assert claimed[-1].map_index == 2999
-        with store.engine.begin() as conn:  # two items near the end are queued again
-            conn.exec_driver_sql(
-                "UPDATE batch_step_result SET status = 'queued' WHERE map_index IN (2990, 2995)"
-            )
+    store = pg_store
+    instance_id = _mapped_instance(store, 3000)
+    for _ in range(30):
+        claimed = _claim(store, instance_id, 100)
+        with store.instance_transaction(instance_id) as tx:
+            outcomes = [(replace(_outcome(c), map_index=c.map_index), None) for c in claimed]
+            assert all(tx.record_many(outcomes, owner=OWNER))
+    assert claimed[-1].map_index == 2999
+    with store.engine.begin() as conn:  # two items near the end are queued again
+        conn.exec_driver_sql(
+            "UPDATE batch_step_result SET status = 'queued' WHERE map_index IN (2990, 2995)"
+        )
 
-        def buffers(after: int) -> int:
-            sql = _QUEUED_ITEMS.sql  # the claim's own search, without its update
-            for name, value in {
-                ":now": "now()", ":iid": str(instance_id), ":key": "'each'", ":limit": "1",
-                ":after": str(after),
-            }.items():  # fmt: skip
-                sql = sql.replace(name, value)
-            with store.engine.connect() as conn:
-                plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
-                top = plan.scalar()[0]["Plan"]
-                conn.rollback()
-            assert top["Actual Rows"] == 1, top
-            return int(top["Shared Hit Blocks"] + top["Shared Read Blocks"])
+    def buffers(after: int) -> int:
+        params = {"iid": instance_id, "key": "each", "limit": 1, "after": after}
+        # The claim's own search, without its update.
+        top = _explained(store, _QUEUED_ITEMS, {**params, "now": datetime.now(UTC)})
+        assert top["Actual Rows"] == 1, top
+        return _read(top)
 
-        # The store claims after the last item it claimed: a seek to a few pages, where
-        # from item 0 the search reads the entries of the 3,000 items claimed before.
-        assert store._item_cursors.after[(instance_id, "each")] == 2999
-        assert buffers(-1) > 3 * buffers(2989), (buffers(-1), buffers(2989))
-        # Nothing after the cursor: the claim looks from the start for the items queued
-        # again behind it.
-        again = _claim(store, instance_id, 1)
-        assert [c.map_index for c in again] == [2990]
-    finally:
-        store.dispose()
-        drop_database("postgresql", handle)
+    # The store claims after the last item it claimed: a seek to a few pages, where
+    # from item 0 the search reads the entries of the 3,000 items claimed before.
+    assert store._item_cursors.after[(instance_id, "each")] == 2999
+    assert buffers(-1) > 3 * buffers(2989), (buffers(-1), buffers(2989))
+    # Nothing after the cursor: the claim looks from the start for the items queued
+    # again behind it.
+    again = _claim(store, instance_id, 1)
+    assert [c.map_index for c in again] == [2990]
 
 
 def test_the_indexes_are_in_the_schema() -> None:
@@ -325,46 +328,30 @@ def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
         store.dispose()
 
 
-def test_a_countdown_late_in_a_chain_seeks_its_one_step(tmp_path: Path) -> None:
+def test_a_countdown_late_in_a_chain_seeks_its_one_step(pg_store: SqlAlchemyStore) -> None:
     """A chain step counts its successor down by key. With the key sent as ``= ANY`` and
     the pending status as an index key, PostgreSQL took ix_step_result_queue (instance,
     status) and walked the entries of every step that had been pending, old row versions
     included: a 3,000-step chain grew quadratic. Found by the buffers the statement reads,
     as the store sends it."""
-    url, handle = create_database("postgresql", tmp_path)
-    store = SqlAlchemyStore(url)
-    try:
-        store.initialize()
-        keys = [f"s{i}" for i in range(1000)]
-        steps = [step(k, RUNNER, [keys[i + 1]] if i < 999 else []) for i, k in enumerate(keys)]
-        instance, _ = store.create_instance(store.apply(batch("c", steps)), {}, "t", owner=OWNER)
-        with store.engine.begin() as conn:  # 900 steps ran: each left its pending entries
-            for status in ("running", "succeeded"):
-                conn.exec_driver_sql(
-                    f"UPDATE batch_step_result SET status = '{status}'"
-                    " WHERE CAST(SUBSTR(step_key, 2) AS INTEGER) < 900"
-                )
-        # The statement as the store sends it (its lists and times handled the same way).
-        explain = HotStatement(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _UPSTREAM_DONE_START.sql, times=["now"]
-        )
-        with store.instance_transaction(instance.id) as tx:
-            ids = tx.row_ids(["s900"])
-        params = {"amount": 1, "ids": ids, "owner": OWNER}
-        with store.engine.connect() as conn:
-            found = explain.run(conn, {**params, "now": datetime.now(UTC)}).fetchone()
-            top = found[0][0]["Plan"]
-            conn.rollback()
-        scan = top["Plans"][0]
-        assert scan["Actual Rows"] == 1, top
-        assert scan.get("Rows Removed by Filter", 0) == 0, top
-        assert scan["Shared Hit Blocks"] + scan["Shared Read Blocks"] <= 6, top
-    finally:
-        store.dispose()
-        drop_database("postgresql", handle)
-
-
-RUNNER = "tests.fixture_runners:work"
+    store = pg_store
+    keys = [f"s{i}" for i in range(1000)]
+    steps = [step(k, RUNNER, [keys[i + 1]] if i < 999 else []) for i, k in enumerate(keys)]
+    instance, _ = store.create_instance(store.apply(batch("c", steps)), {}, "t", owner=OWNER)
+    with store.engine.begin() as conn:  # 900 steps ran: each left its pending entries
+        for status in ("running", "succeeded"):
+            conn.exec_driver_sql(
+                f"UPDATE batch_step_result SET status = '{status}'"
+                " WHERE CAST(SUBSTR(step_key, 2) AS INTEGER) < 900"
+            )
+    with store.instance_transaction(instance.id) as tx:
+        ids = tx.row_ids(["s900"])
+    params = {"amount": 1, "ids": ids, "owner": OWNER, "now": datetime.now(UTC)}
+    top = _explained(store, _UPSTREAM_DONE_START, params)
+    scan = top["Plans"][0]
+    assert scan["Actual Rows"] == 1, top
+    assert scan.get("Rows Removed by Filter", 0) == 0, top
+    assert _read(scan) <= 6, top
 
 
 def test_a_list_of_thousands_of_keys_is_answered_whole_and_sent_as_one_array(db_url: str) -> None:

@@ -39,10 +39,10 @@ class HotStatement:
         """PostgreSQL's text: a list is one array parameter (``= ANY(%(ids)s)``), so a
         list of any length is one statement, parsed and planned once."""
         self._single = _pyformat(_LISTED.sub(r"= :\1", sql))
-        """PostgreSQL's text when every list has one element (a chain step's successor, a
-        join): ``step_key = %(keys)s`` is a seek on an index that starts with the instance
-        and the key, where PostgreSQL may take ``= ANY(...)`` as a filter on the rows of
-        the instance."""
+        """PostgreSQL's text when every list has one element (one step's id, one upstream
+        step's result): ``= %(keys)s`` is a seek on an index with that column, where
+        PostgreSQL may take ``= ANY(...)`` as a filter on the rows the other conditions
+        find (every row of the instance)."""
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Execute on ``conn``'s transaction; returns a DBAPI cursor (rowcount, fetchall)."""
