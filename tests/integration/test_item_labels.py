@@ -134,3 +134,22 @@ def test_progress_counts_items_by_state_not_attempts(app: Stepline, forward: _Fo
     assert "collect_weather[F002] attempt 1 failed, will retry" in text, text
     assert "collect_weather[F004] failed (attempt 2)" in text, text
     assert "7 items" not in text and "4 failed" not in text, text
+
+
+def test_every_item_event_carries_its_label_up_to_the_last_item(
+    app: Stepline, forward: _Forward
+) -> None:
+    events: list[Any] = []
+    forward.target = events.append  # type: ignore[assignment]
+
+    final = _run(app, FARMS, [], label="{{ item.farm_id }}")
+
+    assert final.status is InstanceStatus.SUCCEEDED
+    items = [e for e in events if e.step_key == "collect_weather" and e.map_index >= 0]
+    # Every item is claimed and ends; the last ones end in the transaction that ends the map.
+    assert len(items) == 2 * len(FARMS)
+    assert {(e.map_index, e.label) for e in items} == {
+        (n, farm["farm_id"]) for n, farm in enumerate(FARMS)
+    }
+    ended = [e for e in events if e.step_key == "collect_weather" and e.map_index < 0]
+    assert ended[-1].status.value == "succeeded"

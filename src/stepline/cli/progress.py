@@ -60,13 +60,13 @@ class _Items:
         self.label: dict[int, str] = {}
         self.counts: Counter[StepStatus] = Counter()
 
-    def set(self, index: int, status: StepStatus, label: str) -> None:
+    def set(self, index: int, status: StepStatus) -> None:
+        counts = self.counts
         old = self.state.get(index)
         if old is not None:
-            self.counts[old] -= 1
-        self.counts[status] += 1
+            counts[old] -= 1
+        counts[status] += 1
         self.state[index] = status
-        self.label[index] = label
 
     def count(self, status: StepStatus) -> int:
         return self.counts[status]
@@ -145,12 +145,18 @@ class Progress:
                 items.total = event.items
                 self.status[event.step_key] = StepStatus.RUNNING
                 return
-            items.set(event.map_index, event.status, event.label or str(event.map_index))
+            items.set(event.map_index, event.status)
+            if not self._notable(event.status):
+                if self._live is None:
+                    self._tick()
+                return
+            # Only failed items are ever named (the label of every item is not kept).
+            label = items.label[event.map_index] = event.label or str(event.map_index)
             if self._live is not None:
                 return
-            if self._notable(event.status) and self._shown_failures < SHOWN_FAILURES:
+            if self._shown_failures < SHOWN_FAILURES:
                 self._shown_failures += 1
-                name = item_name(event.step_key, items.label[event.map_index])
+                name = item_name(event.step_key, label)
                 what = (
                     f"failed (attempt {event.attempt})"
                     if event.status is StepStatus.FAILED

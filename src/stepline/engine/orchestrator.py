@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import structlog
 
@@ -51,9 +51,11 @@ _MIN_WAKE = 0.05
 _RESYNC_DELAY = 0.05
 
 
-@dataclass(frozen=True)
-class StepEvent:
-    """A change the orchestrator made, for progress displays and metrics."""
+class StepEvent(NamedTuple):
+    """A change the orchestrator made, for progress displays and metrics.
+
+    A named tuple, not a frozen dataclass: a map of 10,000 items makes 20,000 of them on
+    the driver thread, and a tuple is built four times faster."""
 
     instance_id: int
     step_key: str
@@ -449,9 +451,6 @@ class Orchestrator:
         active.map_items.update(done.expanded)
         for key in done.expanded:
             active.labels.pop(key, None)
-        for key in done.mapped_results:
-            active.map_items.pop(key, None)
-            active.labels.pop(key, None)
         # With no free slot, queued steps wait for one: look for them again next time.
         active.look_for_queued = slots <= 0 or len(done.claimed) >= slots
         clock = time.monotonic()
@@ -465,6 +464,9 @@ class Orchestrator:
             wake = clock + self.poll_seconds if wake is None else wake
         active.wake_at = wake
         self._emit(active, done, outcomes, now)
+        for key in done.mapped_results:  # a finished map: its items are not named again
+            active.map_items.pop(key, None)
+            active.labels.pop(key, None)
         if done.final is not None:
             self._finish(active, done.final)
             return
