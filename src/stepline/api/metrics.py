@@ -232,15 +232,26 @@ class StepMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # The labelled children by (batch, step, status): ``labels(...)`` costs 3 µs a call,
+        # paid twice for each item of a map of 10,000. The registry keeps the same children.
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def __call__(self, event: StepEvent) -> None:
         if event.duration is None:
             return
         try:
             status = "succeeded" if event.status is StepStatus.SUCCEEDED else "failed"
-            m = self._metrics
-            m.step_attempts.labels(batch=event.batch, step=event.step_key, status=status).inc()
-            m.step_duration.labels(batch=event.batch, step=event.step_key).observe(event.duration)
+            key = (event.batch, event.step_key, status)
+            children = self._children.get(key)
+            if children is None:
+                m = self._metrics
+                children = self._children[key] = (
+                    m.step_attempts.labels(batch=event.batch, step=event.step_key, status=status),
+                    m.step_duration.labels(batch=event.batch, step=event.step_key),
+                )
+            attempts, duration = children
+            attempts.inc()
+            duration.observe(event.duration)
         except Exception as exc:
             log.debug("step metric dropped", instance_id=event.instance_id, error=repr(exc))
 
