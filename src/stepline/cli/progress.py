@@ -150,7 +150,7 @@ class Progress:
                 if self._live is None:
                     self._tick()
                 return
-            # Only failed items are ever named (the label of every item is not kept).
+            # Only failed or retried items are ever named: only their labels are kept.
             label = items.label[event.map_index] = event.label or str(event.map_index)
             if self._live is not None:
                 return
