@@ -391,3 +391,30 @@ def test_progress_events_reach_the_listener(cluster: Cluster) -> None:
     assert final.status is InstanceStatus.SUCCEEDED
     assert ("a", StepStatus.SUCCEEDED) in events and ("b", StepStatus.SUCCEEDED) in events
     assert ("b", StepStatus.RUNNING) in events
+
+
+def test_a_listener_that_raises_loses_its_events_not_the_run(cluster: Cluster) -> None:
+    """The listener is called after the decisions are committed and before the claimed
+    steps are handed over: one that raised used to leave them claimed and never run."""
+    heard: list[str] = []
+
+    def broken(event: Any) -> None:  # e.g. a progress display writing to a closed pipe
+        heard.append(event.step_key)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with Stepline(settings_for(cluster), db=cluster.db_url, listener=broken) as app:
+        final, rows = run(
+            app,
+            [
+                s("root", ["b", "c", "list"]),
+                s("b", ["join"]),
+                s("c", ["join"]),
+                s("join", runner="fan_in"),
+                s("list", value=[1, 2, 3], nexts=["each"]),
+                s("each", runner="item_work", map={"over": "list"}),
+            ],
+        )
+    assert final.status is InstanceStatus.SUCCEEDED, final
+    assert all(r.status is StepStatus.SUCCEEDED for r in rows.values())
+    assert [calls(final, k) for k in ("root", "b", "c", "join", "list", "each")] == [1] * 5 + [3]
+    assert heard  # it was called, and raised

@@ -140,6 +140,7 @@ class Orchestrator:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.listener = listener
+        self._listener_errors = 0
         limit = store.payload_limit()
         if max_result_bytes is None or (limit is not None and limit < max_result_bytes):
             max_result_bytes = limit
@@ -613,6 +614,24 @@ class Orchestrator:
         listener = self.listener
         if listener is None:
             return
+        try:
+            self._tell(active, done, now, listener)
+        except Exception as exc:
+            self._listener_failed(exc)
+
+    def _listener_failed(self, exc: Exception) -> None:
+        """A listener that raises loses its events, never the engine's work: the decisions
+        are committed and the claimed steps still have to be handed to the dispatcher."""
+        self._listener_errors += 1
+        report = log.warning if self._listener_errors == 1 else log.debug
+        report(
+            "the progress listener raised; its events are dropped",
+            error=short_error(exc),
+            errors=self._listener_errors,
+        )
+
+    def _tell(self, active: _Active, done: Advance, now: datetime, listener: Listener) -> None:
+        instance, batch = active.instance.id, active.instance.batch
         ended: dict[str, StepOutcome] = {}
         for o, retrying in done.recorded:
             if o.map_index < 0 and not retrying:
@@ -731,9 +750,12 @@ class Orchestrator:
         duration = (now - (record.started_at or record.created_at)).total_seconds()
         outcome_log.instance_ended(record.batch, record.id, final, duration)
         if isinstance(self.listener, InstanceListener):
-            self.listener.instance_ended(
-                InstanceEvent(record.id, record.batch, final, duration, now)
-            )
+            try:
+                self.listener.instance_ended(
+                    InstanceEvent(record.id, record.batch, final, duration, now)
+                )
+            except Exception as exc:
+                self._listener_failed(exc)
         if final is InstanceStatus.FAILED and active.definition.alerts:
             self.alert_threads.append(
                 deliver_in_background(

@@ -661,10 +661,20 @@ class RemoteOrchestrator(Orchestrator):
 
     def _progress(self, instance_ids: Iterable[int] | None = None) -> None:
         """Progress events from the stored rows: what the workers did since the last look."""
-        if self.listener is None:
+        listener = self.listener
+        if listener is None:
             return
+        events = self._changes(instance_ids)
+        try:
+            for event in events:
+                listener(event)
+        except Exception as exc:
+            self._listener_failed(exc)
+
+    def _changes(self, instance_ids: Iterable[int] | None) -> list[StepEvent]:
         ids = list(self._active) if instance_ids is None else list(instance_ids)
         now = datetime.now(UTC)
+        events: list[StepEvent] = []
         for instance_id in ids:
             seen = self._seen.setdefault(instance_id, {})
             for r in self.store.step_results(instance_id):
@@ -679,11 +689,12 @@ class RemoteOrchestrator(Orchestrator):
                 ran = r.status.is_final and r.started_at is not None and r.attempt > 0
                 if ran and before != (StepStatus.RUNNING, r.attempt):
                     # Polling can miss a short attempt; it ran, so say so, as direct does.
-                    self.listener(
+                    events.append(
                         StepEvent(
                             instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now
                         )
                     )
-                self.listener(
+                events.append(
                     StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now)
                 )
+        return events
