@@ -22,6 +22,7 @@ import remote_runners as rr
 from clusters import BROKERS, Cluster, require_broker
 from databases import create_database, drop_database
 from stepline import InstanceStatus, StepStatus, batch
+from stepline.api.metrics import Metrics, StepMetrics
 from stepline.service import Stepline
 from stepline.settings import Settings
 from stepline.stores.base import InstanceRecord, StepResultRecord
@@ -418,3 +419,62 @@ def test_a_listener_that_raises_loses_its_events_not_the_run(cluster: Cluster) -
     assert all(r.status is StepStatus.SUCCEEDED for r in rows.values())
     assert [calls(final, k) for k in ("root", "b", "c", "join", "list", "each")] == [1] * 5 + [3]
     assert heard  # it was called, and raised
+
+
+def test_metrics_count_every_attempt_once_on_every_dispatcher(cluster: Cluster) -> None:
+    """Each attempt that ends is counted once, with its duration, whichever process ran it:
+    on the celery dispatcher the owner learns of them from the stored rows (a failed
+    attempt retried between two looks from the attempts kept for its row)."""
+    metrics = Metrics()
+    retry = {"attempts": 2, "backoff": "10ms", "jitter": False}
+    with Stepline(settings_for(cluster), db=cluster.db_url, listener=StepMetrics(metrics)) as app:
+        final, rows = run(
+            app,
+            [
+                s("root", ["flaky", "list"]),
+                s("flaky", fail_times=1, retry=retry),
+                s("list", ["each"], value=[1, 2, 3]),
+                s("each", runner="item_work", fail_items=[2], retry=retry, map={"over": "list"}),
+                s("bad", fatal=True),
+            ],
+        )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["each"].status is StepStatus.SUCCEEDED
+
+    def attempts(step: str, status: str) -> float:
+        labels = {"batch": final.batch, "step": step, "status": status}
+        return metrics.registry.get_sample_value("stepline_step_attempts_total", labels) or 0
+
+    counts = {
+        step: (attempts(step, "succeeded"), attempts(step, "failed"))
+        for step in ("root", "flaky", "list", "each", "bad")
+    }
+    assert counts == {
+        "root": (1, 0),
+        "flaky": (1, 1),
+        "list": (1, 0),
+        "each": (3, 1),  # three items, the second one twice
+        "bad": (0, 1),
+    }
+    timed = metrics.registry.get_sample_value(
+        "stepline_step_duration_seconds_count", {"batch": final.batch, "step": "each"}
+    )
+    assert timed == 4
+
+
+def test_a_retry_in_place_counts_only_the_attempts_it_runs(cluster: Cluster) -> None:
+    metrics = Metrics()
+    with Stepline(settings_for(cluster), db=cluster.db_url, listener=StepMetrics(metrics)) as app:
+        final, _ = run(app, [s("a", ["b"]), s("b", fail_times=1)])
+        assert final.status is InstanceStatus.FAILED
+        app.retry(final.id)
+        again = app.orchestrator.run(final.id, timeout=60)
+    assert again.status is InstanceStatus.SUCCEEDED
+
+    def attempts(step: str, status: str) -> float:
+        labels = {"batch": final.batch, "step": step, "status": status}
+        return metrics.registry.get_sample_value("stepline_step_attempts_total", labels) or 0
+
+    # a ran once, before the retry; b failed, then ran again and succeeded.
+    assert (attempts("a", "succeeded"), attempts("a", "failed")) == (1, 0)
+    assert (attempts("b", "succeeded"), attempts("b", "failed")) == (1, 1)

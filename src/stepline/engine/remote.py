@@ -23,7 +23,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn
@@ -49,8 +49,10 @@ from stepline.stores.base import (
     ClaimedStep,
     InstanceRecord,
     InstanceTransaction,
+    KeptAttempt,
     RunningStep,
     StepOutcome,
+    StepState,
     Store,
 )
 
@@ -469,6 +471,71 @@ def fatal(reason: str) -> NoReturn:
     os._exit(70)
 
 
+def _last_failed(r: StepState) -> int:
+    """The highest attempt of this row that may be kept as failed: its current one when it
+    failed (queued again, or failed for good), else the one before."""
+    if r.status in (StepStatus.RUNNING, StepStatus.SUCCEEDED):
+        return r.attempt - 1
+    return r.attempt
+
+
+def _last_ended(r: StepState) -> int:
+    """The highest attempt of this row that has ended."""
+    if r.status is StepStatus.SUCCEEDED and r.started_at is not None:
+        return r.attempt
+    return max(0, _last_failed(r))
+
+
+def _span(started: datetime | None, finished: datetime | None) -> float | None:
+    if started is None or finished is None:
+        return None
+    return max(0.0, (finished - started).total_seconds())
+
+
+def _row_events(
+    instance_id: int,
+    batch: str,
+    r: StepState,
+    before: tuple[StepStatus, int] | None,
+    now: datetime,
+    counted: dict[int, int] | None,
+    kept: Mapping[tuple[int, int], KeptAttempt],
+) -> list[StepEvent]:
+    """The events of one changed row; ``counted`` (by row: the last attempt counted) is
+    brought up to date. None: the row's attempts are not counted (a mapped step's row)."""
+    events: list[StepEvent] = []
+    done = counted.get(r.row_id, 0) if counted is not None else _last_ended(r)
+    own = r.attempt if r.status in (StepStatus.QUEUED, StepStatus.FAILED) else None
+    for attempt in range(done + 1, _last_failed(r) + 1):
+        k = kept.get((r.row_id, attempt))
+        if k is not None and attempt != own:  # failed and retried between two looks
+            duration = _span(k.started_at, k.finished_at)
+            events.append(
+                StepEvent(
+                    instance_id, r.step_key, r.map_index, StepStatus.QUEUED, attempt, now,
+                    batch, duration,
+                )
+            )  # fmt: skip
+    duration = None
+    if own is not None and own > done and (r.row_id, own) in kept:
+        k = kept[(r.row_id, own)]
+        duration = _span(k.started_at, k.finished_at)
+    elif r.status is StepStatus.SUCCEEDED and r.attempt > done:
+        duration = _span(r.started_at, r.finished_at)
+    if counted is not None:
+        counted[r.row_id] = max(done, _last_ended(r))
+    ran = r.status.is_final and r.started_at is not None and r.attempt > 0
+    if ran and before != (StepStatus.RUNNING, r.attempt):
+        # Polling can miss a short attempt; it ran, so say so, as direct does.
+        events.append(
+            StepEvent(instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now)
+        )
+    events.append(
+        StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now, batch, duration)
+    )
+    return events
+
+
 class RemoteOrchestrator(Orchestrator):
     """The owner's side: adopt, send, and watch instances that workers drive."""
 
@@ -500,6 +567,8 @@ class RemoteOrchestrator(Orchestrator):
         self._next_progress = 0.0
         self._resent: dict[tuple[int, int], tuple[float, int]] = {}
         self._seen: dict[int, dict[tuple[str, int], tuple[StepStatus, int]]] = {}
+        self._counted: dict[int, dict[int, int]] = {}
+        """By instance, by step row: the last attempt whose end the listener was told of."""
 
     @property
     def busy(self) -> bool:
@@ -544,8 +613,7 @@ class RemoteOrchestrator(Orchestrator):
             raise failure
         clock = time.monotonic()
         if self.listener is not None and clock >= self._next_progress:
-            self._next_progress = clock + 0.2
-            self._progress()
+            self._progress()  # sets the next look
         if clock >= self._next_sweep:
             self._next_sweep = clock + 1.0
             self._sweep(list(self._active))
@@ -598,6 +666,7 @@ class RemoteOrchestrator(Orchestrator):
     def _end(self, active: _Active, final: InstanceStatus) -> None:
         self._progress([active.instance.id])
         self._seen.pop(active.instance.id, None)
+        self._counted.pop(active.instance.id, None)
         self._finish(active, final)
 
     def _sweep(self, instance_ids: Sequence[int], *, resend_all: bool = False) -> None:
@@ -660,11 +729,16 @@ class RemoteOrchestrator(Orchestrator):
         return True
 
     def _progress(self, instance_ids: Iterable[int] | None = None) -> None:
-        """Progress events from the stored rows: what the workers did since the last look."""
+        """Events from the stored rows: what the workers did since the last look.
+
+        Reads the rows' states only (no results), and looks less often when a look costs
+        more than a few percent of the time (a map of 50,000 items)."""
         listener = self.listener
         if listener is None:
             return
+        started = time.monotonic()
         events = self._changes(instance_ids)
+        self._next_progress = time.monotonic() + max(0.2, 10 * (time.monotonic() - started))
         try:
             for event in events:
                 listener(event)
@@ -672,29 +746,53 @@ class RemoteOrchestrator(Orchestrator):
             self._listener_failed(exc)
 
     def _changes(self, instance_ids: Iterable[int] | None) -> list[StepEvent]:
+        """A state event per row that changed, as the direct dispatcher sends them. Each
+        attempt that ended carries its duration, once (metrics count it): a succeeded one
+        from its row, a failed one from the attempts kept for its row, read only for rows
+        with one not counted yet (failures are rare; a clean map reads none)."""
         ids = list(self._active) if instance_ids is None else list(instance_ids)
         now = datetime.now(UTC)
         events: list[StepEvent] = []
         for instance_id in ids:
+            active = self._active.get(instance_id)
+            batch = active.instance.batch if active is not None else ""
+            # A mapped step's own row never runs (its items do): no attempt of its own.
+            mapped = {s.key for s in active.definition.steps if s.map} if active else set()
             seen = self._seen.setdefault(instance_id, {})
-            for r in self.store.step_results(instance_id):
+            counted = self._counted.setdefault(instance_id, {})
+            changed: list[tuple[StepState, tuple[StepStatus, int] | None]] = []
+            for r in self.store.step_states(instance_id):
                 state = (r.status, r.attempt)
                 key = (r.step_key, r.map_index)
                 before = seen.get(key)
                 if before == state:
                     continue
                 seen[key] = state
-                if r.status is StepStatus.PENDING:
+                if r.status is not StepStatus.PENDING:
+                    changed.append((r, before))
+            wanted = [r.row_id for r, _ in changed if _last_failed(r) > counted.get(r.row_id, 0)]
+            kept: dict[tuple[int, int], KeptAttempt] = {}
+            if wanted:
+                kept = {(k.row_id, k.attempt): k for k in self.store.kept_attempts(wanted)}
+            for r, before in changed:
+                if r.map_index < 0 and r.step_key in mapped:
+                    events.extend(_row_events(instance_id, batch, r, before, now, None, {}))
                     continue
-                ran = r.status.is_final and r.started_at is not None and r.attempt > 0
-                if ran and before != (StepStatus.RUNNING, r.attempt):
-                    # Polling can miss a short attempt; it ran, so say so, as direct does.
-                    events.append(
-                        StepEvent(
-                            instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now
-                        )
-                    )
-                events.append(
-                    StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now)
-                )
+                events.extend(_row_events(instance_id, batch, r, before, now, counted, kept))
         return events
+
+    def _take_ownership(
+        self, instance_id: int, *, takeover: bool, expected_owner: str | None
+    ) -> tuple[InstanceRecord, BatchDefinition] | None:
+        taken = super()._take_ownership(
+            instance_id, takeover=takeover, expected_owner=expected_owner
+        )
+        if taken is not None and self.listener is not None:
+            # Before this owner sends anything: the attempts that ended already (a previous
+            # owner's, or before a retry in place) are not counted again by this one.
+            self._counted[instance_id] = {
+                r.row_id: ended
+                for r in self.store.step_states(instance_id)
+                if (ended := _last_ended(r))
+            }
+        return taken

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from stepline.core.definition import BatchDefinition
 from stepline.core.records import quick_init
@@ -64,6 +64,28 @@ class StepResultRecord:
     started_at: datetime | None
     finished_at: datetime | None
     created_at: datetime
+
+
+class StepState(NamedTuple):
+    """What a step row says of its attempts, without its result: what an owner polls to
+    follow the steps that workers run (progress, metrics)."""
+
+    row_id: int
+    step_key: str
+    map_index: int
+    status: StepStatus
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class KeptAttempt(NamedTuple):
+    """A failed attempt kept in the history of its step row (it was retried, or lost)."""
+
+    row_id: int
+    attempt: int
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -544,8 +566,16 @@ class Store(ABC):
         """Every step result row of an instance, in row order."""
 
     @abstractmethod
+    def step_states(self, instance_id: int) -> list[StepState]:
+        """Every step row of an instance, in row order, without results or errors."""
+
+    @abstractmethod
     def attempts(self, instance_id: int) -> list[AttemptRecord]:
         """The history of failed attempts of the instance's steps."""
+
+    @abstractmethod
+    def kept_attempts(self, row_ids: Sequence[int]) -> list[KeptAttempt]:
+        """The failed attempts kept for these step rows, by row and attempt."""
 
     @abstractmethod
     def results_for(self, instance_id: int, keys: Iterable[str]) -> dict[str, Any]:

@@ -39,10 +39,12 @@ from stepline.stores.base import (
     InstanceRecord,
     InstanceTransaction,
     InstanceWatch,
+    KeptAttempt,
     PendingAlert,
     RunningStep,
     StepOverview,
     StepResultRecord,
+    StepState,
     Store,
     StoredDefinition,
     iter_chunks,
@@ -972,6 +974,39 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         query = sa.select(R).where(R.c.batch_instance_id == instance_id).order_by(R.c.id)
         with self._read() as conn:
             return [listing.step_record(r) for r in conn.execute(query).all()]
+
+    def step_states(self, instance_id: int) -> list[StepState]:
+        query = (
+            sa.select(
+                R.c.id,
+                R.c.step_key,
+                R.c.map_index,
+                R.c.status,
+                R.c.attempt,
+                R.c.started_at,
+                R.c.finished_at,
+            )
+            .where(R.c.batch_instance_id == instance_id)
+            .order_by(R.c.id)
+        )
+        with self._read() as conn:
+            return [
+                StepState(r[0], r[1], r[2], StepStatus(r[3]), r[4], r[5], r[6])
+                for r in conn.execute(query)
+            ]
+
+    def kept_attempts(self, row_ids: Sequence[int]) -> list[KeptAttempt]:
+        a = batch_step_attempt
+        found: list[KeptAttempt] = []
+        with self._read() as conn:
+            for chunk in iter_chunks(list(row_ids), CHUNK):
+                query = (
+                    sa.select(a.c.step_result_id, a.c.attempt, a.c.started_at, a.c.finished_at)
+                    .where(a.c.step_result_id.in_(chunk))
+                    .order_by(a.c.step_result_id, a.c.attempt)
+                )
+                found.extend(KeptAttempt(*r) for r in conn.execute(query))
+        return found
 
     def attempts(self, instance_id: int) -> list[AttemptRecord]:
         a = batch_step_attempt
