@@ -789,10 +789,18 @@ class RemoteOrchestrator(Orchestrator):
         )
         if taken is not None and self.listener is not None:
             # Before this owner sends anything: the attempts that ended already (a previous
-            # owner's, or before a retry in place) are not counted again by this one.
-            self._counted[instance_id] = {
-                r.row_id: ended
-                for r in self.store.step_states(instance_id)
-                if (ended := _last_ended(r))
-            }
+            # owner's, or before a retry in place) are not counted again by this one. Only
+            # metrics depend on it: a failed read must not stop the adoption, which is done.
+            try:
+                states = self.store.step_states(instance_id)
+            except Exception as exc:
+                log.warning(
+                    "could not read what had run before; metrics may count it again",
+                    instance_id=instance_id,
+                    error=short_error(exc),
+                )
+            else:
+                self._counted[instance_id] = {
+                    r.row_id: ended for r in states if (ended := _last_ended(r))
+                }
         return taken
