@@ -528,7 +528,9 @@ def _row_events(
     if ran and before != (StepStatus.RUNNING, r.attempt):
         # Polling can miss a short attempt; it ran, so say so, as direct does.
         events.append(
-            StepEvent(instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now)
+            StepEvent(
+                instance_id, r.step_key, r.map_index, StepStatus.RUNNING, r.attempt, now, batch
+            )
         )
     events.append(
         StepEvent(instance_id, r.step_key, r.map_index, r.status, r.attempt, now, batch, duration)
