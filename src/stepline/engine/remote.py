@@ -733,8 +733,8 @@ class RemoteOrchestrator(Orchestrator):
     def _progress(self, instance_ids: Iterable[int] | None = None) -> None:
         """Events from the stored rows: what the workers did since the last look.
 
-        Reads the rows' states only (no results), and looks less often when a look costs
-        more than a few percent of the time (a map of 50,000 items)."""
+        Reads the rows' states only (no results), every 0.2 s, or less often when a look
+        would take more than a tenth of the time (an instance of tens of thousands of steps)."""
         listener = self.listener
         if listener is None:
             return
