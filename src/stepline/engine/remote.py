@@ -23,7 +23,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn
@@ -580,7 +580,25 @@ class RemoteOrchestrator(Orchestrator):
         self, tx: InstanceTransaction, definition: BatchDefinition, *, exclude_owner: str | None
     ) -> list[str]:
         """Nothing: running attempts belong to workers; :meth:`_sweep` turns those of dead
-        workers into lost attempts and sends again those no worker picked up."""
+        workers into lost attempts and sends again those no worker picked up.
+
+        Called in the transaction that takes the instance over, holding its lock: what has
+        ended by now (a previous owner's attempts, or those before a retry in place) is
+        not this process's to count; what ends later is recorded after this commit."""
+        if self.listener is not None:
+            instance_id = tx.instance.id
+            try:
+                states = self.store.step_states(instance_id)
+            except Exception as exc:  # only metrics depend on it, not the adoption
+                log.warning(
+                    "could not read what had run before; metrics may count it again",
+                    instance_id=instance_id,
+                    error=short_error(exc),
+                )
+            else:
+                self._counted[instance_id] = {
+                    r.row_id: ended for r in states if (ended := _last_ended(r))
+                }
         return []
 
     def _taken_over(self, instance_id: int) -> None:
@@ -636,11 +654,10 @@ class RemoteOrchestrator(Orchestrator):
                 self._lose(active)
                 return
             ended = tx.instance.status if tx.instance.status.is_final else None
-            if ended is None and tx.instance.cancel_requested:
+            cancelled = ended is None and tx.instance.cancel_requested
+            if cancelled:
                 self._cancel(active, tx)
-                self._progress([instance_id])
-                return
-            if ended is None:
+            elif ended is None:
                 done = advance(
                     tx,
                     definition,
@@ -658,6 +675,10 @@ class RemoteOrchestrator(Orchestrator):
                     item_labels=lambda key: self._labels(active, key),
                 )
                 ended = done.final
+        if cancelled:  # what the workers did until now, then the cancelled steps
+            self._progress([active])
+            self._forget(instance_id)
+            return
         active.settle_pending = False
         if ended is not None:  # by a worker, or just now
             self._end(active, ended)
@@ -666,10 +687,17 @@ class RemoteOrchestrator(Orchestrator):
         self.dispatcher.send([message_for(definition, instance_id, c) for c in done.claimed])
 
     def _end(self, active: _Active, final: InstanceStatus) -> None:
-        self._progress([active.instance.id])
-        self._seen.pop(active.instance.id, None)
-        self._counted.pop(active.instance.id, None)
+        self._progress([active])
+        self._forget(active.instance.id)
         self._finish(active, final)
+
+    def _lose(self, active: _Active) -> None:
+        super()._lose(active)
+        self._forget(active.instance.id)
+
+    def _forget(self, instance_id: int) -> None:
+        self._seen.pop(instance_id, None)
+        self._counted.pop(instance_id, None)
 
     def _sweep(self, instance_ids: Sequence[int], *, resend_all: bool = False) -> None:
         """Lost attempts of dead workers go through advance(); attempts that no worker
@@ -730,79 +758,58 @@ class RemoteOrchestrator(Orchestrator):
         self._resent[key] = (clock, count + 1)
         return True
 
-    def _progress(self, instance_ids: Iterable[int] | None = None) -> None:
-        """Events from the stored rows: what the workers did since the last look.
+    def _progress(self, actives: Sequence[_Active] | None = None) -> None:
+        """Events from the stored rows: what the workers did since the last look, at the
+        instances ``actives`` (default: all of them).
 
         Reads the rows' states only (no results), every 0.2 s, or less often when a look
         would take more than a tenth of the time (an instance of tens of thousands of steps)."""
         listener = self.listener
         if listener is None:
             return
+        whole = actives is None
         started = time.monotonic()
-        events = self._changes(instance_ids)
-        self._next_progress = time.monotonic() + max(0.2, 10 * (time.monotonic() - started))
         try:
-            for event in events:
-                listener(event)
-        except Exception as exc:
-            self._listener_failed(exc)
+            for active in list(self._active.values()) if actives is None else actives:
+                events = self._changes(active)
+                try:
+                    for event in events:
+                        listener(event)
+                except Exception as exc:
+                    self._listener_failed(exc)
+        finally:
+            if whole:
+                taken = time.monotonic() - started
+                self._next_progress = time.monotonic() + max(0.2, 10 * taken)
 
-    def _changes(self, instance_ids: Iterable[int] | None) -> list[StepEvent]:
-        """A state event per row that changed, as the direct dispatcher sends them. Each
-        attempt that ended carries its duration, once (metrics count it): a succeeded one
-        from its row, a failed one from the attempts kept for its row, read only for rows
-        with one not counted yet (failures are rare; a clean map reads none)."""
-        ids = list(self._active) if instance_ids is None else list(instance_ids)
+    def _changes(self, active: _Active) -> list[StepEvent]:
+        """A state event per row of ``active`` that changed, as the direct dispatcher sends
+        them. Each attempt that ended carries its duration, once (metrics count it): a
+        succeeded one from its row, a failed one from the attempts kept for its row, read
+        only for rows with one not counted yet (failures are rare; a clean map reads none).
+        Nothing is marked seen until both reads are done: a read that fails loses nothing."""
+        instance_id, batch = active.instance.id, active.instance.batch
+        # A mapped step's own row never runs (its items do): no attempt of its own.
+        mapped = {s.key for s in active.definition.steps if s.map}
+        seen = self._seen.get(instance_id, {})
+        counted = self._counted.get(instance_id, {})
+        changed: list[tuple[StepState, tuple[StepStatus, int] | None]] = []
+        for r in self.store.step_states(instance_id):
+            before = seen.get((r.step_key, r.map_index))
+            if before != (r.status, r.attempt):
+                changed.append((r, before))
+        wanted = [r.row_id for r, _ in changed if _last_failed(r) > counted.get(r.row_id, 0)]
+        kept: dict[tuple[int, int], KeptAttempt] = {}
+        if wanted:
+            kept = {(k.row_id, k.attempt): k for k in self.store.kept_attempts(wanted)}
+        seen = self._seen.setdefault(instance_id, seen)
+        counted = self._counted.setdefault(instance_id, counted)
         now = datetime.now(UTC)
         events: list[StepEvent] = []
-        for instance_id in ids:
-            active = self._active.get(instance_id)
-            batch = active.instance.batch if active is not None else ""
-            # A mapped step's own row never runs (its items do): no attempt of its own.
-            mapped = {s.key for s in active.definition.steps if s.map} if active else set()
-            seen = self._seen.setdefault(instance_id, {})
-            counted = self._counted.setdefault(instance_id, {})
-            changed: list[tuple[StepState, tuple[StepStatus, int] | None]] = []
-            for r in self.store.step_states(instance_id):
-                state = (r.status, r.attempt)
-                key = (r.step_key, r.map_index)
-                before = seen.get(key)
-                if before == state:
-                    continue
-                seen[key] = state
-                if r.status is not StepStatus.PENDING:
-                    changed.append((r, before))
-            wanted = [r.row_id for r, _ in changed if _last_failed(r) > counted.get(r.row_id, 0)]
-            kept: dict[tuple[int, int], KeptAttempt] = {}
-            if wanted:
-                kept = {(k.row_id, k.attempt): k for k in self.store.kept_attempts(wanted)}
-            for r, before in changed:
-                if r.map_index < 0 and r.step_key in mapped:
-                    events.extend(_row_events(instance_id, batch, r, before, now, None, {}))
-                    continue
-                events.extend(_row_events(instance_id, batch, r, before, now, counted, kept))
+        for r, before in changed:
+            seen[(r.step_key, r.map_index)] = (r.status, r.attempt)
+            if r.status is StepStatus.PENDING:
+                continue
+            rows = None if r.map_index < 0 and r.step_key in mapped else counted
+            events.extend(_row_events(instance_id, batch, r, before, now, rows, kept))
         return events
-
-    def _take_ownership(
-        self, instance_id: int, *, takeover: bool, expected_owner: str | None
-    ) -> tuple[InstanceRecord, BatchDefinition] | None:
-        taken = super()._take_ownership(
-            instance_id, takeover=takeover, expected_owner=expected_owner
-        )
-        if taken is not None and self.listener is not None:
-            # Before this owner sends anything: the attempts that ended already (a previous
-            # owner's, or before a retry in place) are not counted again by this one. Only
-            # metrics depend on it: a failed read must not stop the adoption, which is done.
-            try:
-                states = self.store.step_states(instance_id)
-            except Exception as exc:
-                log.warning(
-                    "could not read what had run before; metrics may count it again",
-                    instance_id=instance_id,
-                    error=short_error(exc),
-                )
-            else:
-                self._counted[instance_id] = {
-                    r.row_id: ended for r in states if (ended := _last_ended(r))
-                }
-        return taken
