@@ -478,3 +478,36 @@ def test_a_retry_in_place_counts_only_the_attempts_it_runs(cluster: Cluster) -> 
     # a ran once, before the retry; b failed, then ran again and succeeded.
     assert (attempts("a", "succeeded"), attempts("a", "failed")) == (1, 0)
     assert (attempts("b", "succeeded"), attempts("b", "failed")) == (1, 1)
+
+
+def test_a_cancelled_instance_s_last_attempts_are_counted_under_its_batch(
+    cluster: Cluster,
+) -> None:
+    """The step that succeeded just before the cancel is counted once, under its batch,
+    whether the owner saw it before the cancel or in the look that ends the instance."""
+    metrics = Metrics()
+    with Stepline(settings_for(cluster), db=cluster.db_url, listener=StepMetrics(metrics)) as app:
+        stored = app.apply(batch(name(), [s("slow", runner="hang", seconds=2), s("quick")]))
+        instance, _ = app.trigger(stored.name, owned=True)
+        finished: list[InstanceRecord] = []
+        driver = threading.Thread(
+            target=lambda: finished.append(app.orchestrator.run(instance.id, timeout=30))
+        )
+        driver.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            rr.calls(stored.name, "slow") == 0
+            or rows_of(app, instance.id)["quick"].status is not StepStatus.SUCCEEDED
+        ):
+            time.sleep(0.005)
+        app.cancel(instance.id)  # at once: the owner has most likely not looked yet
+        driver.join(timeout=10)
+    assert finished and finished[0].status is InstanceStatus.CANCELLED
+    samples = [
+        (sample.labels, sample.value)
+        for family in metrics.registry.collect()
+        if family.name == "stepline_step_attempts"
+        for sample in family.samples
+        if sample.name == "stepline_step_attempts_total"
+    ]
+    assert samples == [({"batch": stored.name, "step": "quick", "status": "succeeded"}, 1.0)]
