@@ -102,6 +102,26 @@ def calls(final: InstanceRecord, step: str) -> int:
     return rr.calls(final.batch, step)
 
 
+def in_background(app: Stepline, instance_id: int) -> tuple[threading.Thread, list[InstanceRecord]]:
+    """The instance run to the end by a thread; the list gets its final record."""
+    finished: list[InstanceRecord] = []
+    driver = threading.Thread(
+        target=lambda: finished.append(app.orchestrator.run(instance_id, timeout=30))
+    )
+    driver.start()
+    return driver, finished
+
+
+def counted(metrics: Metrics, batch_name: str, step: str) -> tuple[float, float]:
+    """stepline_step_attempts_total of one step: (succeeded, failed)."""
+
+    def value(status: str) -> float:
+        labels = {"batch": batch_name, "step": step, "status": status}
+        return metrics.registry.get_sample_value("stepline_step_attempts_total", labels) or 0
+
+    return value("succeeded"), value("failed")
+
+
 def test_fan_in_runs_once_after_all_predecessors(app: Stepline) -> None:
     middle = [f"m{i}" for i in range(30)]
     steps = [s("root", middle)] + [s(k, ["join"], value=i) for i, k in enumerate(middle)]
@@ -329,11 +349,7 @@ def test_cancel_stops_the_instance(app: Stepline, cluster: Cluster) -> None:
         batch(name(), [s("slow", ["next"], runner="hang", seconds=2), s("next"), s("quick")])
     )
     instance, _ = app.trigger(stored.name, owned=True)
-    finished: list[InstanceRecord] = []
-    driver = threading.Thread(
-        target=lambda: finished.append(app.orchestrator.run(instance.id, timeout=30))
-    )
-    driver.start()
+    driver, finished = in_background(app, instance.id)
     deadline = time.monotonic() + 10
     while rr.calls(stored.name, "slow") == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -441,12 +457,8 @@ def test_metrics_count_every_attempt_once_on_every_dispatcher(cluster: Cluster) 
     assert final.status is InstanceStatus.FAILED
     assert rows["each"].status is StepStatus.SUCCEEDED
 
-    def attempts(step: str, status: str) -> float:
-        labels = {"batch": final.batch, "step": step, "status": status}
-        return metrics.registry.get_sample_value("stepline_step_attempts_total", labels) or 0
-
     counts = {
-        step: (attempts(step, "succeeded"), attempts(step, "failed"))
+        step: counted(metrics, final.batch, step)
         for step in ("root", "flaky", "list", "each", "bad")
     }
     assert counts == {
@@ -471,13 +483,9 @@ def test_a_retry_in_place_counts_only_the_attempts_it_runs(cluster: Cluster) -> 
         again = app.orchestrator.run(final.id, timeout=60)
     assert again.status is InstanceStatus.SUCCEEDED
 
-    def attempts(step: str, status: str) -> float:
-        labels = {"batch": final.batch, "step": step, "status": status}
-        return metrics.registry.get_sample_value("stepline_step_attempts_total", labels) or 0
-
     # a ran once, before the retry; b failed, then ran again and succeeded.
-    assert (attempts("a", "succeeded"), attempts("a", "failed")) == (1, 0)
-    assert (attempts("b", "succeeded"), attempts("b", "failed")) == (1, 1)
+    assert counted(metrics, final.batch, "a") == (1, 0)
+    assert counted(metrics, final.batch, "b") == (1, 1)
 
 
 def test_a_cancelled_instance_s_last_attempts_are_counted_under_its_batch(
@@ -489,11 +497,7 @@ def test_a_cancelled_instance_s_last_attempts_are_counted_under_its_batch(
     with Stepline(settings_for(cluster), db=cluster.db_url, listener=StepMetrics(metrics)) as app:
         stored = app.apply(batch(name(), [s("slow", runner="hang", seconds=2), s("quick")]))
         instance, _ = app.trigger(stored.name, owned=True)
-        finished: list[InstanceRecord] = []
-        driver = threading.Thread(
-            target=lambda: finished.append(app.orchestrator.run(instance.id, timeout=30))
-        )
-        driver.start()
+        driver, finished = in_background(app, instance.id)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (
             rr.calls(stored.name, "slow") == 0

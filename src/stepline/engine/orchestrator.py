@@ -623,16 +623,13 @@ class Orchestrator:
         """A listener that raises loses its events, never the engine's work: the decisions
         are committed and the claimed steps still have to be handed to the dispatcher."""
         self._listener_errors += 1
-        if self._listener_errors == 1:  # with its traceback: it may be a bug of ours
-            log.warning(
-                "the progress listener raised; its events are dropped", exc_info=exc, errors=1
-            )
-        else:
-            log.debug(
-                "the progress listener raised; its events are dropped",
-                error=short_error(exc),
-                errors=self._listener_errors,
-            )
+        first = self._listener_errors == 1  # with its traceback: it may be a bug of ours
+        (log.warning if first else log.debug)(
+            "the progress listener raised; its events are dropped",
+            error=short_error(exc),
+            errors=self._listener_errors,
+            exc_info=exc if first else None,
+        )
 
     def _tell(self, active: _Active, done: Advance, now: datetime, listener: Listener) -> None:
         instance, batch = active.instance.id, active.instance.batch
