@@ -44,7 +44,7 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from itertools import count
+from itertools import count, takewhile
 from pathlib import Path
 
 import pytest
@@ -57,6 +57,8 @@ from stepline.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 STEPLINE = Path(sys.executable).parent / "stepline"
+_SHELL = re.compile(r"^(\|\|?|;|&|\d*[<>])")
+"""A word that ends the command in a shell line: a pipe, a separator or a redirection."""
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"<!--\s*(test|not tested):\s*(.*?)\s*-->\s*$")
 _EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
@@ -143,8 +145,9 @@ def _commands(block: Block) -> list[tuple[list[str], int]]:
 def _run_sh(block: Block, scratch: Path, *, help_only: bool = False) -> None:
     for words, expected in _commands(block):
         if help_only:
-            # Keep the command words (not the arguments) and ask for help.
-            words = [w for w in words[:3] if not w.startswith("-") and w.isidentifier()]
+            # The whole command line, up to a pipe or a redirection, with --help: every option
+            # is parsed (an unknown one fails), then help exits before arguments are checked.
+            words = list(takewhile(lambda w: not _SHELL.match(w), words))
             words, expected = [*words, "--help"], 0
         proc = subprocess.run(
             [str(STEPLINE), *words[1:]],
