@@ -11,7 +11,10 @@
   the engine alone (as ``bench/overhead.py`` does). The engine's time is the instance's own
   start and finish times in the database; beside it, the same measure of the instance the
   CLI ran, the time the CLI reports ("succeeded in 0.12s") and the whole process, each as a
-  ratio to the engine's time.
+  ratio to the engine's time. The engine runs in this process, on a store that has run the
+  DAG before; ``new/eng`` is the engine alone in a new process (a store, a connection and
+  statement caches at their first instance, as the CLI's are), and ``cli/new`` what the CLI
+  adds to that.
 
 Rounds alternate the engine and the CLI on the same database; figures are medians.
 
@@ -109,14 +112,24 @@ def cli_against_engine(name: str, workload: Workload, rounds: int) -> dict[str, 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(definition.to_document()), encoding="utf-8")
     url = f"sqlite:///{folder}/cli.db"
-    figures: dict[str, list[float]] = {"engine": [], "cli": [], "reported": [], "process": []}
+    figures: dict[str, list[float]] = {
+        "engine": [], "cli": [], "new": [], "reported": [], "process": []
+    }  # fmt: skip
     store = SqlAlchemyStore(url)
     store.initialize()
     lines = 0
     for n in range(rounds):
         # Alternate: the engine alone, then the CLI, on the same database.
         run_once(store, definition)
-        figures["engine"].append(instance_seconds(store, 2 * n + 1))
+        figures["engine"].append(instance_seconds(store, 3 * n + 1))
+        subprocess.run(
+            [sys.executable, __file__, "--engine-once", str(path), url],
+            cwd=BENCH,
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
+        figures["new"].append(instance_seconds(store, 3 * n + 2))
         start = time.perf_counter()
         done = subprocess.run(
             [*STEPLINE, "run", str(path), "--db", url],
@@ -128,7 +141,7 @@ def cli_against_engine(name: str, workload: Workload, rounds: int) -> dict[str, 
             text=True,
         )
         figures["process"].append(time.perf_counter() - start)
-        figures["cli"].append(instance_seconds(store, 2 * n + 2))
+        figures["cli"].append(instance_seconds(store, 3 * n + 3))
         reported = REPORTED.search(done.stdout)
         assert reported is not None, done.stdout[-2000:]
         figures["reported"].append(float(reported.group(1)))
@@ -139,12 +152,27 @@ def cli_against_engine(name: str, workload: Workload, rounds: int) -> dict[str, 
     return medians
 
 
+def engine_once(path: str, url: str) -> None:
+    """One instance of the definition file ``path``, run by the engine alone in this process."""
+    from stepline.core.loader import parse_definition, read_document
+
+    store = SqlAlchemyStore(url)
+    run_once(store, parse_definition(read_document(Path(path))))
+    store.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--engine-once", nargs=2, metavar=("DEFINITION", "URL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.engine_once:
+        engine_once(*args.engine_once)
+        return
     print(f"{' '.join(STEPLINE)}; medians of {args.rounds} alternating rounds")
     walls = startup(args.rounds)
     for label, key in (
@@ -157,7 +185,10 @@ def main() -> None:
         wall, cpu = walls[key]
         print(f"{label:<36}{wall:>8.3f} s wall{cpu:>8.3f} s CPU")
     print()
-    header = ("", "engine s", "cli s", "cli/eng", "reported/eng", "process s", "proc/eng", "lines")
+    header = (
+        "", "engine s", "cli s", "cli/eng", "new/eng", "cli/new", "reported/eng", "process s",
+        "proc/eng", "lines",
+    )  # fmt: skip
     print(f"{header[0]:<6}" + "".join(f"{h:>13}" for h in header[1:]))
     for name, workload in (("W2", fan(500)), ("W4", mapped(10_000))):
         f = cli_against_engine(name, workload, args.rounds)
@@ -166,6 +197,8 @@ def main() -> None:
             f"{engine:.3f}",
             f"{f['cli']:.3f}",
             f"{f['cli'] / engine:.2f}",
+            f"{f['new'] / engine:.2f}",
+            f"{f['cli'] / f['new']:.2f}",
             f"{f['reported'] / engine:.2f}",
             f"{f['process']:.3f}",
             f"{f['process'] / engine:.2f}",
