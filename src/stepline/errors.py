@@ -23,6 +23,13 @@ def shown(value: object, limit: int = CLIP) -> str:
     return clip(repr(value), limit)
 
 
+def import_failure(exc: BaseException) -> str:
+    """Why importing a user's module failed, for an error message."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({shown(exc.code)})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class SteplineError(Exception):
     """Base of every error Stepline raises on purpose.
 

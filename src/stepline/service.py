@@ -38,6 +38,7 @@ from stepline.errors import (
     Paused,
     Problem,
     StoreUnavailable,
+    shown,
 )
 from stepline.redact import add_secret_names, remember_secrets, url_secrets
 from stepline.settings import Settings
@@ -59,7 +60,12 @@ class Stepline:
         store: SqlAlchemyStore | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        url = store.url if store is not None else db or self.settings.db
+        url = store.url if store is not None else self.settings.db if db is None else db
+        if not url.strip():  # an unset variable in a script must not mean ./stepline.db
+            raise InvalidSetting(
+                "the database URL is empty: --db or STEPLINE_DB must name a database "
+                "(e.g. sqlite:///stepline.db)"
+            )
         add_secret_names(self.settings.secret_name_list())
         self._secrets = list(dict.fromkeys([*self.settings.secrets(), *url_secrets(url)]))
         remember_secrets(self._secrets)  # for log lines, which carry no list of their own
@@ -326,7 +332,14 @@ class Stepline:
         """The logs of an instance's attempts, redacted again with today's secrets."""
         from stepline.redact import redact_text
 
-        self.store.instance(instance_id)  # NotFound for an unknown instance
+        instance = self.store.instance(instance_id)  # NotFound for an unknown instance
+        if step is not None and not any(
+            s.key == step for s in self.store.definition_for(instance).steps
+        ):
+            raise NotFound(
+                f"instance {instance_id} has no step {shown(step)}",
+                hint=f"`stepline show {instance_id}` lists its steps",
+            )
         secrets = self.settings.secrets()
         return [
             replace(r, text=redact_text(r.text, secrets))

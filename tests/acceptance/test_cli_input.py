@@ -179,3 +179,107 @@ def test_valid_settings_are_accepted_in_any_case(cli) -> None:
     )
 
     assert run.code == 0, run.report
+
+
+# -- input that once ended in a traceback, or in exit 0 ----------------------------------------
+
+HUGE_ID = "99999999999999999999999"  # no 64-bit id column holds it
+
+
+def test_a_definition_file_that_is_not_utf8_is_named(cli) -> None:
+    cli.copy_fixture("steps.py")
+    cli.copy_fixture("good.yaml", "defs/good.yaml")
+    (cli.root / "defs" / "latin1.yaml").write_bytes(
+        b'name: latin1\ndescription: "caf\xe9"\nsteps: [{key: a, runner: steps:ok}]\n'
+    )
+
+    results = cli.parallel(
+        (["validate", "defs/latin1.yaml"], None),
+        (["validate", "defs"], None),
+        (["apply", "defs/latin1.yaml"], None),
+        (["run", "defs/latin1.yaml"], None),
+    )
+
+    for result in results:
+        assert result.code == 2, result.report
+        assert "latin1.yaml: not UTF-8 text (byte 0xe9 at position 30)" in result.err, result.report
+        assert no_traceback(result), result.report
+    assert "1 definition valid, 1 invalid" in results[1].out, results[1].report
+    assert cli.nothing_written()
+
+
+def test_a_runner_module_that_calls_sys_exit_on_import_is_an_invalid_runner(cli) -> None:
+    cli.write("quits.py", "import sys\nsys.exit()\n\ndef f(ctx):\n    return 1\n")
+    cli.write("defs/quits.yaml", "name: quits\nsteps: [{key: a, runner: quits:f}]\n")
+    cli.write(
+        "defs/cycle.yaml", "name: cycle\nsteps: [{key: a, runner: quits:f, next_steps: [a]}]\n"
+    )
+
+    file, folder, target, run = cli.parallel(
+        (["validate", "defs/quits.yaml"], None),
+        (["validate", "defs"], None),
+        (["validate", "quits:f"], None),
+        (["run", "defs/quits.yaml"], None),
+    )
+
+    for result in (file, folder, target, run):
+        assert result.code == 2, result.report  # it was 0: the import ended the command
+        assert "importing module 'quits' failed: it called sys.exit(None)" in result.err, (
+            result.report
+        )
+    assert "0 definitions valid, 2 invalid" in folder.out, folder.report
+    assert cli.nothing_written()
+
+
+def test_messages_are_printed_as_typed_without_emoji_codes(cli) -> None:
+    cli.write("jobs.py", "x = 1\n")
+
+    target, batch = cli.parallel((["apply", "jobs:cool"], None), (["pause", ":fire:"], None))
+
+    assert target.code == 2 and "jobs:cool: module 'jobs' has no attribute 'cool'" in target.err, (
+        target.report
+    )
+    assert batch.code == 2 and "batch ':fire:' does not exist" in batch.err, batch.report
+
+
+def test_bad_ids_steps_dates_and_database_files_are_refused_by_name(cli) -> None:
+    cli.copy_fixture("steps.py")
+    cli.write(
+        "weekly.yaml", "name: weekly\ncron: '0 2 * * 1'\nsteps: [{key: only, runner: steps:ok}]\n"
+    )
+    assert cli("run", "weekly.yaml").code == 0
+    stored = cli.rows("SELECT id, status FROM batch_instance")
+    cli.write("notes.db", "not a database\n")
+
+    results = cli.parallel(
+        *(([command, HUGE_ID], None) for command in ("show", "logs", "retry", "cancel")),
+        (["logs", "1", "nosuch"], None),
+        (["backfill", "weekly", "--from", "0001-01-01", "--to", "0001-01-02", "--dry-run"], None),
+        (["backfill", "weekly", "--from", "9999-12-30", "--to", "9999-12-31", "--dry-run"], None),
+        (["batches", "--db", f"sqlite:///{cli.root / 'notes.db'}"], None),
+    )
+
+    for result in results:
+        assert result.code == 2, result.report
+        assert no_traceback(result), result.report
+    for result in results[:4]:
+        assert "Invalid value for 'ID'" in result.err, result.report
+    assert "instance 1 has no step 'nosuch'" in results[4].err, results[4].report
+    for result in results[5:7]:
+        assert "reaches the edge of the calendar" in result.err, result.report
+    assert "notes.db cannot be used: file is not a database" in results[7].err, results[7].report
+    assert (cli.root / "notes.db").read_text() == "not a database\n"
+    assert cli.rows("SELECT id, status FROM batch_instance") == stored
+
+
+def test_an_empty_database_url_is_refused_not_taken_for_the_default(cli) -> None:
+    option, variable = cli.parallel(
+        (["batches", "--db", ""], None), (["batches", "--db", "  "], None)
+    )
+    unset = cli("batches", env={"STEPLINE_DB": ""})
+
+    for result in (option, variable, unset):
+        assert result.code == 2, result.report
+        assert "the database URL is empty" in result.err, result.report
+    # The default, ./stepline.db, is what an empty URL used to open (and create).
+    assert not (cli.root / "stepline.db").exists()

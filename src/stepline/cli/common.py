@@ -31,9 +31,13 @@ if TYPE_CHECKING:
     from stepline.service import Stepline
     from stepline.settings import Settings
 
-# Off a terminal (pipes, CI, tests) lines are not folded at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+# Off a terminal (pipes, CI, tests) lines are not folded at 80 columns. No emoji codes: a
+# message quoting `jobs:cool` or a batch named `:fire:` prints them as typed.
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False, width=None if sys.stderr.isatty() else 160)
+
+InstanceId = Annotated[int, typer.Argument(metavar="ID", max=2**63 - 1)]
+"""An instance id argument: a larger number is refused as a usage error (exit 2)."""
 
 Db = Annotated[
     str | None,

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from stepline.cli.common import (
     Db,
+    InstanceId,
     Json,
     Tz,
     batch_zones,
@@ -63,7 +64,7 @@ def instances(
 
 
 def show(
-    instance_id: Annotated[int, typer.Argument(metavar="ID")],
+    instance_id: InstanceId,
     as_json: Json = False,
     tz: Tz = None,
     db: Db = None,

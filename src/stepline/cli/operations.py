@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from stepline.cli.common import Db, Json, errors, fail, open_service, out
+from stepline.cli.common import Db, InstanceId, Json, errors, fail, open_service, out
 from stepline.core.states import InstanceStatus
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _log_json(record: StepLogRecord) -> str:
 
 
 def logs(
-    instance_id: Annotated[int, typer.Argument(metavar="ID")],
+    instance_id: InstanceId,
     step: Annotated[str | None, typer.Argument(help="Only this step's logs")] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the instance ends")

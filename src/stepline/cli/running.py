@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from stepline.cli.common import Db, Params, err, errors, fail, open_service, out
+from stepline.cli.common import Db, InstanceId, Params, err, errors, fail, open_service, out
 from stepline.cli.definitions import add_import_path, is_file
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def run(
         _drive(service, instance.id, forward.target)
 
 
-def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+def retry(instance_id: InstanceId, db: Db = None) -> None:
     """Re-run what did not succeed in a failed or cancelled instance, reusing stored results."""
     from stepline.cli.progress import Progress
 
@@ -117,7 +117,7 @@ def retry(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = No
         _drive(service, instance_id, progress)
 
 
-def cancel(instance_id: Annotated[int, typer.Argument(metavar="ID")], db: Db = None) -> None:
+def cancel(instance_id: InstanceId, db: Db = None) -> None:
     """Stop an instance: no new steps start, pending steps end cancelled."""
     from stepline.core.states import InstanceStatus
 

@@ -61,11 +61,15 @@ def parse_definition(
 ) -> BatchDefinition:
     """Validate a document and return the definition, or raise DefinitionError with all problems."""
     out = _Collector(source)
+    if doc is None:
+        out.add("the definition is empty (a batch needs at least name and steps)")
+        raise DefinitionError(out.problems)
     if not isinstance(doc, Mapping):
         out.add(f"a batch definition must be a mapping, got {type(doc).__name__}")
         raise DefinitionError(out.problems)
+    known = ", ".join(sorted(_BATCH_FIELDS | _EXTRA_FIELDS))
     for unknown in sorted(set(doc) - _BATCH_FIELDS - _EXTRA_FIELDS):
-        out.add(f"unknown field {shown(unknown)} (known: {', '.join(sorted(_BATCH_FIELDS))})")
+        out.add(f"unknown field {shown(unknown)} (known: {known})")
 
     name = doc.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
@@ -164,8 +168,15 @@ def _parse_step(
     for unknown in sorted(set(raw) - _STEP_FIELDS):
         out.add(f"unknown field {shown(unknown)} (known: {', '.join(sorted(_STEP_FIELDS))})", key)
     runner = raw.get("runner")
-    if not isinstance(runner, str) or not runner:
+    if runner is None or runner == "":
         out.add("missing 'runner' (e.g. runner: mypackage.steps:collect)", key)
+        runner = ""
+    elif not isinstance(runner, str):
+        out.add(
+            f"runner {shown(runner)} must be a string 'module:function' "
+            "(e.g. runner: mypackage.steps:collect)",
+            key,
+        )
         runner = ""
     elif check_runners:
         problem = main_module_problem(runner)
@@ -418,11 +429,21 @@ def read_document(path: Path) -> object:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DefinitionError([Problem(f"cannot read file: {exc.strerror}", str(path))]) from exc
+    except UnicodeDecodeError as exc:
+        problem = Problem(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+            "save the file as UTF-8",
+            str(path),
+        )
+        raise DefinitionError([problem]) from None
     try:
         if path.suffix == ".json":
             return json.loads(text, object_pairs_hook=_unique_pairs)
         return _load_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # not "<unicode string>": the file the mark is in
+                mark.name = path.name
         problem = Problem(f"not valid {path.suffix[1:].upper()}: {exc}", str(path))
         raise DefinitionError([problem]) from None
     except ValueError as exc:  # from _unique_pairs

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from stepline.errors import shown
+from stepline.errors import import_failure, shown
 
 Runner = Callable[..., Any]
 
@@ -71,12 +71,12 @@ def resolve_runner(reference: str) -> Runner:
             f"runner {shown(reference)}: cannot import module {shown(module_name)} ({exc}); runner "
             "modules are imported with the current directory on sys.path"
         ) from exc
-    except Exception as exc:
-        # A module that raises on import (a syntax error, a failing top-level call) is a
-        # problem with the definition's runner, reported like a missing one.
+    except (Exception, SystemExit) as exc:
+        # A module that raises on import (a syntax error, a failing top-level call, even
+        # sys.exit()) is a problem with the definition's runner, reported like a missing one.
         raise ImportError(
             f"runner {shown(reference)}: importing module {shown(module_name)} failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"{import_failure(exc)}"
         ) from exc
     target: Any = module
     for attr in attr_path.split("."):

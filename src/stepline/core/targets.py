@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stepline.core.definition import BatchDefinition
-from stepline.errors import DefinitionError, Problem, shown
+from stepline.errors import DefinitionError, Problem, import_failure, shown
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _TARGET = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}(\.{_IDENTIFIER})*$")
@@ -53,9 +53,9 @@ def load_python_definitions(target: str) -> list[BatchDefinition]:
         raise DefinitionError(
             [Problem(p.message, _located(p.source, target), p.step) for p in exc.problems]
         ) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import time too
         raise problem(
-            f"importing module {shown(module_name)} failed: {type(exc).__name__}: {exc}"
+            f"importing module {shown(module_name)} failed: {import_failure(exc)}"
         ) from None
     value: object = module
     for attr in attr_path.split("."):

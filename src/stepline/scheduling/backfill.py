@@ -42,18 +42,24 @@ def fire_times(cron: str, timezone: str, start: date, end: date, now: datetime) 
     if end < start:
         raise BackfillError(f"--to {end} is before --from {start}")
     zone = ZoneInfo(timezone)
-    first = datetime.combine(start, time(0), zone).astimezone(UTC) - timedelta(microseconds=1)
-    last = datetime.combine(end + timedelta(days=1), time(0), zone).astimezone(UTC)
-    last = min(last - timedelta(microseconds=1), now)
-    if last <= first:
-        return []
-    times: list[datetime] = []
-    for fire in CronSchedule.parse(cron, timezone).fire_times_between(first, last):
-        times.append(fire)
-        if len(times) > MAX_FIRE_TIMES:
-            raise BackfillError(
-                f"the range has more than {MAX_FIRE_TIMES} fire times; backfill it in parts"
-            )
+    try:
+        first = datetime.combine(start, time(0), zone).astimezone(UTC) - timedelta(microseconds=1)
+        last = datetime.combine(end + timedelta(days=1), time(0), zone).astimezone(UTC)
+        last = min(last - timedelta(microseconds=1), now)
+        if last <= first:
+            return []
+        times: list[datetime] = []
+        for fire in CronSchedule.parse(cron, timezone).fire_times_between(first, last):
+            times.append(fire)
+            if len(times) > MAX_FIRE_TIMES:
+                raise BackfillError(
+                    f"the range has more than {MAX_FIRE_TIMES} fire times; backfill it in parts"
+                )
+    except OverflowError:  # a day and a time zone away from year 1 or 9999
+        raise BackfillError(
+            f"{start}..{end} reaches the edge of the calendar; use dates from 0001-01-02 "
+            "to 9999-12-30"
+        ) from None
     return times
 
 

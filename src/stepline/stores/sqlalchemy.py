@@ -288,9 +288,14 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         )
 
     def __repr__(self) -> str:
+        return f"SqlAlchemyStore({self.shown_url!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL for messages and logs, its password masked."""
         shown = self.engine.url.render_as_string(hide_password=True)
         # A password in the query (?password=) is not the URL's password: mask it too.
-        return f"SqlAlchemyStore({redact_url(shown) if '?' in shown else shown!r})"
+        return redact_url(shown) if "?" in shown else shown
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -332,8 +337,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             or isinstance(original, self._dbapi_transient)
         )
         if transient:
-            return StoreUnavailable(f"database {self!r} is unavailable: {original}")
-        return StoreRejected(f"database {self!r} refused the write: {original}")
+            return StoreUnavailable(f"database {self.shown_url} is unavailable: {original}")
+        return StoreRejected(f"database {self.shown_url} refused the write: {original}")
 
     def initialize(self) -> None:
         from stepline.stores.migrations import is_current, upgrade
@@ -354,6 +359,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                     engine.dispose()
         except sa.exc.OperationalError as exc:
             raise _unavailable(self, exc) from exc
+        except sa.exc.DatabaseError as exc:  # SQLite: "file is not a database"
+            raise InvalidSetting(f"database {self.shown_url} cannot be used: {exc.orig}") from exc
 
     def dispose(self) -> None:
         # A transaction still running on the pinned connection (another thread) keeps it;
@@ -928,7 +935,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
 
     def instance(self, instance_id: int) -> InstanceRecord:
         with self._read() as conn:
-            row = conn.execute(_INSTANCE, {"id": instance_id}).first()
+            # An id no 64-bit column can hold exists nowhere (the driver would overflow).
+            row = (
+                conn.execute(_INSTANCE, {"id": instance_id}).first()
+                if _ID_MIN <= instance_id <= _ID_MAX
+                else None
+            )
             if row is None:
                 raise NotFound(
                     f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
@@ -1290,6 +1302,7 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
         store._pin_lock.release()
 
 
+_ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 _INSTANCE = sa.select(BI).where(BI.c.id == sa.bindparam("id"))
 """Built once: building a statement and its cache key costs more than running it."""
 
@@ -1314,4 +1327,4 @@ def _lease_row(conn: Connection, name: str) -> Row[Any] | None:
 
 
 def _unavailable(store: SqlAlchemyStore, exc: sa.exc.OperationalError) -> StoreUnavailable:
-    return StoreUnavailable(f"database {store!r} is unavailable: {exc.orig}")
+    return StoreUnavailable(f"database {store.shown_url} is unavailable: {exc.orig}")

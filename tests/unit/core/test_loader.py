@@ -261,6 +261,8 @@ PROBLEMS = [
     pytest.param(minimal(s("a", runner="runners_fixture:NOT_CALLABLE")), ["not callable"], "a",
                  id="runner-not-callable"),
     pytest.param(minimal({"key": "a"}), ["missing 'runner'"], "a", id="runner-missing"),
+    pytest.param(minimal(s("a", runner=42)), ["runner 42 must be a string 'module:function'"],
+                 "a", id="runner-not-a-string"),
     pytest.param(minimal(s("a", timeout="10 minutes")), ["timeout", "'10 minutes'"], "a",
                  id="bad-timeout"),
     pytest.param(minimal(s("a", timeout=-3)), ["timeout", "negative"], "a",
@@ -286,7 +288,8 @@ PROBLEMS = [
                  id="unknown-trigger-rule"),
     pytest.param(minimal(s("a", nextstep=["b"]), s("b")), ["unknown field 'nextstep'"], "a",
                  id="step-field-typo"),
-    pytest.param(minimal(s("a"), schedule="0 2 * * *"), ["unknown field 'schedule'"], None,
+    pytest.param(minimal(s("a"), schedule="0 2 * * *"),
+                 ["unknown field 'schedule'", "misfire_grace, name, on_busy"], None,
                  id="batch-field-typo"),
     pytest.param(minimal(s("a", map="elsewhere")),
                  ["map.over 'elsewhere'", "upstream", "params"], "a", id="map-over-unknown"),
@@ -335,7 +338,7 @@ PROBLEMS = [
     pytest.param(minimal(s("bad key!")), ["step #1", "invalid key 'bad key!'"], None,
                  id="bad-step-key"),
     pytest.param(["name", "demo"], ["must be a mapping, got list"], None, id="document-is-list"),
-    pytest.param(None, ["must be a mapping, got NoneType"], None, id="document-is-empty"),
+    pytest.param(None, ["the definition is empty"], None, id="document-is-empty"),
 ]
 # fmt: on
 
@@ -473,7 +476,8 @@ def test_spec_yaml_text_is_read_with_its_comments(tmp_path: Path) -> None:
     [
         pytest.param("bad.yaml", "name: [unclosed\nsteps: {", ["not valid YAML", "line"],
                      id="broken-yaml"),
-        pytest.param("bad.yml", "a: b\n  c: d\n", ["not valid YML"], id="broken-yml"),
+        pytest.param("bad.yml", "a: b\n  c: d\n", ["not valid YML", 'in "bad.yml", line 2'],
+                     id="broken-yml"),
         pytest.param("bad.json", '{"name": "x",}', ["not valid JSON", "line 1"],
                      id="broken-json"),
     ],
@@ -489,6 +493,7 @@ def test_broken_file_names_the_file(
     assert str(path) in str(info.value)
     for word in words:
         assert word in problem.message
+    assert "<unicode string>" not in problem.message
 
 
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
