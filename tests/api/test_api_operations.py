@@ -85,6 +85,11 @@ def test_instance_logs_are_served_per_attempt(api: httpx.Client) -> None:
     later = api.get(f"/api/instances/{newest['id']}/logs", params={"after": entry["id"]})
     assert later.json()["logs"] == []
     assert api.get("/api/instances/999999/logs").status_code == 404
+    assert api.get(f"/api/instances/{newest['id']}/logs", params={"step": "a"}).json()["logs"]
+    unknown = api.get(f"/api/instances/{newest['id']}/logs", params={"step": "nosuch"})
+    assert unknown.status_code == 404, unknown.text
+    assert "has no step 'nosuch'" in unknown.json()["detail"]
+    assert "stepline" not in unknown.json()["detail"]  # no CLI advice in an API answer
 
 
 def test_lists_come_in_pages(api: httpx.Client) -> None:
