@@ -42,6 +42,11 @@ def test_pause_resume_and_backfill(cli: Cli) -> None:
     assert paused.code == 0 and "paused" in paused.out
     refused = cli("run", "daily")
     assert refused.code == 2 and "paused" in refused.err, refused.report
+    # A changed file run while paused is refused before it is applied: nothing changes.
+    cli.write("daily2.yaml", DAILY.replace("0 2 * * *", "0 3 * * *"))
+    refused = cli("run", "daily2.yaml")
+    assert refused.code == 2 and "daily2.yaml was not applied" in refused.err, refused.report
+    assert cli.rows("SELECT version FROM batch_definition") == [(1,)]
     listed = json.loads(cli("batches", "--json").stdout)
     assert listed["batches"][0]["paused"] is True
     refused = cli("backfill", "daily", "--from", "2026-10-05", "--to", "2026-10-06")

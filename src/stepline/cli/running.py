@@ -26,6 +26,28 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
         fail(str(exc), 2)
 
 
+def _refuse_if_paused(service: Stepline, path: Path) -> None:
+    """A paused batch takes no instance: refused before its file is applied, so that the
+    command that fails changes nothing (``stepline apply`` updates a paused batch)."""
+    from stepline.core.loader import read_document
+    from stepline.errors import NotFound, Paused
+
+    doc = read_document(path)
+    name = doc.get("name") if isinstance(doc, dict) else None
+    if not isinstance(name, str):
+        return  # applying reports what is wrong with the file
+    try:
+        paused = service.store.definition(name).paused
+    except NotFound:
+        return
+    if paused:
+        raise Paused(
+            f"batch {name!r} is paused: it takes no new instance until resumed; "
+            f"{path} was not applied",
+            hint=f"`stepline resume {name}` first",
+        )
+
+
 def _drive(service: Stepline, instance_id: int, progress: Progress) -> None:
     from stepline.core.states import InstanceStatus
 
@@ -87,6 +109,7 @@ def run(
             if path.is_dir():
                 fail(f"{batch} is a directory; `stepline run` takes one definition file", 2)
             add_import_path(path)
+            _refuse_if_paused(service, path)
             (stored,) = service.apply_path(path)
             name = stored.name
         else:
