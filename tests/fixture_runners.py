@@ -301,6 +301,13 @@ def coded(ctx: StepContext) -> Any:
     return {"attempt": ctx.attempt}
 
 
+def logs_text(ctx: StepContext) -> str:
+    """Logs ``text`` through ctx.log; its result is plain ASCII."""
+    _count(ctx)
+    ctx.log.info(str(ctx.args["text"]))
+    return "ok"
+
+
 def says_weather(ctx: StepContext) -> str:
     """Logs a line through ctx.log (the dashboard and `stepline logs` show it)."""
     _count(ctx)

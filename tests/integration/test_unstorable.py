@@ -7,11 +7,14 @@ on every database. Each case used to hang ``run`` or crash ``run`` and ``recover
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from test_engine import calls, run, s
 
+from databases import SERVERS, require_service
 from stepline import InstanceStatus, StepStatus
 from stepline.service import Stepline
 from stepline.settings import Settings
@@ -111,3 +114,34 @@ def test_an_error_message_with_nul_and_surrogates_is_stored(app: Stepline) -> No
     assert final.status is InstanceStatus.FAILED
     assert rows["bad"].status is StepStatus.FAILED
     assert "odd \\x00 text" in (rows["bad"].error or "")
+
+
+def test_a_log_the_database_cannot_hold_fails_the_step_and_ends_the_instance() -> None:
+    """A MariaDB database created with latin1 (MariaDB's default before 11.6) cannot hold
+    Korean text or ✓ in a step's log. The attempt fails without its log, once: the failure
+    recorded in its place used to keep the log, was refused again, and the instance never
+    ended (``run`` stopped with the refusal; ``serve`` retried it for ever)."""
+    admin = sa.create_engine(f"{SERVERS['mariadb']}/", isolation_level="AUTOCOMMIT")
+    name = f"stepline_latin1_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET latin1")
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        require_service("mariadb", str(exc.orig).splitlines()[0])
+    try:
+        with Stepline(db=f"{SERVERS['mariadb']}/{name}") as app:
+            final, rows = run(
+                app,
+                [
+                    s("bad", ["after"], runner="logs_text", text="농장 F001 ✓", retry=RETRY),
+                    s("after"),
+                ],
+            )
+            assert calls(final, "bad") == 1
+            _assert_failed_cleanly(app, final, rows, "could not be stored")
+            assert "Incorrect string value" in (rows["bad"].error or "")
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()

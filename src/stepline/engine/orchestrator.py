@@ -532,15 +532,8 @@ class Orchestrator:
                 attempt=o.attempt,
                 error=short_error(refused),
             )
-            failed = replace(
-                o,
-                succeeded=False,
-                payload=None,
-                retryable=False,
-                error=f"the result of attempt {o.attempt} could not be stored: "
-                f"{short_error(refused)}",
-            )
-            self._advance(active, [failed], split=False)
+            why = f"the outcome of attempt {o.attempt} could not be stored: {short_error(refused)}"
+            self._advance(active, [o.unstored(why)], split=False)
 
     def _resync(self, active: _Active, tx: Any) -> None:
         """After a transaction whose commit may or may not have happened: steps the store

@@ -342,15 +342,7 @@ class StepJob:
                 if refused == REFUSALS:
                     # What the runner produced (result, log) is what the database refuses:
                     # record the attempt's failure without it, never to be retried.
-                    result = replace(
-                        result,
-                        succeeded=False,
-                        payload=None,
-                        log=None,
-                        log_truncated=False,
-                        retryable=False,
-                        error=f"the outcome could not be stored: {error}",
-                    )
+                    result = result.unstored(f"the outcome could not be stored: {error}")
                 time.sleep(0.2 * refused)
 
     def _record(

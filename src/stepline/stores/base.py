@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -175,6 +175,21 @@ class StepOutcome:
     def tries(self) -> int:
         """Attempts used in this run of the step, the number the retry policy limits."""
         return self.attempt - self.first_attempt + 1
+
+    def unstored(self, why: str) -> StepOutcome:
+        """The attempt's failure without what the runner produced (result, log, error
+        text), for an outcome the database refuses: none of the refused values is in it,
+        and it is not retried (it would be refused again)."""
+        return replace(
+            self,
+            succeeded=False,
+            payload=None,
+            log=None,
+            log_truncated=False,
+            retryable=False,
+            error=why,
+            error_codes=(),
+        )
 
 
 @dataclass(frozen=True)
