@@ -285,6 +285,29 @@ def test_a_pickup_waits_for_a_database_that_does_not_answer(
     owner.close()
 
 
+def test_a_database_that_stops_answering_right_after_the_pickup_is_waited_for(
+    faulty_store: tuple[SqlAlchemyStore, Faults],
+) -> None:
+    """The first message of an instance in a worker process reads the instance and its
+    definition after the pickup. Those reads failed the task when the database did not
+    answer: the message was acknowledged and the attempt stayed `running` under the
+    worker's live lease, never recovered. They wait for the database, like the pickup."""
+    store, faults = faulty_store
+    if store.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: its pickups run on an engine the faults miss")
+    owner, outbox, iid = start(store, [step("a")])
+    job = StepJob(store, "w:1:a")  # a new process: nothing of the instance in memory
+    (a,) = outbox.sent
+    faults.arm({2: "deadlock"})  # the read of the instance (1 is the pool's pre-ping)
+    finished = job.run(iid, a.row_id, a.attempt)
+    assert faults.injected == [(2, "deadlock", "execute")]
+    faults.disarm()
+    assert finished is not None and finished.outcome.succeeded
+    assert job.record(*finished) == []
+    assert store.instance(iid).status is InstanceStatus.SUCCEEDED
+    owner.close()
+
+
 def test_an_outcome_of_a_deleted_instance_is_dropped_not_retried_for_ever(
     store: SqlAlchemyStore,
 ) -> None:

@@ -190,9 +190,16 @@ class StepJob:
             )
             return None
         instance_id, claimed = picked
-        instance = self._instance(instance_id)
-        definition = self._definition(instance)
-        step = definition.step(claimed.step_key)
+        # The attempt is this process's now: nothing may end the task before its outcome is
+        # handed to the recorder, or it stays `running` under a live lease for ever. A
+        # database blip is waited for, as for the pickup; anything else ends the process,
+        # and the owner records the attempt as lost (see `fatal`).
+        try:
+            instance = Backoff(None).call(lambda: self._instance(instance_id))
+            definition = Backoff(None).call(lambda: self._definition(instance))
+            step = definition.step(claimed.step_key)
+        except Exception as exc:
+            fatal(f"could not load step {claimed.step_key!r} it picked up: {short_error(exc)}")
         work = StepWork(
             instance_id=instance.id,
             batch=instance.batch,
