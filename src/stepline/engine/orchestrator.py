@@ -513,13 +513,17 @@ class Orchestrator:
             instance_id=active.instance.id,
             error=short_error(error),
         )
-        for o in outcomes:
+        for i, o in enumerate(outcomes):
             if active.instance.id not in self._active:
                 return  # it ended or was lost meanwhile; the rest are fenced off anyway
             try:
                 self._advance(active, [o], split=False)
                 continue
             except StoreUnavailable:
+                # _advance put this one back; the rest go back too, or their attempts
+                # would stay in flight with nobody to report them.
+                for rest in outcomes[i + 1 :]:
+                    self._outcomes.put(rest)
                 raise
             except Exception as exc:
                 refused = exc
@@ -533,7 +537,12 @@ class Orchestrator:
                 error=short_error(refused),
             )
             why = f"the outcome of attempt {o.attempt} could not be stored: {short_error(refused)}"
-            self._advance(active, [o.unstored(why)], split=False)
+            try:
+                self._advance(active, [o.unstored(why)], split=False)
+            except BaseException:
+                for rest in outcomes[i + 1 :]:
+                    self._outcomes.put(rest)
+                raise
 
     def _resync(self, active: _Active, tx: Any) -> None:
         """After a transaction whose commit may or may not have happened: steps the store
