@@ -290,6 +290,17 @@ def raises_odd_text(ctx: StepContext) -> None:
     raise RuntimeError("odd \x00 text \udcff here")
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("this exception cannot be shown")
+
+
+def raises_unprintable(ctx: StepContext) -> None:
+    """Raises an exception whose ``str()`` raises (a third-party bug a runner may meet)."""
+    _count(ctx)
+    raise _Unprintable()
+
+
 def coded(ctx: StepContext) -> Any:
     """Fail the first ``fail_times`` attempts with a database error carrying ``code``."""
     from stepline.sql import DatabaseError

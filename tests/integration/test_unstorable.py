@@ -109,6 +109,20 @@ def test_a_result_over_mariadb_max_allowed_packet_fails_the_step(db_url: str) ->
         _assert_failed_cleanly(app, final, rows, "store keeps at most")
 
 
+@pytest.mark.parametrize("retry", [None, RETRY])
+def test_an_exception_that_cannot_be_shown_fails_its_step(app: Stepline, retry: object) -> None:
+    """Its ``str()`` raises: the runner's thread used to die while describing it, so the
+    attempt never reported and the instance never ended."""
+    options = {} if retry is None else {"retry": retry}
+    final, rows = run(
+        app, [s("bad", ["after"], runner="raises_unprintable", **options), s("after")]
+    )
+    assert final.status is InstanceStatus.FAILED
+    assert rows["bad"].attempt == (1 if retry is None else 3)
+    assert "_Unprintable: <the error's message could not be shown>" in (rows["bad"].error or "")
+    assert rows["after"].status is StepStatus.UPSTREAM_FAILED
+
+
 def test_an_error_message_with_nul_and_surrogates_is_stored(app: Stepline) -> None:
     final, rows = run(app, [s("bad", ["after"], runner="raises_odd_text"), s("after")])
     assert final.status is InstanceStatus.FAILED

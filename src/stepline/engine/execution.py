@@ -7,6 +7,7 @@ worker elsewhere. Nothing here touches a database transaction while the runner r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import re
@@ -204,7 +205,8 @@ def error_identifiers(error: BaseException) -> tuple[str, ...]:
                 found.append(code)
             elif isinstance(code, tuple):
                 found += [c for c in code if isinstance(c, str)]
-        found += _CODE.findall(str(current))
+        with contextlib.suppress(Exception):  # an exception whose __str__ raises
+            found += _CODE.findall(str(current))
         wrapped = getattr(current, "orig", None)  # SQLAlchemy's wrapper of a driver error
         if isinstance(wrapped, BaseException) and id(wrapped) not in seen:
             current = wrapped
