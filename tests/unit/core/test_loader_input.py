@@ -66,7 +66,10 @@ def test_a_broken_file_gets_pyyamls_own_message(tmp_path: Path, text: str) -> No
     path.write_text(text)
     with pytest.raises(yaml.YAMLError) as expected:
         yaml.load(text, Loader=_UniqueKeyLoader)
-    assert problem_text(path) == f"{path}: not valid YAML: {expected.value}"
+    # PyYAML's message, with the file's name where it says "<unicode string>".
+    message = str(expected.value).replace('"<unicode string>"', '"broken.yaml"')
+    assert problem_text(path) == f"{path}: not valid YAML: {message}"
+    assert "<unicode string>" not in problem_text(path)
 
 
 def test_a_merged_key_may_be_overridden(tmp_path: Path) -> None:
