@@ -215,6 +215,21 @@ def _time_mysql_statements(engine: Engine, seconds: float | None) -> None:
         dbapi_conn._read_timeout = dbapi_conn._write_timeout = seconds
 
 
+def _wal(cursor: Any, seconds: float) -> None:
+    """Switch the database to WAL. Processes that open a new database at the same moment
+    all switch it, and SQLite answers "database is locked" to the switch without waiting
+    in its busy handler: try again until the busy timeout runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -222,7 +237,7 @@ def _tune_sqlite(engine: Engine, busy_seconds: float) -> None:
         # instead of failing with SQLITE_BUSY when a read is upgraded to a write.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _wal(cursor, busy_seconds)
         # NORMAL in WAL mode survives a killed process; only an OS crash can lose the
         # last commits, which the guarantee (kill -9 of our process) does not cover.
         cursor.execute("PRAGMA synchronous=NORMAL")
