@@ -333,13 +333,14 @@ class Stepline:
         from stepline.redact import redact_text
 
         instance = self.store.instance(instance_id)  # NotFound for an unknown instance
-        if step is not None and not any(
-            s.key == step for s in self.store.definition_for(instance).steps
-        ):
-            raise NotFound(
-                f"instance {instance_id} has no step {shown(step)}",
-                hint=f"`stepline show {instance_id}` lists its steps",
-            )
+        if step is not None:
+            try:
+                self.store.definition_for(instance).step(step)
+            except KeyError:
+                raise NotFound(
+                    f"instance {instance_id} has no step {shown(step)}",
+                    hint=f"`stepline show {instance_id}` lists its steps",
+                ) from None
         secrets = self.settings.secrets()
         return [
             replace(r, text=redact_text(r.text, secrets))

@@ -517,32 +517,34 @@ class Orchestrator:
             if active.instance.id not in self._active:
                 return  # it ended or was lost meanwhile; the rest are fenced off anyway
             try:
-                self._advance(active, [o], split=False)
-                continue
-            except StoreUnavailable:
+                self._record_alone(active, o)
+            except BaseException:
                 # _advance put this one back; the rest go back too, or their attempts
                 # would stay in flight with nobody to report them.
                 for rest in outcomes[i + 1 :]:
                     self._outcomes.put(rest)
                 raise
-            except Exception as exc:
-                refused = exc
-            if o.row_id not in active.inflight:
-                continue
-            log.warning(
-                "step outcome could not be stored; failing the attempt",
-                instance_id=active.instance.id,
-                step=o.step_key,
-                attempt=o.attempt,
-                error=short_error(refused),
-            )
-            why = f"the outcome of attempt {o.attempt} could not be stored: {short_error(refused)}"
-            try:
-                self._advance(active, [o.unstored(why)], split=False)
-            except BaseException:
-                for rest in outcomes[i + 1 :]:
-                    self._outcomes.put(rest)
-                raise
+
+    def _record_alone(self, active: _Active, o: StepOutcome) -> None:
+        """Record one outcome; one the store refuses becomes its attempt's bare failure."""
+        try:
+            self._advance(active, [o], split=False)
+            return
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            refused = exc
+        if o.row_id not in active.inflight:
+            return
+        log.warning(
+            "step outcome could not be stored; failing the attempt",
+            instance_id=active.instance.id,
+            step=o.step_key,
+            attempt=o.attempt,
+            error=short_error(refused),
+        )
+        why = f"the outcome of attempt {o.attempt} could not be stored: {short_error(refused)}"
+        self._advance(active, [o.unstored(why)], split=False)
 
     def _resync(self, active: _Active, tx: Any) -> None:
         """After a transaction whose commit may or may not have happened: steps the store

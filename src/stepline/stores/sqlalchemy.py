@@ -949,17 +949,12 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         return out
 
     def instance(self, instance_id: int) -> InstanceRecord:
+        if not _ID_MIN <= instance_id <= _ID_MAX:  # the driver would overflow: none has it
+            raise _no_instance(instance_id)
         with self._read() as conn:
-            # An id no 64-bit column can hold exists nowhere (the driver would overflow).
-            row = (
-                conn.execute(_INSTANCE, {"id": instance_id}).first()
-                if _ID_MIN <= instance_id <= _ID_MAX
-                else None
-            )
+            row = conn.execute(_INSTANCE, {"id": instance_id}).first()
             if row is None:
-                raise NotFound(
-                    f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
-                )
+                raise _no_instance(instance_id)
             return self._instance(conn, row)
 
     def instances(
@@ -1318,6 +1313,14 @@ class _PinnedTransaction(AbstractContextManager[InstanceTransaction]):
 
 
 _ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
+
+
+def _no_instance(instance_id: int) -> NotFound:
+    return NotFound(
+        f"instance {instance_id} does not exist", hint="`stepline instances` lists them"
+    )
+
+
 _INSTANCE = sa.select(BI).where(BI.c.id == sa.bindparam("id"))
 """Built once: building a statement and its cache key costs more than running it."""
 
