@@ -4,6 +4,7 @@ outage, a runner that kills its worker every time. PostgreSQL; Redis and RabbitM
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -310,3 +311,51 @@ def test_celery_on_mariadb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         cluster.stop()
         drop_database("mariadb", handle)
+
+
+def test_a_worker_process_started_while_the_database_is_away_registers_when_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool starts a new process (after a runner killed the last one, or at start-up)
+    while the database does not answer. That process registers (takes its lease) when the
+    database comes back, before it picks anything up, so a step it was running when it died
+    is recovered. Before, Celery logged the failed set-up and the process ran steps under
+    an owner that no one knew of: when it died, its attempt stayed `running` for ever."""
+    import sqlalchemy as sa
+
+    from tcp_proxy import TcpProxy as DbProxy
+
+    require_broker(BROKERS["redis"])
+    (tmp_path / "calls").mkdir()
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path / "calls"))
+    url, handle = create_database("postgresql", tmp_path)
+    direct = sa.make_url(url)
+    proxy = DbProxy(direct.port or 5432, direct.host or "127.0.0.1")
+    proxied = direct.set(port=proxy.port).render_as_string(hide_password=False)
+    cluster = Cluster(proxied, BROKERS["redis"], tmp_path / "calls")
+    try:
+        worker = cluster.start_worker(concurrency=1)
+        (child,) = cluster.worker_pids(worker)
+        proxy.cut()
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: cluster.worker_pids(worker) not in ([], [child]), 20, "a new process")
+        time.sleep(2.0)  # the new process has set itself up, without a database
+        proxy.restore()
+        with Stepline(cluster.settings(), db=url) as app:
+            run = Driven(app, [s("slow", ["after"], sleep=3), s("after")])
+            wait_for(lambda: rr.calls(run.batch, "slow") == 1, 30, "the step to start", cluster)
+            (pid,) = rr.pids(run.batch, "slow")
+            os.kill(pid, signal.SIGKILL)
+            final = run.result(45)
+            assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+            rows = app.store.step_results(final.id)
+            assert [(r.step_key, r.status, r.attempt) for r in rows] == [
+                ("slow", StepStatus.SUCCEEDED, 2),
+                ("after", StepStatus.SUCCEEDED, 1),
+            ]
+            (lost,) = app.store.attempts(final.id)
+            assert (lost.error or "").startswith("lost: its worker")
+    finally:
+        cluster.stop()
+        proxy.close()
+        drop_database("postgresql", handle)

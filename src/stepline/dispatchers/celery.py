@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -28,9 +28,10 @@ from kombu.utils.uuid import uuid
 
 from stepline.core.definition import BatchDefinition
 from stepline.dispatchers.base import RemoteDispatcher, Report, StepMessage
+from stepline.engine.backoff import Backoff
 from stepline.engine.orchestrator import process_owner_id
 from stepline.engine.remote import Recorder, StepJob
-from stepline.errors import Problem
+from stepline.errors import Problem, StoreUnavailable
 from stepline.stores.base import Store
 
 log = structlog.get_logger("stepline.celery")
@@ -251,6 +252,13 @@ class _Worker:
     recorder: Recorder
     dispatcher: CeleryDispatcher
     stop: threading.Event
+    lease_seconds: float
+    registered: threading.Event = field(default_factory=threading.Event)
+
+    def register(self) -> None:
+        """Take the process's lease (raises StoreUnavailable while the database is away)."""
+        self.store.heartbeat(self.owner, self.lease_seconds)
+        self.registered.set()
 
 
 _setup: tuple[Callable[[], Store], Celery, str, float, int | None] | None = None
@@ -261,6 +269,10 @@ def _step(instance_id: int, row_id: int, attempt: int) -> None:
     worker = _worker
     if worker is None:
         raise RuntimeError("stepline.step runs only in a `stepline worker` process")
+    if not worker.registered.is_set():
+        # Registered before it picks anything up, or the owner would take the attempt for
+        # a dead process's; the message stays unacknowledged meanwhile.
+        Backoff(None).call(worker.register)
     finished = worker.job.run(instance_id, row_id, attempt, timeouts=(SoftTimeLimitExceeded,))
     if finished is not None:
         # Recorded (and its successors sent) by the process's recorder thread, grouped with
@@ -269,31 +281,65 @@ def _step(instance_id: int, row_id: int, attempt: int) -> None:
 
 
 def _start_child(**_: Any) -> None:
-    """In each worker process: its own connections, its own owner id and lease."""
+    """In each worker process: its own connections, its own owner id and lease.
+
+    Celery logs what a ``worker_process_init`` handler raises and goes on, which would leave
+    a process that takes messages and fails every one of them: a process that cannot set
+    itself up ends instead (the pool starts another). A database that does not answer yet
+    is not such a failure: the process registers as soon as it answers (`_Worker.register`).
+    """
     global _worker
-    assert _setup is not None
-    make_store, app, queue, lease_seconds, max_result_bytes = _setup
-    store = make_store()
-    owner = process_owner_id()
-    # The process's main thread waits on short round trips (the pickup, the pool's pipe)
-    # while its recorder thread runs Python; with the default 5 ms switch interval each
-    # reply could wait that long for the GIL (measured: pickup median 0.6 -> 0.35 ms).
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    stop = threading.Event()
-    job = StepJob(store, owner, max_result_bytes=max_result_bytes)
-    dispatcher = CeleryDispatcher(app=app, queue=queue)
-    _worker = _Worker(store, owner, job, Recorder(job, dispatcher.send), dispatcher, stop)
-    store.heartbeat(owner, lease_seconds)
-    threading.Thread(
-        target=_heartbeat, args=(store, owner, lease_seconds, stop), daemon=True
-    ).start()
-    log.info("worker process ready", owner=owner)
+    try:
+        assert _setup is not None
+        make_store, app, queue, lease_seconds, max_result_bytes = _setup
+        store = make_store()
+        owner = process_owner_id()
+        # The process's main thread waits on short round trips (the pickup, the pool's pipe)
+        # while its recorder thread runs Python; with the default 5 ms switch interval each
+        # reply could wait that long for the GIL (measured: pickup median 0.6 -> 0.35 ms).
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        job = StepJob(store, owner, max_result_bytes=max_result_bytes)
+        dispatcher = CeleryDispatcher(app=app, queue=queue)
+        worker = _Worker(
+            store,
+            owner,
+            job,
+            Recorder(job, dispatcher.send),
+            dispatcher,
+            threading.Event(),
+            lease_seconds,
+        )
+        with contextlib.suppress(StoreUnavailable):
+            worker.register()
+        threading.Thread(target=_heartbeat, args=(worker,), daemon=True).start()
+    except BaseException as exc:
+        log.critical(
+            "worker process could not start", error=f"{type(exc).__name__}: {exc}", exc_info=True
+        )
+        os._exit(1)
+    _worker = worker
+    if worker.registered.is_set():
+        log.info("worker process ready", owner=owner)
+    else:
+        log.warning("database unavailable; the worker process registers when it answers")
 
 
-def _heartbeat(store: Store, owner: str, lease_seconds: float, stop: threading.Event) -> None:
-    while not stop.wait(lease_seconds / 3):
+def _heartbeat(worker: _Worker) -> None:
+    """Renews the process's lease every third of it; registers it first if the database
+    did not answer when it started."""
+    backoff = Backoff(None)
+    while not worker.registered.is_set() and not worker.stop.is_set():
         try:
-            store.heartbeat(owner, lease_seconds)
+            worker.register()
+            log.info("worker process ready", owner=worker.owner)
+        except StoreUnavailable as exc:
+            backoff.wait(exc)
+        except Exception as exc:
+            log.warning("could not register the worker", error=f"{type(exc).__name__}: {exc}")
+            worker.stop.wait(5.0)
+    while not worker.stop.wait(worker.lease_seconds / 3):
+        try:
+            worker.store.heartbeat(worker.owner, worker.lease_seconds)
         except Exception as exc:
             log.warning("could not renew the worker lease", error=f"{type(exc).__name__}: {exc}")
 
