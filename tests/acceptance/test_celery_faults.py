@@ -31,7 +31,7 @@ from clusters import (
 from databases import create_database, drop_database
 from stepline import InstanceStatus, StepStatus, batch
 from stepline.dispatchers.base import StepMessage
-from stepline.dispatchers.celery import CeleryDispatcher
+from stepline.dispatchers.celery import BROKER_SOCKET_TIMEOUT, CeleryDispatcher
 from stepline.service import Stepline
 from stepline.stores.base import InstanceRecord
 
@@ -359,3 +359,41 @@ def test_a_worker_process_started_while_the_database_is_away_registers_when_it_a
         cluster.stop()
         proxy.close()
         drop_database("postgresql", handle)
+
+
+def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
+    """Redis goes silent (its connection open, nothing answering: a failover, a NAT or
+    firewall timeout). A publish gives up after the broker socket timeout instead of holding
+    its sender (the owner's driver, a worker's recorder) for ever; the message is sent again
+    once Redis answers (the bytes the stall held may reach Redis too: a duplicate, which
+    the attempt fence makes harmless)."""
+    import redis
+
+    from stall_proxy import StallProxy
+
+    require_broker(BROKERS["redis"])
+    proxy = StallProxy("127.0.0.1", 6379)
+    queue = f"t-{uuid.uuid4().hex[:10]}"
+    dispatcher = CeleryDispatcher(f"redis://127.0.0.1:{proxy.port}/11", queue=queue)
+    direct = redis.Redis.from_url(BROKERS["redis"])
+    try:
+        dispatcher.send([StepMessage(1, 1, 1)])
+        assert direct.llen(queue) == 1
+        proxy.stall()
+        sender = threading.Thread(target=dispatcher.send, args=([StepMessage(1, 2, 1)],))
+        sender.daemon = True
+        sender.start()
+        sender.join(BROKER_SOCKET_TIMEOUT + 5)
+        assert not sender.is_alive(), "the publish waits for ever on a silent broker"
+        assert dispatcher.unsent == 1 and direct.llen(queue) == 1
+        proxy.resume()
+        wait_for(
+            lambda: direct.llen(queue) >= 2 and dispatcher.unsent == 0,
+            3 * BROKER_SOCKET_TIMEOUT,
+            "the message sent again",
+        )
+    finally:
+        dispatcher.shutdown(wait=False)
+        proxy.close()
+        direct.delete(queue)
+        direct.close()

@@ -120,3 +120,72 @@ def test_migrations_run_without_the_statement_timeout(fresh_url: str) -> None:
         other.join()
         store.dispose()
         engine.dispose()
+
+
+class _Captured(Exception):
+    """Raised in place of connecting, with the parameters the driver would have been given."""
+
+
+def connect_parameters(url: str, timeouts: Timeouts) -> dict[str, object]:
+    store = SqlAlchemyStore(url, timeouts=timeouts)
+
+    @sa.event.listens_for(store.engine, "do_connect")
+    def _capture(
+        _dialect: object, _record: object, _args: object, params: dict[str, object]
+    ) -> None:
+        raise _Captured(dict(params))
+
+    try:
+        with pytest.raises(_Captured) as caught, store.engine.connect():
+            pass
+    finally:
+        store.dispose()
+    found: dict[str, object] = caught.value.args[0]
+    return found
+
+
+def test_postgresql_gives_up_on_a_silent_peer_in_about_twice_the_connect_timeout() -> None:
+    """libpq's keepalives and TCP_USER_TIMEOUT come from the connect timeout; what the URL
+    sets itself is kept (tests/acceptance/test_network_partition.py shows them at work)."""
+    found = connect_parameters("postgresql://u@db.example/x", Timeouts(connect=4.0, statement=9))
+    assert found["keepalives"] == 1
+    assert (found["keepalives_idle"], found["keepalives_interval"]) == (4, 2)
+    assert (found["keepalives_count"], found["tcp_user_timeout"]) == (3, 8000)
+    assert found["options"] == "-c statement_timeout=9000"
+    own = connect_parameters(
+        "postgresql://u@db.example/x?keepalives_idle=60&tcp_user_timeout=0", Timeouts()
+    )
+    assert (own["keepalives_idle"], own["tcp_user_timeout"]) == ("60", "0")
+    assert own["keepalives_count"] == 3
+
+
+def test_oracle_times_every_round_trip_and_probes_a_silent_peer() -> None:
+    """No Oracle server runs here: the connect parameters and the engine's own connect hook
+    are checked without one, and python-oracledb's call-timeout error is the real one."""
+    from oracledb import errors
+
+    url = "oracle://u:p@db.example:1521/?service_name=X"
+    found = connect_parameters(url, Timeouts(connect=3.0, statement=7.5))
+    assert (found["tcp_connect_timeout"], found["expire_time"]) == (3.0, 1)
+    for statement, expected in ((7.5, 7500), (0.0, 0)):  # 0: migrations, no limit
+        store = SqlAlchemyStore(url, timeouts=Timeouts(3.0, statement))
+        (hook,) = [
+            fn
+            for fn in store.engine.pool.dispatch.connect
+            if "_time_oracle_calls" in fn.__qualname__
+        ]
+
+        class Connection:
+            call_timeout = 0
+
+        conn = Connection()
+        hook(conn, None)
+        assert conn.call_timeout == expected
+        store.dispose()
+    timed_out = errors._create_err(errors.ERR_CALL_TIMEOUT_EXCEEDED, timeout=7500)
+    store = SqlAlchemyStore(url)
+    assert isinstance(store._translate(timed_out.exc_type(timed_out)), StoreUnavailable)
+    assert isinstance(
+        store._translate(sa.exc.DatabaseError("SELECT 1", None, timed_out.exc_type(timed_out))),
+        StoreUnavailable,
+    )

@@ -45,6 +45,8 @@ PERSISTENT = 2
 """AMQP delivery mode: the broker keeps the message on disk (Celery's default)."""
 HARD_LIMIT_GRACE = 10.0
 """Seconds after a step's timeout (the soft limit) before its worker process is killed."""
+BROKER_SOCKET_TIMEOUT = 10.0
+"""Seconds a Redis broker may leave a command or a connection attempt unanswered."""
 
 
 def is_redis(broker_url: str) -> bool:
@@ -56,6 +58,14 @@ def celery_app(broker_url: str, *, queue: str, visibility_timeout: float) -> Cel
     options: dict[str, Any] = {}
     if is_redis(broker_url):
         options["visibility_timeout"] = visibility_timeout
+        # Without a socket timeout a command to a Redis that went silent (failover, NAT or
+        # firewall timeout, a dead host) waits for ever: a publish would hold the owner's
+        # driver or a worker's recorder. A failed publish is sent again (see send).
+        options.update(
+            socket_timeout=BROKER_SOCKET_TIMEOUT,
+            socket_connect_timeout=BROKER_SOCKET_TIMEOUT,
+            socket_keepalive=True,
+        )
     app.conf.update(
         task_default_queue=queue,
         task_acks_late=True,

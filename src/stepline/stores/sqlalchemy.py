@@ -30,6 +30,7 @@ from stepline.errors import (
     shown,
 )
 from stepline.redact import redact_url
+from stepline.sql_errors import error_codes
 from stepline.stores import listing
 from stepline.stores.base import (
     AttemptRecord,
@@ -151,9 +152,18 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
             own = f"-c statement_timeout={int(statement * 1000)}"
             given = sa_url.query.get("options")
             connect_args["options"] = f"{given} {own}" if isinstance(given, str) else own
+        # statement_timeout is the server's: a host or network that goes silent would hold
+        # a call for as long as the kernel keeps the connection (hours). What the URL sets
+        # itself is kept.
+        for key, value in _dead_peer(timeouts.connect).items():
+            if key not in sa_url.query:
+                connect_args[key] = value
         kwargs["connect_args"] = connect_args
     elif backend == "oracle":
-        kwargs["connect_args"] = {"tcp_connect_timeout": timeouts.connect}
+        kwargs["connect_args"] = {
+            "tcp_connect_timeout": timeouts.connect,
+            "expire_time": 1,  # minutes between keepalive probes (the smallest there is)
+        }
     kwargs.update(options)
     try:
         engine = sa.create_engine(sa_url, **kwargs)
@@ -173,6 +183,8 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
         return engine
     if backend in ("mysql", "mariadb") and sa_url.get_driver_name() == "pymysql":
         _time_mysql_statements(engine, statement or None)
+    if backend == "oracle":
+        _time_oracle_calls(engine, statement)
     _ping_when_idle(engine)
     return engine
 
@@ -206,6 +218,34 @@ def _ping_when_idle(engine: Engine) -> None:
         except engine.dialect.loaded_dbapi.Error as exc:
             # The pool drops this connection and checks out (or opens) another.
             raise sa.exc.DisconnectionError(str(exc)) from exc
+
+
+_ORACLE_CALL_TIMEOUTS = frozenset({"DPY-4024", "DPI-1067", "DPI-1080"})
+"""python-oracledb's "call timeout exceeded" (thin, thick), which it raises as a plain
+DatabaseError: the database did not answer in time."""
+
+
+def _dead_peer(connect: float) -> dict[str, int]:
+    """libpq's TCP settings that end a call whose server went silent in about twice the
+    connect timeout: keepalive probes while it waits for an answer (a server at work answers
+    them), and TCP_USER_TIMEOUT for what it sent and was never acknowledged."""
+    seconds = max(1, math.ceil(connect))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, math.ceil(seconds / 3)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": 2 * seconds * 1000,
+    }
+
+
+def _time_oracle_calls(engine: Engine, seconds: float) -> None:
+    """python-oracledb's ``call_timeout``: no round trip may take longer than the statement
+    timeout (Oracle has no per-session statement limit to set instead). 0: no limit."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.call_timeout = int(seconds * 1000)
 
 
 def _time_mysql_statements(engine: Engine, seconds: float | None) -> None:
@@ -350,6 +390,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
             or (isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated)
             or isinstance(original, self._dbapi_transient)
+            or not _ORACLE_CALL_TIMEOUTS.isdisjoint(error_codes(exc))
         )
         if transient:
             return StoreUnavailable(f"database {self.shown_url} is unavailable: {original}")
