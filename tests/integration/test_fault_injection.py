@@ -148,3 +148,52 @@ def test_every_statement_of_a_run_survives_a_fault(faulty: tuple[Stepline, Fault
 @pytest.mark.skipif(not FULL, reason="the full campaign: STEPLINE_FAULT_CAMPAIGN=full")
 def test_every_statement_survives_every_kind_of_fault(faulty: tuple[Stepline, Faults]) -> None:
     _campaign(faulty, full=True)
+
+
+def test_a_fault_as_a_retried_map_hands_its_items_over_loses_nothing(
+    faulty: tuple[Stepline, Faults],
+) -> None:
+    """An instance retried in place (or taken over) reads its mapped step's list, a step's
+    result, back from the store once the items it claimed are committed. A fault at any
+    statement of the retry, that read included, must leave no item ``running`` under a live
+    process for ever: the instance succeeds."""
+    from stepline.errors import Conflict, StoreUnavailable
+
+    app, faults = faulty
+    name = f"faults_{uuid.uuid4().hex[:8]}"
+    mapped = {**s("c", ["d"], runner="item_work", fail_items=[2]), "map": {"over": "a"}}
+    app.apply(batch(name, [s("a", ["c"], value=[1, 2, 3]), mapped, s("d", runner="fan_in")]))
+
+    def failed_once() -> int:
+        fr.healed.discard(name)
+        instance_id = app.trigger(name, owned=True)[0].id
+        _admit(app, instance_id)
+        assert app.orchestrator.run(instance_id, timeout=15).status is InstanceStatus.FAILED
+        fr.healed.add(name)
+        return instance_id
+
+    def retried(instance_id: int, plan: dict[int, str]) -> None:
+        faults.arm(plan)
+        try:
+            for n in range(50):
+                try:
+                    app.retry(instance_id)
+                    break
+                except StoreUnavailable:
+                    continue
+                except Conflict:  # the reset committed, but its answer was lost
+                    assert n > 0
+                    break
+            _admit(app, instance_id)
+            final = app.orchestrator.run(instance_id, timeout=15)
+        finally:
+            faults.disarm()
+        assert final.status is InstanceStatus.SUCCEEDED, (plan, faults.injected[-1:], final)
+        rows = app.store.step_results(instance_id)
+        assert {r.status for r in rows} == {StepStatus.SUCCEEDED}, (plan, rows)
+
+    retried(failed_once(), {})
+    total = faults.count
+    for point in range(1, total + 1):
+        retried(failed_once(), {point: KINDS[point % len(KINDS)]})
+    print(f"\n{app.store.dialect}: a fault at each of the {total} statements of a retry")

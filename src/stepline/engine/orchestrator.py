@@ -8,6 +8,7 @@ run at once, and no transaction is ever open while a runner executes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -329,6 +330,10 @@ class Orchestrator:
                 except Exception as exc:
                     failure = failure or exc
         if failure is not None:
+            # The lease is renewed all the same: an instance that fails every turn must not
+            # make this live process look dead, and its other instances taken over.
+            with contextlib.suppress(StoreUnavailable):
+                self._heartbeat()
             raise failure
         if now >= self._next_poll:
             self._next_poll = now + self.poll_seconds
@@ -474,8 +479,22 @@ class Orchestrator:
         definition, results = active.definition, active.results
         submit = self.dispatcher.submit if self._deferred is None else self._deferred.append
         predecessors = definition.graph.predecessors
-        for claimed in done.claimed:
+        for n, claimed in enumerate(done.claimed):
             step = definition.step(claimed.step_key)
+            item = None
+            if claimed.map_index >= 0:
+                try:  # a read after a restart or a resync: the claims are committed by now
+                    item = self._items(active, step)[claimed.map_index]
+                except Exception:
+                    # These claims will not run: the next transaction queues them again
+                    # (_resync), as after a commit whose fate is unknown.
+                    for rest in done.claimed[n:]:
+                        active.inflight.pop(rest.row_id, None)
+                    active.resync = True
+                    active.failures += 1
+                    retry = time.monotonic() + min(_RESYNC_DELAY * 2**active.failures, 5.0)
+                    active.wake_at = min(active.wake_at or retry, retry)
+                    raise
             deadline = (
                 time.monotonic() + step.timeout.total_seconds()
                 if step.timeout is not None
@@ -486,9 +505,6 @@ class Orchestrator:
             )
             preds = predecessors.get(claimed.step_key, ())
             known = {k: results[k] for k in preds if k in results}
-            item = None
-            if claimed.map_index >= 0:
-                item = self._items(active, step)[claimed.map_index]
             submit(
                 StepWork(
                     instance_id,
