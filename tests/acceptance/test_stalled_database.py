@@ -134,3 +134,43 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def test_serve_stops_on_sigterm_while_the_database_is_stalled(
+    cli: Any, proxied: tuple[StallProxy, str]
+) -> None:
+    """Its driver and scheduler are blocked in calls that a stalled server never answers
+    (on PostgreSQL for as long as the stall lasts): SIGTERM still stops ``serve`` once the
+    grace and STOP_MARGIN have passed, with exit 1 and a line that says why. Before, it
+    waited for those threads, then for the release of its lease, for ever."""
+    from stepline.cli.serving import STOP_MARGIN
+
+    proxy, db = proxied
+    port = _free_port()
+    err_path = cli.root / "serve.err"
+    with err_path.open("wb") as err:
+        serve = subprocess.Popen(
+            [str(STEPLINE), "serve", "--port", str(port), "--db", db, "--grace", "1"],
+            cwd=cli.root,
+            env=cli.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: _health(url)[0] == 200, 30, "serve answering /healthz")
+        proxy.stall()
+        time.sleep(2)  # the driver and the scheduler are in calls that will not return
+        started = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(1 + STOP_MARGIN + 15)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.resume()
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    text = err_path.read_text(errors="replace")
+    assert code == 1, text[-2000:]
+    assert elapsed < 1 + STOP_MARGIN + 5, elapsed
+    assert "without a clean shutdown" in text and "Traceback" not in text

@@ -4,12 +4,45 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stepline.cli.common import Db, errors, fail, load_settings, open_service, out
 from stepline.cli.definitions import apply_target
+
+if TYPE_CHECKING:
+    import threading
+
+
+STOP_MARGIN = 10.0
+"""Seconds beyond ``--grace`` that a stopping ``serve`` waits for its threads."""
+
+
+def _leave_if_stuck(seconds: float) -> threading.Timer:
+    """Leave at once if stopping takes longer than ``seconds``: a thread blocked on a
+    database that does not answer cannot see the stop flag, and a normal exit would wait
+    for it, and for the release of the lease, for ever. What this process holds is in the
+    database and is recovered as after a crash."""
+    import sys
+    import threading
+
+    def leave() -> None:
+        import structlog
+
+        structlog.get_logger("stepline.serve").error(
+            "stopping without a clean shutdown: the database does not answer; "
+            "unfinished instances are left for recovery",
+            waited_seconds=seconds,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def serve(
@@ -47,6 +80,7 @@ def serve(
     except ValueError as exc:
         fail(str(exc), 2)
     metrics = Metrics()
+    watchdog: threading.Timer | None = None
     with errors(), open_service(db, listener=StepMetrics(metrics)) as service:
         for target in paths or []:
             for stored in apply_target(service, target):
@@ -95,11 +129,14 @@ def serve(
             uvicorn.Server(config).run()
         finally:
             stop.set()
+            watchdog = _leave_if_stuck(grace + STOP_MARGIN)
             if ticker.is_alive():
                 ticker.join()
             if driver.is_alive():
                 driver.join()
-        out.print("stopped; unfinished instances are left for recovery")
+    if watchdog is not None:
+        watchdog.cancel()  # stopped, its lease released (leaving open_service)
+    out.print("stopped; unfinished instances are left for recovery")
 
 
 def worker(
