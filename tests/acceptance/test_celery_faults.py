@@ -397,3 +397,39 @@ def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
         proxy.close()
         direct.delete(queue)
         direct.close()
+
+
+def test_a_worker_stops_on_sigterm_while_the_database_is_stalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker has nothing to record when it is stopped; the release of its lease,
+    which a stalled server never answers, must not hold its processes for ever (the lease
+    then lapses on its own)."""
+    import sqlalchemy as sa
+
+    from stall_proxy import StallProxy
+
+    require_broker(BROKERS["redis"])
+    (tmp_path / "calls").mkdir()
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path / "calls"))
+    url, handle = create_database("postgresql", tmp_path)
+    direct = sa.make_url(url)
+    proxy = StallProxy(direct.host or "127.0.0.1", direct.port or 5432)
+    proxied = direct.set(port=proxy.port).render_as_string(hide_password=False)
+    cluster = Cluster(proxied, BROKERS["redis"], tmp_path / "calls")
+    try:
+        worker = cluster.start_worker(concurrency=2)
+        proxy.stall()
+        time.sleep(1)
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(40)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop\n{cluster.log_text()}") from None
+        assert time.monotonic() - started < 25, cluster.log_text()
+    finally:
+        proxy.resume()
+        cluster.stop()
+        proxy.close()
+        drop_database("postgresql", handle)

@@ -356,6 +356,8 @@ def _heartbeat(worker: _Worker) -> None:
 
 SHUTDOWN_RECORD_SECONDS = 30.0
 """How long a stopping worker process waits for its outcomes to be recorded."""
+RELEASE_SECONDS = 5.0
+"""How long a stopping worker process waits for the release of its lease."""
 
 
 def _stop_child(**_: Any) -> None:
@@ -375,6 +377,20 @@ def _stop_child(**_: Any) -> None:
             seconds=SHUTDOWN_RECORD_SECONDS,
         )
         return
+    # Everything it ran is recorded: releasing the lease only spares the owner a wait for
+    # it to lapse. A database that does not answer must not hold the process: the call
+    # runs aside, for a bounded time.
+    released = threading.Thread(target=_release, args=(worker,), daemon=True)
+    released.start()
+    released.join(RELEASE_SECONDS)
+    if released.is_alive():
+        log.warning(
+            "could not release the worker lease: the database does not answer; it lapses",
+            seconds=RELEASE_SECONDS,
+        )
+
+
+def _release(worker: _Worker) -> None:
     try:
         worker.store.release(worker.owner)
         worker.store.dispose()
