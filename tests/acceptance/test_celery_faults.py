@@ -433,3 +433,40 @@ def test_a_worker_stops_on_sigterm_while_the_database_is_stalled(
         cluster.stop()
         proxy.close()
         drop_database("postgresql", handle)
+
+
+def test_a_step_no_worker_takes_is_named_with_its_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker listens on a step's queue: the owner says so once, naming the step and the
+    queue, instead of waiting in silence; a worker started on that queue then runs it."""
+    from structlog.testing import capture_logs
+
+    require_broker(BROKERS["redis"])
+    (tmp_path / "calls").mkdir()
+    monkeypatch.setenv("STEPLINE_TEST_CALLS", str(tmp_path / "calls"))
+    url, handle = create_database("postgresql", tmp_path)
+    cluster = Cluster(url, BROKERS["redis"], tmp_path / "calls")
+    lonely = f"{cluster.queue}-lonely"
+    try:
+        cluster.start_worker(concurrency=1)  # on the default queue only
+        with Stepline(cluster.settings(), db=url) as app, capture_logs() as logs:
+            app.orchestrator.unpicked_warning_seconds = 1.0  # type: ignore[attr-defined]
+            run = Driven(app, [s("a", ["b"]), s("b", queue=lonely)])
+
+            def warned() -> list[dict[str, Any]]:
+                return [e for e in logs if "has waited" in str(e.get("event"))]
+
+            wait_for(lambda: warned(), 30, "the warning", cluster)
+            (event,) = warned()
+            assert event["step"] == "b" and event["queue"] == lonely, event
+            assert f"listening on queue '{lonely}'" in event["event"]
+            assert rr.calls(run.batch, "b") == 0
+            cluster.start_worker(concurrency=1, queues=[lonely])
+            final = run.result(60)
+            assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+            assert len(warned()) == 1
+    finally:
+        cluster.stop()
+        delete_queues(BROKERS["redis"], [lonely])
+        drop_database("postgresql", handle)

@@ -18,6 +18,7 @@ worker to pick one up owns it, so a duplicate delivery runs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import socket
@@ -553,6 +554,7 @@ class RemoteOrchestrator(Orchestrator):
         listener: Listener | None = None,
         watch_seconds: float = 0.05,
         redispatch_seconds: float = 300.0,
+        unpicked_warning_seconds: float = 30.0,
     ) -> None:
         super().__init__(
             store,
@@ -564,6 +566,9 @@ class RemoteOrchestrator(Orchestrator):
         )
         self.watch_seconds = watch_seconds
         self.redispatch_seconds = redispatch_seconds
+        self.unpicked_warning_seconds = unpicked_warning_seconds
+        """After this long without a worker taking a step, a warning says so, once."""
+        self._warned: set[tuple[int, int]] = set()
         self._next_sweep = 0.0
         self._next_progress = 0.0
         self._resent: dict[tuple[int, int], tuple[float, int]] = {}
@@ -629,6 +634,8 @@ class RemoteOrchestrator(Orchestrator):
                     except Exception as exc:
                         failure = failure or exc
         if failure is not None:
+            with contextlib.suppress(StoreUnavailable):
+                self._heartbeat()  # a failing instance must not make this process look dead
             raise failure
         clock = time.monotonic()
         if self.listener is not None and clock >= self._next_progress:
@@ -720,6 +727,7 @@ class RemoteOrchestrator(Orchestrator):
             key = (r.row_id, r.attempt)
             current.add(key)
             if r.owner_id is None:
+                self._warn_unpicked(key, active, r, now)
                 if resend_all or self._resend_due(key, r, now, clock):
                     claimed = ClaimedStep(r.row_id, r.step_key, r.map_index, r.attempt, now)
                     message = message_for(active.definition, r.instance_id, claimed)
@@ -728,6 +736,7 @@ class RemoteOrchestrator(Orchestrator):
                 lost.setdefault(r.instance_id, []).append(lost_outcome(step, r, now))
         for key in [k for k in self._resent if k not in current]:
             del self._resent[key]
+        self._warned &= current
         for instance_id, messages in resend.items():
             log.info("sending unpicked steps again", instance_id=instance_id, steps=len(messages))
             self.dispatcher.send(messages)
@@ -740,6 +749,28 @@ class RemoteOrchestrator(Orchestrator):
                     steps=[o.step_key for o in outcomes],
                 )
                 self._advance(active, outcomes)
+
+    def _warn_unpicked(
+        self, key: tuple[int, int], active: _Active, running: RunningStep, now: datetime
+    ) -> None:
+        """Say once that a step has waited long for a worker: none may be running, or none
+        may listen on its queue (the common reason a step on Celery never starts)."""
+        if key in self._warned:
+            return
+        waited = (now - (running.started_at or now)).total_seconds()
+        if waited < self.unpicked_warning_seconds:
+            return
+        self._warned.add(key)
+        queue = active.definition.queue_of(running.step_key) or getattr(
+            self.dispatcher, "queue", None
+        )
+        log.warning(
+            f"step {running.step_key!r} has waited {waited:.0f} s for a worker; "
+            f"is a `stepline worker` running and listening on queue {queue!r}?",
+            instance_id=running.instance_id,
+            step=running.step_key,
+            queue=queue,
+        )
 
     def _resend_due(
         self, key: tuple[int, int], running: RunningStep, now: datetime, clock: float
