@@ -734,9 +734,10 @@ class RemoteOrchestrator(Orchestrator):
                     resend.setdefault(r.instance_id, []).append(message)
             elif r.owner_id in dead:
                 lost.setdefault(r.instance_id, []).append(lost_outcome(step, r, now))
-        for key in [k for k in self._resent if k not in current]:
-            del self._resent[key]
-        self._warned &= current
+        if len(instance_ids) >= len(self._active):  # a look at every instance: forget the rest
+            for key in [k for k in self._resent if k not in current]:
+                del self._resent[key]
+            self._warned &= current
         for instance_id, messages in resend.items():
             log.info("sending unpicked steps again", instance_id=instance_id, steps=len(messages))
             self.dispatcher.send(messages)
