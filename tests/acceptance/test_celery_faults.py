@@ -364,9 +364,10 @@ def test_a_worker_process_started_while_the_database_is_away_registers_when_it_a
 def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
     """Redis goes silent (its connection open, nothing answering: a failover, a NAT or
     firewall timeout). A publish gives up after the broker socket timeout instead of holding
-    its sender (the owner's driver, a worker's recorder) for ever; the message is sent again
-    once Redis answers (the bytes the stall held may reach Redis too: a duplicate, which
-    the attempt fence makes harmless)."""
+    its sender (the owner's driver, a worker's recorder) for ever, and later sends wait with
+    it instead of paying the timeout again; the messages are sent once Redis answers (the
+    bytes the stall held may reach Redis too: a duplicate, which the attempt fence makes
+    harmless)."""
     import redis
 
     from stall_proxy import StallProxy
@@ -386,9 +387,14 @@ def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
         sender.join(BROKER_SOCKET_TIMEOUT + 5)
         assert not sender.is_alive(), "the publish waits for ever on a silent broker"
         assert dispatcher.unsent == 1 and direct.llen(queue) == 1
+        # While one waits for the broker, the next send waits with it instead of paying
+        # the socket timeout again.
+        started = time.monotonic()
+        dispatcher.send([StepMessage(1, 3, 1)])
+        assert time.monotonic() - started < 1.0 and dispatcher.unsent == 2
         proxy.resume()
         wait_for(
-            lambda: direct.llen(queue) >= 2 and dispatcher.unsent == 0,
+            lambda: direct.llen(queue) >= 3 and dispatcher.unsent == 0,
             3 * BROKER_SOCKET_TIMEOUT,
             "the message sent again",
         )

@@ -150,11 +150,16 @@ class CeleryDispatcher(RemoteDispatcher):
     def send(self, messages: Sequence[StepMessage]) -> None:
         if not messages:
             return
-        left = self._publish(list(messages))
+        with self._lock:
+            waiting = self._retrier is not None
+        # While earlier messages wait for the broker, these wait with them: a broker that
+        # stopped answering would otherwise cost every send its socket timeout, on the
+        # owner's driver thread or a worker's recorder.
+        left = list(messages) if waiting else self._publish(list(messages))
         if left:
             with self._lock:
                 self._unsent.extend(left)
-                if self._retrier is None or not self._retrier.is_alive():
+                if self._retrier is None:
                     self._retrier = threading.Thread(
                         target=self._retry, name="stepline-celery-resend", daemon=True
                     )
@@ -231,8 +236,9 @@ class CeleryDispatcher(RemoteDispatcher):
         while not self._closed.wait(1.0):
             with self._lock:
                 pending, self._unsent = self._unsent, []
-            if not pending:
-                return
+                if not pending:
+                    self._retrier = None  # the next send that fails starts another
+                    return
             left = self._publish(pending)
             with self._lock:
                 self._unsent = left + self._unsent
