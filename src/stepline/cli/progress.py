@@ -49,6 +49,8 @@ SHOWN_FAILURES = 20
 _LISTED = 8
 """Steps named per state in the wide summary; failed items listed per mapped step."""
 _FAILED_ITEMS = 10
+_NOTABLE = frozenset((StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.QUEUED))
+"""A failure, or a retry (an attempt ended and the step is queued again)."""
 
 
 class _Items:
@@ -113,26 +115,29 @@ class Progress:
             self._live.start()
 
     def __call__(self, event: StepEvent) -> None:
-        if event.map_index >= 0 or event.items is not None:
+        # Called for every step's start and end (a thousand times for a fan-out of 500):
+        # the common case, a wide DAG's step starting or succeeding, only counts.
+        key, index, status, attempt = event.step_key, event.map_index, event.status, event.attempt
+        if index >= 0 or event.items is not None:
             self._item(event)
             return
-        key = event.step_key
         with self._lock:
-            self.status[key] = event.status
-            if event.attempt:
-                self.attempt[key] = event.attempt
-            if self._live is not None:
+            self.status[key] = status
+            if attempt:
+                self.attempt[key] = attempt
+            if self._live is not None or (status is StepStatus.QUEUED and not attempt):
                 return
-            if event.status is StepStatus.QUEUED and not event.attempt:
+            if self.wide and status not in _NOTABLE:
+                self._tick()
                 return
-            retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            retry = f" (attempt {attempt})" if attempt > 1 else ""
             items = self.items.get(key)
-            counts = f" ({items.summary()})" if items and event.status.is_final else ""
+            counts = f" ({items.summary()})" if items and status.is_final else ""
             if not self.wide:
-                self._print(f"{key:<30} {event.status.value}{retry}{counts}  [{self.summary()}]")
-            elif self._notable(event.status) and self._shown_failures < SHOWN_FAILURES:
+                self._print(f"{key:<30} {status.value}{retry}{counts}  [{self.summary()}]")
+            elif self._shown_failures < SHOWN_FAILURES:
                 self._shown_failures += 1
-                self._print(f"{key:<30} {event.status.value}{retry}{counts}")
+                self._print(f"{key:<30} {status.value}{retry}{counts}")
             else:
                 self._tick()
 
@@ -146,7 +151,7 @@ class Progress:
                 self.status[event.step_key] = StepStatus.RUNNING
                 return
             items.set(event.map_index, event.status)
-            if not self._notable(event.status):
+            if event.status not in _NOTABLE:
                 if self._live is None:
                     self._tick()
                 return
@@ -165,11 +170,6 @@ class Progress:
                 self._print(f"{name:<30} {what}  [{items.summary()}]")
             else:
                 self._tick()
-
-    @staticmethod
-    def _notable(status: StepStatus) -> bool:
-        """A failure, or a retry (an attempt ended and the step is queued again)."""
-        return status in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.QUEUED)
 
     def _tick(self) -> None:
         """A summary line, at most once per LINE_EVERY seconds (lock held)."""
