@@ -174,3 +174,68 @@ def test_serve_stops_on_sigterm_while_the_database_is_stalled(
     assert code == 1, text[-2000:]
     assert elapsed < 1 + STOP_MARGIN + 5, elapsed
     assert "without a clean shutdown" in text and "Traceback" not in text
+
+
+def test_an_interrupted_run_leaves_while_the_database_is_stalled_and_is_recovered(
+    cli: Any, proxied: tuple[StallProxy, str]
+) -> None:
+    """Ctrl-C of ``stepline run`` while the database does not answer. The command printed
+    that the instance is left for recovery, then waited for ever to release its lease. It
+    now leaves with exit 130: the release waits RELEASE_SECONDS (on PostgreSQL, psycopg
+    first spends up to 10 s cancelling the query it was in). Once its lease has lapsed,
+    ``stepline recover`` runs the instance to the end: nothing is lost."""
+    from stepline.engine.orchestrator import RELEASE_SECONDS
+
+    proxy, db = proxied
+    cli.write("naps.py", "import time\n\n\ndef nap(ctx):\n    time.sleep(0.3)\n")
+    keys = [f"s{i}" for i in range(12)]
+    lines = ["name: naps", "steps:"]
+    for key, nxt in zip(keys, [*keys[1:], None], strict=True):
+        then = f", next_steps: [{nxt}]" if nxt else ""
+        lines.append(f"  - {{key: {key}, runner: 'naps:nap'{then}}}")
+    cli.write("naps.yaml", "\n".join(lines) + "\n")
+    env = {**cli.env(), "STEPLINE_LEASE_SECONDS": "2"}
+    err_path = cli.root / "run.err"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [str(STEPLINE), "run", "naps.yaml", "--db", db],
+            cwd=cli.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # progress lines, one per step change on a small DAG
+            if line.split()[1:3] == ["s2", "running"]:
+                break
+        proxy.stall()
+        time.sleep(1)  # the driver is in a call that a stalled server never answers
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(10 + RELEASE_SECONDS + 20)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.resume()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    text = err_path.read_text(errors="replace")
+    assert code == 130, text[-2000:]
+    assert elapsed < 10 + RELEASE_SECONDS + 8, elapsed
+    assert "left for recovery" in text and "could not release the lease" in text, text
+    assert "Traceback" not in text, text
+    time.sleep(2.5)  # the lease lapses
+    recovered = subprocess.run(
+        [str(STEPLINE), "recover", "--db", db],
+        cwd=cli.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    assert "instance 1 of naps: succeeded" in recovered.stdout, recovered.stdout

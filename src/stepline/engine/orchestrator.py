@@ -41,6 +41,9 @@ from stepline.stores.base import (
 
 log = structlog.get_logger("stepline.orchestrator")
 
+RELEASE_SECONDS = 5.0
+"""How long closing an orchestrator waits for the database to take the release of its lease."""
+
 
 def process_owner_id() -> str:
     """Who owns instances and steps: host and pid (so recovery on this host can see the
@@ -380,7 +383,37 @@ class Orchestrator:
         for thread in self.alert_threads:
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        self.store.release(self.owner)
+        self._release()
+
+    def _release(self) -> None:
+        """Release the lease, waiting for the database at most RELEASE_SECONDS.
+
+        A database that does not answer (a frozen server, a hung proxy: the connection stays
+        open and nothing comes back) must not hold a process that is stopping, such as
+        ``stepline run`` after Ctrl-C: the lease then lapses, and whatever this process
+        still owned is recovered as after a crash. An error the database answers with is
+        raised, as before."""
+        failed: list[BaseException] = []
+
+        def release() -> None:
+            try:
+                self.store.release(self.owner)
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=release, name="stepline-release", daemon=True)
+        thread.start()
+        thread.join(RELEASE_SECONDS)
+        if thread.is_alive():
+            log.warning(
+                "could not release the lease: the database does not answer; it lapses, "
+                "and what this process owned is recovered then",
+                owner=self.owner,
+                waited_seconds=RELEASE_SECONDS,
+                lease_seconds=self.lease_seconds,
+            )
+        elif failed:
+            raise failed[0]
 
     # -- internals ------------------------------------------------------------------------
 
