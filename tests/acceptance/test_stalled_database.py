@@ -239,3 +239,73 @@ def test_an_interrupted_run_leaves_while_the_database_is_stalled_and_is_recovere
     )
     assert recovered.returncode == 0, recovered.stderr
     assert "instance 1 of naps: succeeded" in recovered.stdout, recovered.stdout
+
+
+def test_a_run_notices_a_frozen_postgresql_server_and_finishes_when_it_answers(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A PostgreSQL server that keeps its connections open and never answers (a frozen
+    server process, a hung pooler or proxy: its kernel still acknowledges every packet, so
+    neither TCP keepalives nor ``tcp_user_timeout`` end the wait, and ``statement_timeout``
+    is the server's own). ``stepline run`` waited for the answer for ever. psycopg now gives
+    up a round trip after the statement timeout plus the connect timeout: the run logs that
+    the database is unavailable, waits for it, and finishes once it answers again."""
+    statement, connect = 2, 2
+    url, handle = create_database("postgresql", tmp_path)
+    try:
+        Stepline(db=url).close()  # migrated
+        with stall_proxy(url) as (proxy, db):
+            cli.write("naps.py", "import time\n\n\ndef nap(ctx):\n    time.sleep(0.2)\n")
+            keys = [f"s{i}" for i in range(15)]
+            lines = ["name: naps", "steps:"]
+            for key, nxt in zip(keys, [*keys[1:], None], strict=True):
+                then = f", next_steps: [{nxt}]" if nxt else ""
+                lines.append(f"  - {{key: {key}, runner: 'naps:nap'{then}}}")
+            cli.write("naps.yaml", "\n".join(lines) + "\n")
+            env = {
+                **cli.env(),
+                "STEPLINE_DB_STATEMENT_TIMEOUT": str(statement),
+                "STEPLINE_DB_CONNECT_TIMEOUT": str(connect),
+                "STEPLINE_LOG_FORMAT": "json",
+            }
+            err_path = cli.root / "run.err"
+            with err_path.open("wb") as err:
+                proc = subprocess.Popen(
+                    [str(STEPLINE), "run", "naps.yaml", "--db", db],
+                    cwd=cli.root,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                )
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if line.split()[1:3] == ["s3", "running"]:
+                        break
+                proxy.stall()
+                stalled = time.monotonic()
+                while "database unavailable" not in err_path.read_text(errors="replace"):
+                    assert time.monotonic() - stalled < 20, (
+                        "the run did not notice the frozen server in 20 s\n"
+                        + err_path.read_text(errors="replace")[-3000:]
+                    )
+                    time.sleep(0.1)
+                noticed = time.monotonic() - stalled
+                proxy.resume()
+                rest = proc.stdout.read()
+                code = proc.wait(120)
+            finally:
+                proxy.resume()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+        text = err_path.read_text(errors="replace")
+        assert code == 0, text[-3000:]
+        assert noticed < statement + connect + 5, noticed
+        assert "did not answer in 4 s" in text, text[-3000:]
+        assert "instance 1 of naps succeeded" in rest, rest
+    finally:
+        drop_database("postgresql", handle)

@@ -18,7 +18,7 @@ from databases import create_database, drop_database
 from stepline import batch, step
 from stepline.errors import StoreUnavailable
 from stepline.stores.migrations import _LOCK_ID
-from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts
+from stepline.stores.sqlalchemy import AnsweredWithin, SqlAlchemyStore, Timeouts
 
 HELD = 4.0  # seconds another session holds the lock
 SHORT = Timeouts(connect=5.0, statement=0.5)
@@ -157,6 +157,28 @@ def test_postgresql_gives_up_on_a_silent_peer_in_about_twice_the_connect_timeout
     )
     assert (own["keepalives_idle"], own["tcp_user_timeout"]) == ("60", "0")
     assert own["keepalives_count"] == 3
+
+
+def test_postgresql_stops_waiting_for_an_answer_after_the_statement_and_connect_timeouts(
+    tmp_path: Path,
+) -> None:
+    """Every connection of the store's engines waits at most statement + connect timeout
+    for each answer (tests/acceptance/test_stalled_database.py shows it against a frozen
+    server); the migrations' untimed connection has no limit."""
+    url, handle = create_database("postgresql", tmp_path)
+    try:
+        store = SqlAlchemyStore(url, timeouts=Timeouts(connect=2.0, statement=3.0))
+        with store.engine.connect() as conn:
+            wait = vars(conn.connection.dbapi_connection)["wait"]
+            assert isinstance(wait, AnsweredWithin) and wait.seconds == 5.0
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        store.dispose()
+        untimed = SqlAlchemyStore(url, timeouts=Timeouts(connect=2.0, statement=0.0))
+        with untimed.engine.connect() as conn:
+            assert "wait" not in vars(conn.connection.dbapi_connection)
+        untimed.dispose()
+    finally:
+        drop_database("postgresql", handle)
 
 
 def test_oracle_times_every_round_trip_and_probes_a_silent_peer() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -185,6 +187,8 @@ def create_engine(url: str, timeouts: Timeouts | None = None, **options: Any) ->
         _time_mysql_statements(engine, statement or None)
     if backend == "oracle":
         _time_oracle_calls(engine, statement)
+    if backend == "postgresql" and sa_url.get_driver_name() == "psycopg" and statement:
+        _answer_within(engine, statement + timeouts.connect)
     _ping_when_idle(engine)
     return engine
 
@@ -237,6 +241,62 @@ def _dead_peer(connect: float) -> dict[str, int]:
         "keepalives_count": 3,
         "tcp_user_timeout": 2 * seconds * 1000,
     }
+
+
+def _answer_within(engine: Engine, seconds: float) -> None:
+    """psycopg waits at most ``seconds`` for each answer of the server (the statement
+    timeout plus the connect timeout: by then the server has cancelled the statement and
+    said so), then closes the connection and raises, like a connection that broke.
+
+    ``statement_timeout`` is the server's, and the TCP settings of :func:`_dead_peer` end
+    a call only when nothing acknowledges the packets. A server process that is frozen, or
+    a pooler or proxy in front of it that hangs, still has a kernel that acknowledges:
+    libpq would wait for its answer for ever, and so would the caller (``serve``'s driver,
+    ``stepline run``, a worker's recorder).
+
+    Set on each connection once made (the pool's ``connect`` event), whoever made it: a
+    ``do_connect`` hook of the application (a password from a vault) still works."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.wait = AnsweredWithin(dbapi_conn, seconds)
+
+
+class AnsweredWithin:
+    """A psycopg connection's ``wait`` (through which every round trip waits for the server),
+    ending each wait after ``seconds`` with psycopg's own ``wait(timeout=)``."""
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self.seconds = seconds
+        self._conn = weakref.ref(conn)
+        self._wait = type(conn).wait
+
+    def __call__(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        conn = self._conn()
+        assert conn is not None  # it is the caller
+        if timeout is not None:  # psycopg's own limit (its cancellation on Ctrl-C)
+            return self._wait(conn, gen, interval, timeout)
+        try:
+            return self._wait(conn, gen, interval, self.seconds)
+        except _wait_timeout():
+            # A query may still be running, or an answer half read: no later call may use
+            # this connection. Closed, it is a broken connection to the pool.
+            import psycopg
+
+            conn.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"the server did not answer in {self.seconds:g} s; the connection is closed"
+            ) from None
+
+
+@functools.cache
+def _wait_timeout() -> Any:
+    """What psycopg's ``wait(timeout=)`` raises (pyproject asks for psycopg 3.3, which has
+    both). A private name, so looked up: the frozen-server test in
+    tests/acceptance/test_stalled_database.py fails if it goes."""
+    import psycopg
+
+    return getattr(psycopg.errors, "_WaitTimeout", ())
 
 
 def _time_oracle_calls(engine: Engine, seconds: float) -> None:
