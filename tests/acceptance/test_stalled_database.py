@@ -52,6 +52,43 @@ def run(cli: Any, *args: str, timeout: float = 60, **env: str) -> tuple[int, str
     return proc.returncode, " ".join(proc.stderr.split()), time.monotonic() - started
 
 
+def write_naps(cli: Any, steps: int, seconds: float) -> None:
+    """naps.yaml: a chain of ``steps`` steps, each sleeping ``seconds`` (naps.py)."""
+    cli.write("naps.py", f"import time\n\n\ndef nap(ctx):\n    time.sleep({seconds})\n")
+    keys = [f"s{i}" for i in range(steps)]
+    lines = ["name: naps", "steps:"]
+    for key, nxt in zip(keys, [*keys[1:], None], strict=True):
+        then = f", next_steps: [{nxt}]" if nxt else ""
+        lines.append(f"  - {{key: {key}, runner: 'naps:nap'{then}}}")
+    cli.write("naps.yaml", "\n".join(lines) + "\n")
+
+
+def start_naps(cli: Any, db: str, env: dict[str, str], until: str) -> subprocess.Popen[str]:
+    """``stepline run naps.yaml`` (stderr to run.err), once its step ``until`` is running."""
+    with (cli.root / "run.err").open("wb") as err:
+        proc = subprocess.Popen(
+            [str(STEPLINE), "run", "naps.yaml", "--db", db],
+            cwd=cli.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # progress lines, one per step change on a small DAG
+        if line.split()[1:3] == [until, "running"]:
+            break
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def test_instances_gives_up_on_a_stalled_database_with_exit_3(
     cli: Any, proxied: tuple[StallProxy, str]
 ) -> None:
@@ -187,29 +224,11 @@ def test_an_interrupted_run_leaves_while_the_database_is_stalled_and_is_recovere
     from stepline.engine.orchestrator import RELEASE_SECONDS
 
     proxy, db = proxied
-    cli.write("naps.py", "import time\n\n\ndef nap(ctx):\n    time.sleep(0.3)\n")
-    keys = [f"s{i}" for i in range(12)]
-    lines = ["name: naps", "steps:"]
-    for key, nxt in zip(keys, [*keys[1:], None], strict=True):
-        then = f", next_steps: [{nxt}]" if nxt else ""
-        lines.append(f"  - {{key: {key}, runner: 'naps:nap'{then}}}")
-    cli.write("naps.yaml", "\n".join(lines) + "\n")
+    write_naps(cli, 12, 0.3)
     env = {**cli.env(), "STEPLINE_LEASE_SECONDS": "2"}
     err_path = cli.root / "run.err"
-    with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [str(STEPLINE), "run", "naps.yaml", "--db", db],
-            cwd=cli.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
+    proc = start_naps(cli, db, env, until="s2")
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # progress lines, one per step change on a small DAG
-            if line.split()[1:3] == ["s2", "running"]:
-                break
         proxy.stall()
         time.sleep(1)  # the driver is in a call that a stalled server never answers
         started = time.monotonic()
@@ -218,11 +237,7 @@ def test_an_interrupted_run_leaves_while_the_database_is_stalled_and_is_recovere
         elapsed = time.monotonic() - started
     finally:
         proxy.resume()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
     text = err_path.read_text(errors="replace")
     assert code == 130, text[-2000:]
     assert elapsed < 10 + RELEASE_SECONDS + 8, elapsed
@@ -255,13 +270,7 @@ def test_a_run_notices_a_frozen_postgresql_server_and_finishes_when_it_answers(
     try:
         Stepline(db=url).close()  # migrated
         with stall_proxy(url) as (proxy, db):
-            cli.write("naps.py", "import time\n\n\ndef nap(ctx):\n    time.sleep(0.2)\n")
-            keys = [f"s{i}" for i in range(15)]
-            lines = ["name: naps", "steps:"]
-            for key, nxt in zip(keys, [*keys[1:], None], strict=True):
-                then = f", next_steps: [{nxt}]" if nxt else ""
-                lines.append(f"  - {{key: {key}, runner: 'naps:nap'{then}}}")
-            cli.write("naps.yaml", "\n".join(lines) + "\n")
+            write_naps(cli, 15, 0.2)
             env = {
                 **cli.env(),
                 "STEPLINE_DB_STATEMENT_TIMEOUT": str(statement),
@@ -269,20 +278,8 @@ def test_a_run_notices_a_frozen_postgresql_server_and_finishes_when_it_answers(
                 "STEPLINE_LOG_FORMAT": "json",
             }
             err_path = cli.root / "run.err"
-            with err_path.open("wb") as err:
-                proc = subprocess.Popen(
-                    [str(STEPLINE), "run", "naps.yaml", "--db", db],
-                    cwd=cli.root,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    text=True,
-                )
+            proc = start_naps(cli, db, env, until="s3")
             try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    if line.split()[1:3] == ["s3", "running"]:
-                        break
                 proxy.stall()
                 stalled = time.monotonic()
                 while "database unavailable" not in err_path.read_text(errors="replace"):
@@ -293,15 +290,12 @@ def test_a_run_notices_a_frozen_postgresql_server_and_finishes_when_it_answers(
                     time.sleep(0.1)
                 noticed = time.monotonic() - stalled
                 proxy.resume()
+                assert proc.stdout is not None
                 rest = proc.stdout.read()
                 code = proc.wait(120)
             finally:
                 proxy.resume()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+                stop(proc)
         text = err_path.read_text(errors="replace")
         assert code == 0, text[-3000:]
         assert noticed < statement + connect + 5, noticed

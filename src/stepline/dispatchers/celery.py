@@ -29,7 +29,7 @@ from kombu.utils.uuid import uuid
 from stepline.core.definition import BatchDefinition
 from stepline.dispatchers.base import RemoteDispatcher, Report, StepMessage
 from stepline.engine.backoff import Backoff
-from stepline.engine.orchestrator import process_owner_id
+from stepline.engine.orchestrator import RELEASE_SECONDS, process_owner_id
 from stepline.engine.remote import Recorder, StepJob
 from stepline.errors import Problem, StoreUnavailable
 from stepline.stores.base import Store
@@ -362,8 +362,6 @@ def _heartbeat(worker: _Worker) -> None:
 
 SHUTDOWN_RECORD_SECONDS = 30.0
 """How long a stopping worker process waits for its outcomes to be recorded."""
-RELEASE_SECONDS = 5.0
-"""How long a stopping worker process waits for the release of its lease."""
 
 
 def _stop_child(**_: Any) -> None:
