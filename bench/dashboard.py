@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import httpx
-from pydantic import SecretStr
+
+from stepline.settings import Secret
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(db=f"sqlite:///{tmp}/bench.db", api_token=SecretStr(TOKEN))
+        settings = Settings(db=f"sqlite:///{tmp}/bench.db", api_token=Secret(TOKEN))
         with Stepline(settings) as service:
             for definition in (dag_200(), map_10k()):
                 service.apply(definition)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import statistics
 from collections import defaultdict
@@ -36,9 +37,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from dotenv import dotenv_values
 from examples.weekly_report.kma_grid import latlon_to_grid
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from stepline import DoNotRetry, StepContext
@@ -70,10 +71,11 @@ PROCEDURE = "SP_INS_WEEK_MAIN"
 PERIODS = ("WEEK",)
 
 
-class WeeklySettings(BaseSettings):
-    """The pipeline's settings: ``WEEKLY_*`` environment variables or ``.env``."""
+class WeeklySettings(BaseModel):
+    """The pipeline's settings: ``WEEKLY_*`` environment variables or ``.env`` lines (names
+    ignore case; the environment wins), read by :meth:`from_env` and checked by pydantic."""
 
-    model_config = SettingsConfigDict(env_prefix="WEEKLY_", env_file=".env", extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     connection: str = "report"
     timezone: str = "Asia/Seoul"
@@ -99,6 +101,18 @@ class WeeklySettings(BaseSettings):
     http_timeout: float = 10.0
     http_retries: int = 2
     http_backoff: float = 1.0
+
+    @classmethod
+    def from_env(cls, env_file: str = ".env") -> WeeklySettings:
+        values = {**dotenv_values(env_file), **os.environ}
+        prefix = "WEEKLY_"
+        return cls.model_validate(
+            {
+                name[len(prefix) :].lower(): value
+                for name, value in values.items()
+                if name.upper().startswith(prefix) and value is not None
+            }
+        )
 
     def secret_values(self) -> list[str]:
         """The API keys, masked in TS_INS_JOB_LOG messages."""
@@ -379,7 +393,7 @@ def logged(runner: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]
 
     @functools.wraps(runner)
     def run(ctx: StepContext) -> Any:
-        settings = WeeklySettings()
+        settings = WeeklySettings.from_env()
         with step_log(ctx, settings, secrets=settings.secret_values()) as entry:
             token = _ENTRY.set(entry)
             try:
@@ -529,7 +543,7 @@ def extract_stats(payload: Any, mapping: Mapping[str, str]) -> dict[str, float]:
 @logged
 def resolve_week(ctx: StepContext) -> dict[str, str]:
     """Fix the report week of this instance from params ``period`` and ``base_date``."""
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     try:
         week = report_week(ctx.params.get("period"), ctx.params.get("base_date"), _today(settings))
     except ValueError as exc:
@@ -549,7 +563,7 @@ def collect_stats(ctx: StepContext) -> dict[str, Any]:
     WEEKLY_STATS_KEY_PARAM, default serviceKey), WEEKLY_STATS_FIELDS, WEEKLY_STATS_DATE_PARAMS
     and WEEKLY_STATS_DATE_FORMAT. Returns the week and the number of statistics stored.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     week = _upstream_week(ctx, "resolve_week")
     if not settings.stats_url:
         raise DoNotRetry("the statistics API is not configured: set WEEKLY_STATS_URL")
@@ -608,7 +622,7 @@ def list_farms(ctx: StepContext) -> list[dict[str, Any]]:
 
     Fails when there is no active farm: a report without farms is a setup mistake.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     week = _upstream_week(ctx, "resolve_week")
     query = (
         sa.select(TA_FARM.c.farm_id, TA_FARM.c.farm_name, TA_FARM.c.lat, TA_FARM.c.lon)
@@ -820,7 +834,7 @@ def collect_weather(ctx: StepContext) -> dict[str, Any]:
         raise DoNotRetry(
             "collect_weather runs once per farm: declare it with map: {over: list_farms}"
         )
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     week = Week.from_result(farm)
     lat, lon = float(farm["lat"]), float(farm["lon"])
     secrets: list[str] = []
@@ -883,7 +897,7 @@ def check(ctx: StepContext) -> dict[str, Any]:
     WEEKLY_WEATHER_MIN_DAYS rows in TM_WEATHER. Fails (DoNotRetry) with every shortfall
     named; returns the counts and the week, which run_report passes to the procedure.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     week = _upstream_week(ctx, "collect_stats")
     stats_result = ctx.results["collect_stats"]
     weather_results = ctx.results.get("collect_weather")
@@ -985,7 +999,7 @@ def build_report_sqlite(ctx: StepContext) -> dict[str, Any]:
     INSERT ... SELECT in one transaction and logs to TS_INS_JOB_LOG under the procedure's
     name, as the procedure does. Returns {"out": {"rows": n}, ...week}.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     name = str(ctx.args.get("connection") or settings.connection)
     try:
         engine = connections_for(ctx).engine(name)
@@ -1021,7 +1035,7 @@ def run_report(ctx: StepContext) -> Any:
     without an instance id, so the ones it wrote during this call (after this step's own
     row; ``max_active_instances: 1`` keeps two reports from overlapping) are claimed here.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     engine = connections_for(ctx).engine(str(ctx.args.get("connection") or settings.connection))
     with current_entry() as entry:
         try:
@@ -1070,7 +1084,7 @@ def log_outcomes(ctx: StepContext) -> dict[str, str]:
     Returns {step: status} of the steps it logged. Idempotent: a second attempt logs only
     what the first left missing.
     """
-    settings = WeeklySettings()
+    settings = WeeklySettings.from_env()
     engine = _engine(ctx, settings)
     resolved = ctx.results.get("resolve_week")
     week = Week.from_result(resolved) if isinstance(resolved, Mapping) else None

@@ -18,11 +18,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from stepline.errors import MissingDriver
 from stepline.redact import redact_url
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 
 __all__ = [
     "Connections",
@@ -59,7 +58,7 @@ class Connections:
 
     def __init__(
         self,
-        urls: Mapping[str, str | SecretStr],
+        urls: Mapping[str, str | Secret],
         *,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -72,7 +71,7 @@ class Connections:
             key = normalise_name(name)
             if key in self._urls:
                 raise ValueError(f"connection {name!r} is configured twice (names ignore case)")
-            self._urls[key] = url.get_secret_value() if isinstance(url, SecretStr) else url
+            self._urls[key] = url if isinstance(url, str) else url.get_secret_value()
         self._options = {"pool_pre_ping": True, **(engine_options or {})}
         self._engines: dict[str, sa.Engine] = {}
         self._lock = threading.Lock()

@@ -21,7 +21,7 @@ from stepline.engine.orchestrator import StepEvent
 # model, HTTP, logging, migrations, the engine and the service facade.
 HEAVY = (
     "sqlalchemy",
-    "pydantic_settings",
+    "pydantic",
     "httpx",
     "structlog",
     "alembic",
@@ -71,10 +71,12 @@ def test_help_version_and_completion_load_no_database_settings_http_or_engine(
 
 
 # What `stepline run` on SQLite must not load: Alembic (a new database's tables are created
-# from the declared schema, an existing one is only checked), and the dialect packages of the
-# other databases (stores/schema.py picks their types when they are in use).
+# from the declared schema, an existing one is only checked), the dialect packages of the
+# other databases (stores/schema.py picks their types when they are in use), and pydantic
+# (only the HTTP API's models need it; settings and option parsing do not).
 NOT_ON_SQLITE = (
     "alembic",
+    "pydantic",
     "sqlalchemy.dialects.postgresql",
     "sqlalchemy.dialects.mysql",
     "sqlalchemy.dialects.oracle",
@@ -90,7 +92,7 @@ steps:
 
 
 @pytest.mark.parametrize("database", ["new", "existing"])
-def test_run_on_sqlite_loads_neither_alembic_nor_other_databases_dialects(
+def test_run_on_sqlite_loads_neither_alembic_pydantic_nor_other_databases_dialects(
     cli: Cli, database: str
 ) -> None:
     cli.write("steps.py", STEPS)

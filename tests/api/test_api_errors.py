@@ -12,12 +12,11 @@ import pytest
 import sqlalchemy as sa
 import structlog
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from stepline.api import create_app
 from stepline.errors import StoreUnavailable
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 
 TOKEN = "t0k3n-errors-42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -25,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Stepline]:
-    settings = Settings(db=f"sqlite:///{tmp_path / 'e.db'}", api_token=SecretStr(TOKEN))
+    settings = Settings(db=f"sqlite:///{tmp_path / 'e.db'}", api_token=Secret(TOKEN))
     with Stepline(settings) as made:
         yield made
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from stepline.api import check_bind, create_app
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 
 
 @pytest.mark.parametrize(
@@ -48,7 +47,7 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
 
     def make(token: str | None) -> Stepline:
         settings = Settings(
-            db=f"sqlite:///{tmp_path / 'x.db'}", api_token=SecretStr(token) if token else None
+            db=f"sqlite:///{tmp_path / 'x.db'}", api_token=Secret(token) if token else None
         )
         made.append(Stepline(settings))
         return made[-1]
@@ -125,6 +124,6 @@ def test_a_token_lets_remote_clients_in_with_any_scheme_case(
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_a_blank_token_is_refused_at_startup(make_service: MakeService, blank: str) -> None:
     service = make_service(None)
-    service.settings.api_token = SecretStr(blank)
+    service.settings = service.settings.replace(api_token=blank)
     with pytest.raises(ValueError, match="STEPLINE_API_TOKEN is set but blank"):
         create_app(service)

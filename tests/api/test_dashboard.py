@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from stepline import batch, step
 from stepline.api import create_app
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 from stepline.stores.schema import batch_instance
 
 TOKEN = "tok-dash-5b1e0c77"
@@ -51,7 +50,7 @@ def get(
 
 def make_service(tmp_path: Path, token: str | None) -> Stepline:
     settings = Settings(
-        db=f"sqlite:///{tmp_path / 'dash.db'}", api_token=SecretStr(token) if token else None
+        db=f"sqlite:///{tmp_path / 'dash.db'}", api_token=Secret(token) if token else None
     )
     return Stepline(settings)
 

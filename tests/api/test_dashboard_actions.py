@@ -11,13 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 import fixture_runners as fr
 from stepline import InstanceStatus, batch, step
 from stepline.api import create_app
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 
 TOKEN = "tok-actions-4f7b1a9d"
 W = "fixture_runners:"
@@ -27,7 +26,7 @@ SECRET = "sk-live-0b2e7c"
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Stepline]:
-    settings = Settings(db=f"sqlite:///{tmp_path / 'a.db'}", api_token=SecretStr(TOKEN))
+    settings = Settings(db=f"sqlite:///{tmp_path / 'a.db'}", api_token=Secret(TOKEN))
     with Stepline(settings) as app:
         app.apply(
             batch(

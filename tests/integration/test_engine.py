@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 import fixture_runners as fr
 from databases import create_database, drop_database
 from stepline import DefinitionError, InstanceStatus, StepStatus, batch
 from stepline.service import Stepline
-from stepline.settings import Settings
+from stepline.settings import Secret, Settings
 from stepline.stores.base import InstanceRecord, StepResultRecord
 
 W = "fixture_runners:"
@@ -249,7 +248,7 @@ def test_runners_reach_the_services_named_connections(tmp_path: Path) -> None:
     with sa.create_engine(f"sqlite:///{report}").begin() as conn:
         conn.exec_driver_sql("CREATE TABLE farm (id INTEGER)")
         conn.exec_driver_sql("INSERT INTO farm VALUES (1), (2), (3)")
-    settings = Settings(connections={"Report": SecretStr(f"sqlite:///{report}")})
+    settings = Settings(connections={"Report": Secret(f"sqlite:///{report}")})
     with Stepline(settings, db=f"sqlite:///{tmp_path / 'stepline.db'}") as service:
         step = s("count", runner="query_connection", connection="report")
         step["with"]["sql"] = "SELECT count(*) FROM farm"

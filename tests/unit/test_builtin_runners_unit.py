@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import structlog
-from pydantic import SecretStr
 
 from stepline import DoNotRetry, StepContext
 from stepline.connections import (
@@ -31,6 +30,7 @@ from stepline.http import (
     retry_delay,
 )
 from stepline.notify import default_message, webhook
+from stepline.settings import Secret
 from stepline.sql import (
     CallStatement,
     OutParam,
@@ -359,7 +359,7 @@ def test_webhook_configuration_errors_fail_at_once(monkeypatch: pytest.MonkeyPat
 
 
 def test_connection_names_ignore_case_and_engines_are_created_once() -> None:
-    connections = Connections({"Report": "sqlite://", "ARCHIVE": SecretStr("sqlite://")})
+    connections = Connections({"Report": "sqlite://", "ARCHIVE": Secret("sqlite://")})
     try:
         assert connections.names() == ["archive", "report"]
         assert "REPORT" in connections and "other" not in connections

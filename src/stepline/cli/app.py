@@ -5,7 +5,7 @@ unknown batch or instance, refused operation); 3 the database is unavailable.
 
 This module builds the command tree; the commands live in the modules beside it and import
 what they need when they run, so ``stepline --help`` (and shell completion) load neither
-SQLAlchemy, pydantic-settings, structlog nor the engine. Settings are read, and logging set
+SQLAlchemy, structlog nor the engine. Settings are read, and logging set
 up, when a command is invoked.
 """
 

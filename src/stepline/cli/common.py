@@ -2,8 +2,8 @@
 how times and values are shown.
 
 Kept light on purpose: ``stepline --help`` imports this module and the command modules,
-so SQLAlchemy, pydantic-settings, structlog and the engine are imported inside the
-functions that use them, when a command runs.
+so SQLAlchemy, structlog and the engine are imported inside the functions that use them,
+when a command runs.
 """
 
 from __future__ import annotations

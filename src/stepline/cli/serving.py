@@ -158,7 +158,7 @@ def worker(
     from stepline.dispatchers.celery import run_worker
     from stepline.stores.sqlalchemy import SqlAlchemyStore, Timeouts, create_engine
 
-    settings = load_settings().model_copy(update={"dispatcher": "celery"})
+    settings = load_settings().replace(dispatcher="celery")
     names = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
     bad = [q for q in names if not QUEUE_PATTERN.match(q)]
     if not names or bad:
