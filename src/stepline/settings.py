@@ -314,10 +314,13 @@ class Settings:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[Callable[..., Settings], tuple[dict[str, Any]]]:
+        """Copied and pickled by value (``__setattr__`` refuses the default way)."""
+        return _rebuilt, ({name: getattr(self, name) for name in FIELDS},)
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes``, checked as any setting is; the environment is not read."""
-        values = {name: getattr(self, name) for name in FIELDS} | changes
-        return Settings(None, _environ={}, **values)
+        return _rebuilt({name: getattr(self, name) for name in FIELDS} | changes)
 
     def secret_name_list(self) -> list[str]:
         return [n.strip() for n in self.secret_names.split(",") if n.strip()]
@@ -343,6 +346,10 @@ class Settings:
             if "://" in url:
                 values.extend(url_secrets(url))
         return list(dict.fromkeys(v for v in values if v))
+
+
+def _rebuilt(values: dict[str, Any]) -> Settings:
+    return Settings(None, _environ={}, **values)
 
 
 def _read(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -3,6 +3,8 @@ named, and that a secret stays out of every representation."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -120,15 +122,16 @@ def test_a_secret_is_kept_out_of_every_representation(tmp_path: Path) -> None:
 
 def test_replace_checks_values_and_reads_no_environment(tmp_path: Path) -> None:
     s = settings(tmp_path, {"STEPLINE_QUEUE": "reports"})
-    copy = s.replace(dispatcher="CELERY")
-    assert copy.dispatcher == "celery" and copy.queue == "reports" and s.dispatcher == "direct"
-    assert copy == s.replace(dispatcher="celery") and copy != s
+    celery = s.replace(dispatcher="CELERY")
+    assert celery.dispatcher == "celery" and celery.queue == "reports" and s.dispatcher == "direct"
+    assert celery == s.replace(dispatcher="celery") and celery != s
     with pytest.raises(SettingsError, match="STEPLINE_CAPACITY"):
         s.replace(capacity=0)
     with pytest.raises(TypeError, match="unknown setting capcity"):
         s.replace(capcity=4)
     with pytest.raises(AttributeError, match="read-only"):
         s.capacity = 4  # type: ignore[misc]
+    assert copy.deepcopy(s) == s == pickle.loads(pickle.dumps(s))
 
 
 def test_a_dotenv_file_is_read_only_when_it_exists(tmp_path: Path) -> None:
