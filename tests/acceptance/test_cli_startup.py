@@ -3,6 +3,7 @@ DAG when its output is a pipe (a file, a CI log)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -103,6 +104,32 @@ def test_run_on_sqlite_loads_neither_alembic_pydantic_nor_other_databases_dialec
     assert "succeeded" in out and "sqlalchemy.dialects.sqlite" in names
     loaded = sorted(n for n in names if n.startswith(NOT_ON_SQLITE))
     assert not loaded, loaded
+
+
+GC_STATE = """\
+import gc
+import json
+from pathlib import Path
+
+
+def state(ctx):
+    Path("gc-state.json").write_text(
+        json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()})
+    )
+"""
+
+
+def test_steps_run_with_the_garbage_collector_on_and_start_up_frozen_out_of_it(
+    cli: Cli,
+) -> None:
+    """`main` starts without the collector (start-up objects live as long as the process);
+    once the command has opened its service, they are frozen and the collector is on again,
+    so a long run or `serve` collects what its steps leave behind."""
+    cli.write("gc_state.py", GC_STATE)
+    cli.write("gc.yaml", "name: gc\nsteps:\n  - {key: s, runner: 'gc_state:state'}\n")
+    assert cli("run", "gc.yaml").code == 0
+    state = json.loads((cli.root / "gc-state.json").read_text())
+    assert state["enabled"] is True and state["frozen"] > 10_000, state
 
 
 def test_a_command_still_refuses_an_invalid_setting_and_help_shows_stepline_db(

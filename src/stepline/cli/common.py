@@ -8,6 +8,7 @@ when a command runs.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,7 +112,17 @@ def fail(message: str, code: int) -> NoReturn:
 def open_service(db: str | None, **kwargs: Any) -> Stepline:
     from stepline.service import Stepline
 
-    return Stepline(db=db, **kwargs)
+    service = Stepline(db=db, **kwargs)
+    started()
+    return service
+
+
+def started() -> None:
+    """The command has imported what it works with (see ``main``): what exists now lives as
+    long as the process, so it is frozen out of the garbage collector, turned back on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def zone(name: str) -> Any:

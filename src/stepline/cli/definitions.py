@@ -23,6 +23,7 @@ from stepline.cli.common import (
     open_service,
     out,
     print_json,
+    started,
     tz_option,
     when,
     zone,
@@ -118,6 +119,7 @@ def validate(
     from stepline.core.targets import is_python_target
     from stepline.engine.alerts import alert_problems
 
+    started()
     valid = invalid = 0
     with errors():
         for target in paths:

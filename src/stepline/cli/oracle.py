@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from stepline.cli.common import fail, out
+from stepline.cli.common import fail, out, started
 
 
 def import_oracle(
@@ -45,6 +45,7 @@ def import_oracle(
     from stepline.oracle.catalog import CatalogError, load_catalog, read_catalog
     from stepline.oracle.report import TargetExists, import_jobs, render
 
+    started()
     if (from_json is None) == (url is None):
         fail("give exactly one of --from-json FILE or --url URL", 2)
     try:
