@@ -197,6 +197,11 @@ class Stepline:
 
     def apply_path(self, path: Path) -> list[StoredDefinition]:
         """Validate every definition under ``path`` first; store them only if all are valid."""
+        return [self.store.apply(d) for d in self.check_path(path)]
+
+    def check_path(self, path: Path) -> list[BatchDefinition]:
+        """Every definition under ``path``, checked as :meth:`apply_path` does, not stored;
+        DefinitionError naming every problem."""
         definitions: list[BatchDefinition] = []
         problems: list[Problem] = []
         for file, result in load_definitions(path):
@@ -210,7 +215,7 @@ class Stepline:
             raise DefinitionError(problems)
         if not definitions:
             raise DefinitionError([Problem("no .yaml, .yml or .json definitions", str(path))])
-        return [self.store.apply(d) for d in definitions]
+        return definitions
 
     def apply_target(self, target: str) -> list[StoredDefinition]:
         """Apply a definition file or directory, or a ``package.module:attribute``."""

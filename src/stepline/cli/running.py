@@ -26,16 +26,11 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
         fail(str(exc), 2)
 
 
-def _refuse_if_paused(service: Stepline, path: Path) -> None:
+def _refuse_if_paused(service: Stepline, name: str, path: Path) -> None:
     """A paused batch takes no instance: refused before its file is applied, so that the
     command that fails changes nothing (``stepline apply`` updates a paused batch)."""
-    from stepline.core.loader import read_document
     from stepline.errors import NotFound, Paused
 
-    doc = read_document(path)
-    name = doc.get("name") if isinstance(doc, dict) else None
-    if not isinstance(name, str):
-        return  # applying reports what is wrong with the file
     try:
         paused = service.store.definition(name).paused
     except NotFound:
@@ -109,9 +104,9 @@ def run(
             if path.is_dir():
                 fail(f"{batch} is a directory; `stepline run` takes one definition file", 2)
             add_import_path(path)
-            _refuse_if_paused(service, path)
-            (stored,) = service.apply_path(path)
-            name = stored.name
+            (definition,) = service.check_path(path)  # a file holds one definition
+            _refuse_if_paused(service, definition.name, path)
+            name = service.store.apply(definition).name
         else:
             name = batch
         instance, _ = service.trigger(name, params, "cli", owned=True)
