@@ -123,8 +123,8 @@ def test_steps_run_with_the_garbage_collector_on_and_start_up_frozen_out_of_it(
     cli: Cli,
 ) -> None:
     """`main` starts without the collector (start-up objects live as long as the process);
-    once the command has opened its service, they are frozen and the collector is on again,
-    so a long run or `serve` collects what its steps leave behind."""
+    when the command opens its service, they are frozen and the collector is on again, so a
+    long run or `serve` collects what its steps leave behind."""
     cli.write("gc_state.py", GC_STATE)
     cli.write("gc.yaml", "name: gc\nsteps:\n  - {key: s, runner: 'gc_state:state'}\n")
     assert cli("run", "gc.yaml").code == 0

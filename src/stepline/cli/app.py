@@ -101,8 +101,9 @@ app.add_typer(db_app, name="db")
 def main() -> None:
     # Start-up makes a few hundred thousand objects (modules, classes, functions) that live
     # as long as the process, and the collector would walk them again at every collection:
-    # a tenth of a short command's time. It stays off until the command has opened its
-    # service (open_service), which freezes them out of it and turns it back on.
+    # a tenth of a short command's time. It stays off until the command, its imports done,
+    # opens its service (open_service), which freezes them out of it and turns it back on
+    # before the database is opened.
     gc.disable()
     # Runner modules are found the way uvicorn and celery find apps: from the current dir.
     sys.path.insert(0, os.getcwd())

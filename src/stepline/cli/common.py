@@ -112,9 +112,8 @@ def fail(message: str, code: int) -> NoReturn:
 def open_service(db: str | None, **kwargs: Any) -> Stepline:
     from stepline.service import Stepline
 
-    service = Stepline(db=db, **kwargs)
-    started()
-    return service
+    started()  # before the database is opened: a migration runs with the collector on
+    return Stepline(db=db, **kwargs)
 
 
 def started() -> None:
