@@ -48,6 +48,9 @@ class Secret:
     def __str__(self) -> str:
         return "**********" if self._value else ""
 
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Secret) and other._value == self._value
 
@@ -120,18 +123,19 @@ class Setting:
         return self.check(text) if self.check else text
 
     def _number(self, value: Any) -> int | float:
-        number: int | float
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"must be a number, not {type(value).__name__}")
         try:
-            number = int(value) if self.kind == "int" else float(value)
+            number = float(value)
         except ValueError:
             kind = "a whole number" if self.kind == "int" else "a number"
             raise ValueError(f"must be {kind}") from None
-        if self.kind == "int" and isinstance(value, float) and value != number:
-            raise ValueError("must be a whole number")
         if not math.isfinite(number):
             raise ValueError("must be a finite number")
+        if self.kind == "int":
+            if not number.is_integer():
+                raise ValueError("must be a whole number")
+            number = int(value) if isinstance(value, int) else int(number)  # 5, "5", "5.0"
         if self.gt is not None and not number > self.gt:
             raise ValueError(f"must be greater than {_bound(self.gt)}")
         if self.ge is not None and not number >= self.ge:
@@ -293,7 +297,7 @@ class Settings:
             value = values[name] if from_user else read.get(name, setting.default)
             try:
                 object.__setattr__(self, name, setting.parse(value))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 echo = setting.echoed and isinstance(value, str | int | float)
                 shown = f" (got {value!r})" if echo and repr(value) not in str(exc) else ""
                 problems.append(f"invalid setting STEPLINE_{name.upper()}: {exc}{shown}")
@@ -354,32 +358,45 @@ def _rebuilt(values: dict[str, Any]) -> Settings:
 
 def _read(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The raw values of the settings: ``.env``'s, then the environment's over them. Names
-    ignore case; ``STEPLINE_CONNECTIONS__X`` adds connection ``x``; others are ignored."""
+    ignore case; ``STEPLINE_CONNECTIONS`` (a JSON object) and ``STEPLINE_CONNECTIONS__X``
+    (connection ``x``, winning over the object of the same source) name connections, merged
+    across the sources by name; other names are ignored."""
     found: dict[str, Any] = {}
-    connections: dict[str, str] = {}
     sources: list[Mapping[str, str | None]] = []
     if env_file is not None and Path(env_file).is_file():
         from dotenv import dotenv_values
 
         sources.append(dotenv_values(env_file))
     sources.append(environ)
+    nested = "connections" + NESTED
     for source in sources:
+        listed: str | None = None
+        named: dict[str, str] = {}
         for key, value in source.items():
             name = key.lower()
             if value is None or not name.startswith(PREFIX):
                 continue
             name = name[len(PREFIX) :]
-            if name.startswith("connections" + NESTED):
-                connections[name[len("connections" + NESTED) :]] = value
+            if name.startswith(nested):
+                named[name[len(nested) :]] = value
+            elif name == "connections":
+                listed = value
             elif name in FIELDS:
                 found[name] = value
-    if connections:
-        listed = found.get("connections")
-        try:
-            base = json.loads(listed) if listed is not None else {}
-        except ValueError:
-            base = listed  # refused as it is, with the message of a bad JSON object
-        found["connections"] = {**base, **connections} if isinstance(base, dict) else base
+        if listed is None and not named:
+            continue
+        merged = found.get("connections", {})
+        if listed is not None:
+            try:
+                decoded = json.loads(listed)
+            except ValueError:
+                decoded = listed  # refused as it is, with the message of a bad JSON object
+            if not isinstance(decoded, dict) or not isinstance(merged, dict):
+                found["connections"] = decoded
+                continue
+            merged = {**merged, **decoded}
+        if isinstance(merged, dict):
+            found["connections"] = {**merged, **named}
     return found
 
 

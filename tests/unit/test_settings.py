@@ -58,6 +58,17 @@ def test_connections_come_from_nested_names_in_both_sources_or_a_json_object(
     }
     listed = settings(tmp_path / "none", {"STEPLINE_CONNECTIONS": '{"a": "sqlite://"}'})
     assert listed.connections["a"].get_secret_value() == "sqlite://"
+    # The environment wins over .env in either form; in one source, a nested name wins.
+    both = settings(
+        tmp_path,
+        {"STEPLINE_CONNECTIONS": '{"report": "env", "b": "env"}', "STEPLINE_CONNECTIONS__B": "b"},
+        "STEPLINE_CONNECTIONS__REPORT=file\nSTEPLINE_CONNECTIONS__C=file\n",
+    )
+    assert {k: v.get_secret_value() for k, v in both.connections.items()} == {
+        "report": "env",
+        "b": "b",
+        "c": "file",
+    }
     with pytest.raises(SettingsError, match="STEPLINE_CONNECTIONS: must be a JSON object"):
         settings(tmp_path / "none", {"STEPLINE_CONNECTIONS": "sqlite://"})
 
@@ -95,12 +106,15 @@ def test_every_wrong_value_is_named_at_once_and_no_secret_is_repeated(tmp_path: 
 
 def test_bounds_of_numbers_given_as_arguments(tmp_path: Path) -> None:
     assert settings(tmp_path, {}, step_log_limit=0, capacity=1.0).capacity == 1
+    assert settings(tmp_path, {"STEPLINE_CAPACITY": "5.0"}).capacity == 5
     for values, message in [
         ({"lease_seconds": 0}, "STEPLINE_LEASE_SECONDS: must be greater than 0"),
         ({"step_log_limit": 4_194_305}, "STEPLINE_STEP_LOG_LIMIT: must be at most 4194304"),
         ({"max_result_bytes": 1023}, "STEPLINE_MAX_RESULT_BYTES: must be at least 1024"),
         ({"capacity": True}, "STEPLINE_CAPACITY: must be a number, not bool"),
         ({"capacity": 2.5}, "STEPLINE_CAPACITY: must be a whole number"),
+        ({"capacity": float("inf")}, "STEPLINE_CAPACITY: must be a finite number"),
+        ({"lease_seconds": 10**400}, "STEPLINE_LEASE_SECONDS: int too large"),
     ]:
         with pytest.raises(SettingsError, match=message):
             settings(tmp_path, {}, **values)
@@ -117,6 +131,7 @@ def test_a_secret_is_kept_out_of_every_representation(tmp_path: Path) -> None:
     for shown in (repr(s), str(s), repr(s.api_token), str(s.broker_url), repr(s.connections)):
         assert PASSWORD not in shown, shown
     assert s.api_token == Secret(PASSWORD) and s.broker() == env["STEPLINE_BROKER_URL"]
+    assert not Secret("") and Secret("x")
     assert PASSWORD in s.secrets()
 
 
