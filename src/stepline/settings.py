@@ -158,16 +158,21 @@ def _text(value: Any) -> str:
 
 
 def _connections(value: Any) -> dict[str, Secret]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ValueError(
-                "must be a JSON object of names and URLs; or set STEPLINE_CONNECTIONS__<NAME>"
-            ) from None
-    if not isinstance(value, Mapping):
-        raise ValueError("must map names to database URLs")
-    return {str(name): Secret(_text(url)) for name, url in value.items()}
+    """Connections from a mapping of names to URLs, a JSON object's text, or a list of them
+    merged in order (the layers ``_read`` found in ``.env`` and the environment)."""
+    merged: dict[str, Any] = {}
+    for layer in value if isinstance(value, list) else [value]:
+        if isinstance(layer, str):
+            try:
+                layer = json.loads(layer)
+            except ValueError:
+                raise ValueError(
+                    "must be a JSON object of names and URLs; or set STEPLINE_CONNECTIONS__<NAME>"
+                ) from None
+        if not isinstance(layer, Mapping):
+            raise ValueError("must map names to database URLs")
+        merged.update(layer)
+    return {str(name): Secret(_text(url)) for name, url in merged.items()}
 
 
 FIELDS: dict[str, Setting] = {
@@ -358,10 +363,11 @@ def _rebuilt(values: dict[str, Any]) -> Settings:
 
 def _read(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The raw values of the settings: ``.env``'s, then the environment's over them. Names
-    ignore case; ``STEPLINE_CONNECTIONS`` (a JSON object) and ``STEPLINE_CONNECTIONS__X``
-    (connection ``x``, winning over the object of the same source) name connections, merged
-    across the sources by name; other names are ignored."""
+    ignore case; other names are ignored. Connections are layers merged by name in that
+    order: each source's ``STEPLINE_CONNECTIONS`` (a JSON object), then its
+    ``STEPLINE_CONNECTIONS__X`` (connection ``x``)."""
     found: dict[str, Any] = {}
+    layers: list[Any] = []
     sources: list[Mapping[str, str | None]] = []
     if env_file is not None and Path(env_file).is_file():
         from dotenv import dotenv_values
@@ -370,7 +376,6 @@ def _read(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -
     sources.append(environ)
     nested = "connections" + NESTED
     for source in sources:
-        listed: str | None = None
         named: dict[str, str] = {}
         for key, value in source.items():
             name = key.lower()
@@ -380,23 +385,13 @@ def _read(environ: Mapping[str, str], env_file: str | os.PathLike[str] | None) -
             if name.startswith(nested):
                 named[name[len(nested) :]] = value
             elif name == "connections":
-                listed = value
+                layers.append(value)
             elif name in FIELDS:
                 found[name] = value
-        if listed is None and not named:
-            continue
-        merged = found.get("connections", {})
-        if listed is not None:
-            try:
-                decoded = json.loads(listed)
-            except ValueError:
-                decoded = listed  # refused as it is, with the message of a bad JSON object
-            if not isinstance(decoded, dict) or not isinstance(merged, dict):
-                found["connections"] = decoded
-                continue
-            merged = {**merged, **decoded}
-        if isinstance(merged, dict):
-            found["connections"] = {**merged, **named}
+        if named:
+            layers.append(named)
+    if layers:
+        found["connections"] = layers
     return found
 
 
@@ -409,8 +404,3 @@ def _url_passwords(url: str) -> list[str]:
     except Exception:
         return []
     return [str(password)] if password else []
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """The settings of this process; raise SettingsError naming each setting that is wrong."""
-    return Settings(**overrides)

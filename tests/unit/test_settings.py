@@ -95,12 +95,12 @@ def test_every_wrong_value_is_named_at_once_and_no_secret_is_repeated(tmp_path: 
         "invalid setting STEPLINE_CAPACITY: must be at least 1 (got '0')",
         "invalid setting STEPLINE_LEASE_SECONDS: must be a number (got 'soon')",
         "invalid setting STEPLINE_STEP_LOG_LIMIT: must be a whole number (got '8.5')",
-        "invalid setting STEPLINE_RETENTION: " + problems[5].split(": ", 1)[1],
+        "invalid setting STEPLINE_RETENTION: invalid duration 'forever': use e.g. 500ms, 30s, "
+        "10m, 1h30m, 1d or a number of seconds",
         "invalid setting STEPLINE_CONNECTIONS: must be a JSON object of names and URLs; "
         "or set STEPLINE_CONNECTIONS__<NAME>",
         "invalid setting STEPLINE_DB_STATEMENT_TIMEOUT: must be a finite number (got 'nan')",
     ]
-    assert "forever" in problems[5]
     assert PASSWORD not in str(caught.value)
 
 

@@ -69,11 +69,10 @@ Params = Annotated[
 
 def load_settings() -> Settings:
     """Settings from the environment; an invalid value ends the command with exit 2."""
-    from stepline.settings import SettingsError
-    from stepline.settings import load_settings as load
+    from stepline.settings import Settings, SettingsError
 
     try:
-        return load()
+        return Settings()
     except SettingsError as exc:
         for problem in exc.problems:
             err.print(f"[red]error[/]: {escape(problem)}")
