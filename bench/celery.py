@@ -4,8 +4,11 @@
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432] [--steps 2000] [--rounds 3]
 
 Fan-out: one root step, ``--steps`` no-op steps, one join step reading nothing; every step
-is claimed, picked up, recorded and advanced in PostgreSQL. Raw: the same number of no-op
-Celery tasks (acks_late, prefetch 1, no result backend, like Stepline's). Both run on a
+is claimed, picked up, recorded and advanced in PostgreSQL. The worker that runs the root
+sends the fan-out several steps to a message (see CeleryDispatcher.parcels); the row
+"a message per step" runs the same fan-out with a timeout on each step, which makes each
+travel alone, as every step did before. Raw: the same number of no-op Celery tasks
+(acks_late, prefetch 1, no result backend, like Stepline's). Both run on a
 worker of N prefork processes; both workers are up together (each on a queue of its own)
 and the two measures alternate, ``--rounds`` times, so a noisy machine weighs on both
 alike; the table shows medians. The clock runs from the first message (for Stepline: the
@@ -207,11 +210,13 @@ def stepline_worker(
     return worker
 
 
-def fan_out(app: Stepline, steps: int) -> tuple[float, int]:
+def fan_out(app: Stepline, steps: int, alone: bool = False) -> tuple[float, int]:
     keys = [f"f{i}" for i in range(steps)]
+    timeout = 600 if alone else None  # a step with a timeout goes in a message of its own
     definition = batch(
         f"fan-{uuid.uuid4().hex[:6]}",
-        [step("root", W + "noop", keys), *(step(k, W + "noop", ["join"]) for k in keys),
+        [step("root", W + "noop", keys),
+         *(step(k, W + "noop", ["join"], timeout=timeout) for k in keys),
          step("join", W + "noop")],
     )  # fmt: skip
     stored = app.apply(definition)
@@ -223,8 +228,8 @@ def fan_out(app: Stepline, steps: int) -> tuple[float, int]:
     return wall, steps + 2
 
 
-def fan_steps(app: Stepline, steps: int) -> float:
-    return fan_out(app, steps)[0]
+def fan_steps(app: Stepline, steps: int, alone: bool = False) -> float:
+    return fan_out(app, steps, alone)[0]
 
 
 def w3(app: Stepline, repeat: int) -> tuple[float, float]:
@@ -281,8 +286,9 @@ def main() -> None:
             )  # type: ignore[arg-type]
             raw = Raw(args.broker, processes, tmp)
             worker = stepline_worker(settings, db, processes, tmp / f"stepline-{processes}.log")
-            raw_walls, walls = [], []
+            raw_walls, walls, alone_walls = [], [], []
             raw_cpu, cpu = CpuMeter(raw.worker, args.broker), CpuMeter(worker, args.broker)
+            alone_cpu = CpuMeter(worker, args.broker)
             steps = args.steps + 2
             try:
                 with Stepline(settings, db=db) as app:
@@ -293,6 +299,8 @@ def main() -> None:
                         walls.append(cpu.measure(partial(fan_steps, app, args.steps), steps))
                         rows = app.store.step_results(app.store.instances(limit=1)[0].id)
                         assert len(rows) == steps and all(r.status == "succeeded" for r in rows)
+                        alone = partial(fan_steps, app, args.steps, True)
+                        alone_walls.append(alone_cpu.measure(alone, steps))
                     w3_seen, w3_stored = w3(app, args.repeat) if processes >= 2 else (None, None)
             finally:
                 stop(worker)
@@ -305,8 +313,15 @@ def main() -> None:
                 f"{processes:>9}  {raw_wall:>12.2f}  {raw_rate:>8.0f}  {wall:>10.2f}  {rate:>8.0f}"
                 f"  {rate / raw_rate:>6.0%}  (rounds: {ratios})"
             )
+            alone_wall = statistics.median(alone_walls)
+            alone_rate = steps / alone_wall
+            print(
+                f"{'':>9}  {'':>12}  {'':>8}  {alone_wall:>10.2f}  {alone_rate:>8.0f}"
+                f"  {alone_rate / raw_rate:>6.0%}  (a message per step)"
+            )
             print(f"{'':>9}  raw celery {raw_cpu.line()}")
             print(f"{'':>9}  stepline   {cpu.line()}")
+            print(f"{'':>9}  a message per step: {alone_cpu.line()}")
             if w3_seen is not None:
                 print(
                     f"  W3 on {processes} processes: {w3_seen:.3f} s trigger to final as `run`"

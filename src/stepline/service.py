@@ -105,12 +105,13 @@ class Stepline:
             )
 
     def _celery_dispatcher(self) -> Dispatcher:
-        from stepline.dispatchers.celery import CeleryDispatcher
+        from stepline.dispatchers.celery import CeleryDispatcher, live_processes
 
         return CeleryDispatcher(
             self.settings.broker(),
             queue=self.settings.queue,
             visibility_timeout=self.settings.broker_visibility_timeout,
+            processes=lambda: live_processes(self.store),
         )
 
     def _make_orchestrator(self) -> Orchestrator:

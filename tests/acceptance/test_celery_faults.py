@@ -31,9 +31,10 @@ from clusters import (
 from databases import create_database, drop_database
 from stepline import InstanceStatus, StepStatus, batch
 from stepline.dispatchers.base import StepMessage
-from stepline.dispatchers.celery import BROKER_SOCKET_TIMEOUT, CeleryDispatcher
+from stepline.dispatchers.celery import BROKER_SOCKET_TIMEOUT, CeleryDispatcher, live_processes
 from stepline.service import Stepline
 from stepline.stores.base import InstanceRecord
+from stepline.stores.sqlalchemy import SqlAlchemyStore
 
 W = "remote_runners:"
 
@@ -221,6 +222,117 @@ def test_a_runner_that_kills_its_worker_ends_failed(cluster: Cluster) -> None:
         assert [a.attempt for a in app.store.attempts(final.id)] == [1, 2]
 
 
+class Parcels(CeleryDispatcher):
+    """The owner's dispatcher, as ``serve`` makes it (several steps to a message where a
+    send is wide), keeping how many steps each message it published carried."""
+
+    def __init__(self, cluster: Cluster, *, twice: bool = False) -> None:
+        self.store = SqlAlchemyStore(cluster.db_url)
+        super().__init__(
+            cluster.broker_url, queue=cluster.queue, processes=lambda: live_processes(self.store)
+        )
+        self.twice = twice
+        self.sizes: list[int] = []
+
+    def send(self, messages: Any) -> None:
+        super().send([*messages, *messages] if self.twice else messages)
+
+    def parcels(self, messages: Any) -> list[list[StepMessage]]:
+        parcels = super().parcels(messages)
+        self.sizes.extend(len(p) for p in parcels)
+        return parcels
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+        self.store.dispose()
+
+
+def roots(count: int, **options: Any) -> list[dict[str, Any]]:
+    return [s(f"r{i}", **options) for i in range(count)]
+
+
+def lost_by_step(app: Stepline, instance_id: int) -> dict[str, int]:
+    lost: dict[str, int] = {}
+    for a in app.store.attempts(instance_id):
+        assert (a.error or "").startswith("lost: its worker"), a.error
+        lost[a.step_key] = lost.get(a.step_key, 0) + 1
+    return lost
+
+
+def test_a_worker_killed_in_the_middle_of_a_message_of_several_steps_loses_nothing(
+    cluster: Cluster,
+) -> None:
+    """Each message carries several steps; the worker dies with two messages half run.
+    Every step it took and did not record is one lost attempt and runs again on the other
+    worker; the rest of those messages is not lost with them."""
+    first = cluster.start_worker(concurrency=2)
+    cluster.start_worker(concurrency=2)
+    dispatcher = Parcels(cluster)
+    with Stepline(cluster.settings(), db=cluster.db_url, dispatcher=dispatcher) as app:
+        run = Driven(app, roots(200, sleep=0.05))
+        calls = cluster.calls_dir / run.batch
+        wait_for(
+            lambda: calls.exists() and len(calls.read_text().splitlines()) >= 40,
+            30,
+            "steps to run",
+            cluster,
+        )
+        cluster.kill(first)
+        final = run.result()
+        assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        assert max(dispatcher.sizes) > 1, f"no message carried several steps: {dispatcher.sizes}"
+        rows = app.store.step_results(final.id)
+        assert len(rows) == 200 and all(r.status is StepStatus.SUCCEEDED for r in rows)
+        lost = lost_by_step(app, final.id)
+        assert lost, "the killed worker held steps"
+        assert set(lost.values()) == {1}
+        for r in rows:
+            assert r.attempt == 1 + lost.get(r.step_key, 0)
+            assert rr.calls(run.batch, r.step_key) <= r.attempt
+            assert rr.calls(run.batch, r.step_key) >= 1
+
+
+def test_a_message_of_several_steps_delivered_twice_runs_each_runner_once(
+    cluster: Cluster,
+) -> None:
+    cluster.start_worker(concurrency=3)
+    dispatcher = Parcels(cluster, twice=True)
+    with Stepline(cluster.settings(), db=cluster.db_url, dispatcher=dispatcher) as app:
+        run = Driven(app, [*roots(60, nexts=["join"]), s("join", runner="fan_in")])
+        final = run.result()
+        assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
+        assert max(dispatcher.sizes) > 1
+        assert [rr.calls(run.batch, f"r{i}") for i in range(60)] == [1] * 60
+        assert rr.calls(run.batch, "join") == 1
+        assert app.store.attempts(final.id) == []
+        assert {r.attempt for r in app.store.step_results(final.id)} == {1}
+
+
+def test_a_runner_that_kills_its_worker_takes_its_neighbours_down_once_at_most(
+    cluster: Cluster,
+) -> None:
+    """The poison step shares a message; its retry goes alone. Its neighbours lose at most
+    one attempt each with it, and succeed."""
+    cluster.start_worker(concurrency=2)
+    dispatcher = Parcels(cluster)
+    with Stepline(cluster.settings(), db=cluster.db_url, dispatcher=dispatcher) as app:
+        steps = roots(60)
+        steps[31] = s("r31", exit_times=99, retry={"attempts": 2, "backoff": "0.2s"})
+        run = Driven(app, steps)
+        final = run.result(60)
+        assert max(dispatcher.sizes) > 1
+        assert final.status is InstanceStatus.FAILED
+        rows = {r.step_key: r for r in app.store.step_results(final.id)}
+        assert rows["r31"].status is StepStatus.FAILED and rows["r31"].attempt == 2
+        assert rr.calls(run.batch, "r31") == 2
+        lost = lost_by_step(app, final.id)
+        assert lost.pop("r31") == 2
+        assert set(lost.values()) <= {1}
+        for key, row in rows.items():
+            if key != "r31":
+                assert row.status is StepStatus.SUCCEEDED and row.attempt == 1 + lost.get(key, 0)
+
+
 def test_a_broker_outage_of_ten_seconds_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
     if cluster.broker_url.startswith("redis"):
         server = RedisServer(tmp_path)
@@ -292,7 +404,7 @@ def test_celery_on_mariadb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             run = Driven(
                 app,
                 [
-                    s("a", ["b", "c", "each"], value=[1, 2, 3]),
+                    s("a", ["b", "c", "each", "wide"], value=list(range(1, 81))),
                     s("b", ["d"], fail_times=1, retry={"attempts": 2, "backoff": "0.2s"}),
                     s("c", ["d"]),
                     s("d", runner="fan_in"),
@@ -301,13 +413,21 @@ def test_celery_on_mariadb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
                         "runner": W + "item_work",
                         "map": {"over": "a", "concurrency": 2},
                     },
+                    # 80 items at once: several to a message (picked up with SELECT ... FOR
+                    # UPDATE, MariaDB having no UPDATE ... RETURNING)
+                    {
+                        "key": "wide",
+                        "runner": W + "item_work",
+                        "map": {"over": "a", "concurrency": 80},
+                    },
                 ],
             )
             final = run.result()
             assert final.status is InstanceStatus.SUCCEEDED, cluster.log_text()
             rows = {r.step_key: r for r in app.store.step_results(final.id) if r.map_index < 0}
             assert rows["b"].attempt == 2 and rr.calls(run.batch, "d") == 1
-            assert [i["double"] for i in rows["each"].result_payload] == [2, 4, 6]
+            for key in ("each", "wide"):
+                assert [i["double"] for i in rows[key].result_payload] == list(range(2, 161, 2))
     finally:
         cluster.stop()
         drop_database("mariadb", handle)

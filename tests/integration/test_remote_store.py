@@ -91,6 +91,54 @@ def test_claims_are_handed_over_without_an_owner_and_picked_up_once(store: SqlAl
     owner.close()
 
 
+def test_a_message_of_several_steps_picks_each_up_once_in_one_go(store: SqlAlchemyStore) -> None:
+    keys = [f"r{i}" for i in range(5)]
+    owner, outbox, iid = start(store, [*(step(k, ["join"]) for k in keys), step("join")])
+    ids = [m.row_id for m in outbox.sent]
+    assert len(ids) == 5 and {m.attempt for m in outbox.sent} == {1}
+    assert store.pickup_many(ids, 2, "w:1:a") == [], "an attempt not yet made was picked up"
+    first = store.pickup_many(ids[1:4], 1, "w:1:a")
+    assert [(i, c.step_key, c.row_id) for i, c in first] == [
+        (iid, k, r) for k, r in zip(keys[1:4], ids[1:4], strict=True)
+    ]
+    # A second delivery of the whole lot (a redelivery, a duplicate) gets only what is free.
+    job = StepJob(store, "w:2:b")
+    ran = list(job.run_many(list(reversed(ids)), 1, send=outbox.send))
+    assert [f.outcome.step_key for f in ran] == ["r4", "r0"], "given order, taken ones left out"
+    assert list(job.run_many(ids, 1, send=outbox.send)) == []
+    assert len(outbox.sent) == 5, "nothing was handed back"
+    owners = {r.step_key: r.owner_id for r in store.running_steps([iid])}
+    assert owners == {"r0": "w:2:b", "r1": "w:1:a", "r2": "w:1:a", "r3": "w:1:a", "r4": "w:2:b"}
+    assert job.record(ran[0].instance, ran[0].definition, *(f.outcome for f in ran)) == []
+    other = StepJob(store, "w:1:a")
+    rest = [other.execute(i, c) for i, c in first]
+    (join,) = other.record(rest[0].instance, rest[0].definition, *(f.outcome for f in rest))
+    assert other(iid, join.row_id, 1) == []
+    assert store.instance(iid).status is InstanceStatus.SUCCEEDED
+    assert [rr.calls(store.instance(iid).batch, k) for k in [*keys, "join"]] == [1] * 6
+    owner.close()
+
+
+def test_steps_of_a_message_not_started_in_time_are_handed_back_and_sent_again(
+    store: SqlAlchemyStore,
+) -> None:
+    keys = [f"r{i}" for i in range(4)]
+    owner, outbox, iid = start(store, [step(k) for k in keys])
+    ids = [m.row_id for m in outbox.sent]
+    outbox.sent.clear()
+    job = StepJob(store, "w:1:a")
+    (ran,) = job.run_many(ids, 1, send=outbox.send, seconds=0)  # only the first runs
+    assert ran.outcome.step_key == "r0"
+    assert [(m.row_id, m.attempt) for m in outbox.sent] == [(r, 1) for r in ids[1:]]
+    owners = {r.step_key: r.owner_id for r in store.running_steps([iid])}
+    assert owners == {"r0": "w:1:a", "r1": None, "r2": None, "r3": None}
+    assert store.hand_back(ids, 1, "w:1:a") == [ids[0]], "only what it still holds"
+    assert store.hand_back(ids, 1, "w:2:b") == []
+    assert [c.step_key for _, c in store.pickup_many(ids[1:], 1, "w:2:b")] == keys[1:]
+    assert rr.calls(store.instance(iid).batch, "r1") == 0
+    owner.close()
+
+
 def test_a_duplicate_delivery_runs_the_runner_once(store: SqlAlchemyStore) -> None:
     owner, outbox, iid = start(store, [step("a", ["b"]), step("b")])
     job = StepJob(store, "w:1:a")

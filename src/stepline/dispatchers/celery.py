@@ -1,7 +1,9 @@
 """CeleryDispatcher and the worker of ``stepline worker``, on Redis or RabbitMQ.
 
 The only module that imports Celery. A message is ``stepline.step(instance_id, row_id,
-attempt)``; params and results stay in the database and no result backend is used.
+attempt)``, or ``stepline.steps(instance_id, attempt, row_ids)`` for several first attempts
+of a wide send (see :meth:`CeleryDispatcher.parcels`); params and results stay in the
+database and no result backend is used.
 At-least-once delivery is made harmless by the store: ``acks_late`` and
 ``reject_on_worker_lost`` redeliver what a dead worker held, a prefetch of one keeps
 messages in the broker rather than in a busy worker, and ``Store.pickup`` lets only the
@@ -13,10 +15,12 @@ runner gets an exception and the attempt fails, retried per policy) and a hard l
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +41,12 @@ from stepline.stores.base import Store
 log = structlog.get_logger("stepline.celery")
 
 TASK = "stepline.step"
+TASK_MANY = "stepline.steps"
+MESSAGES_PER_PROCESS = 8
+"""A wide send goes in at least this many messages per live Stepline process."""
+MAX_STEPS_PER_MESSAGE = 500
+PROCESSES_SECONDS = 10.0
+"""How long a count of the live processes is used before it is read again."""
 SWITCH_INTERVAL = 0.0005
 """Seconds a worker process's thread may hold the GIL while another waits for it."""
 PUBLISH_CHUNK = 200
@@ -83,7 +93,13 @@ def celery_app(broker_url: str, *, queue: str, visibility_timeout: float) -> Cel
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)(_step)
+    app.task(name=TASK_MANY, acks_late=True, reject_on_worker_lost=True)(_steps)
     return app
+
+
+def live_processes(store: Store) -> int:
+    """Registered Stepline processes whose lease is valid: workers' and owners'."""
+    return sum(1 for *_, valid in store.workers() if valid)
 
 
 def broker_problems(
@@ -128,7 +144,10 @@ class CeleryDispatcher(RemoteDispatcher):
         queue: str = "stepline",
         visibility_timeout: float = 3600.0,
         app: Celery | None = None,
+        processes: Callable[[], int] | None = None,
     ) -> None:
+        """``processes`` counts the live Stepline processes (:func:`live_processes`); without
+        it every step goes in a message of its own."""
         self._own_app = app is None
         if app is None:
             assert broker_url is not None
@@ -140,6 +159,8 @@ class CeleryDispatcher(RemoteDispatcher):
         self._retrier: threading.Thread | None = None
         self._closed = threading.Event()
         self._origin = f"stepline-{os.getpid()}@{socket.gethostname()}"
+        self._processes = processes
+        self._counted: tuple[float, int] = (-math.inf, 1)
 
     def __repr__(self) -> str:
         return f"CeleryDispatcher(queue={self.queue!r})"
@@ -170,6 +191,48 @@ class CeleryDispatcher(RemoteDispatcher):
         with self._lock:
             return len(self._unsent)
 
+    def parcels(self, messages: Sequence[StepMessage]) -> list[list[StepMessage]]:
+        """The messages as the broker gets them: several steps to a message where a send is
+        wide, so that a fan-out of thousands of short steps does not pay a broker round trip,
+        a pool hand-over and an acknowledgement for each one.
+
+        Only first attempts without a timeout travel together, by instance and queue:
+
+        - a step with a timeout needs the task's time limits for itself;
+        - a retried step goes alone, so a runner that kills its worker process takes nobody
+          else with it more than once (its neighbours' attempts are lost with it once, and
+          run again alone);
+        - a send is cut into at least ``MESSAGES_PER_PROCESS`` messages per live Stepline
+          process (its registered workers' and owners'), so every worker process gets
+          several and a message's steps, run one after the other, never wait for a process
+          that sits idle. A narrow send (two parallel steps) goes as one message per step.
+        """
+        parcels: list[list[StepMessage]] = []
+        together: dict[tuple[int, str | None], list[StepMessage]] = {}
+        for m in messages:
+            if m.timeout is None and m.attempt == 1:
+                together.setdefault((m.instance_id, m.queue), []).append(m)
+            else:
+                parcels.append([m])
+        for group in together.values():
+            size = self._parcel_size(len(group))
+            parcels.extend(group[i : i + size] for i in range(0, len(group), size))
+        return parcels
+
+    def _parcel_size(self, steps: int) -> int:
+        if steps <= MESSAGES_PER_PROCESS or self._processes is None:
+            return 1
+        at, processes = self._counted
+        if time.monotonic() - at > PROCESSES_SECONDS:
+            try:
+                processes = max(1, self._processes())
+            except Exception as exc:  # a step a message costs nothing but speed
+                log.info("could not count the live processes", error=f"{type(exc).__name__}: {exc}")
+                return 1
+            self._counted = (time.monotonic(), processes)
+        size = math.ceil(steps / (MESSAGES_PER_PROCESS * processes))
+        return max(1, min(MAX_STEPS_PER_MESSAGE, size))
+
     def _publish(self, messages: list[StepMessage]) -> list[StepMessage]:
         """Publish; return what could not be. On Redis the messages go in pipelined chunks
         (kombu's ``Producer.batch``, one round trip for a chunk instead of one per message):
@@ -180,42 +243,51 @@ class CeleryDispatcher(RemoteDispatcher):
         times as much per message (a repr of the arguments, signals, routing and the
         declaration looked up for every message), paid by the worker that claimed a wide
         fan-out for each of its successors. A failed chunk is sent again by ``send``."""
+        parcels = self.parcels(messages)
         sent = 0
         try:
             with self.app.producer_or_acquire() as producer:
                 batch = getattr(producer, "batch", None)  # kombu 5.7+
                 declared: set[str] = set()
-                for start in range(0, len(messages), PUBLISH_CHUNK):
-                    chunk = messages[start : start + PUBLISH_CHUNK]
+                for start in range(0, len(parcels), PUBLISH_CHUNK):
+                    chunk = parcels[start : start + PUBLISH_CHUNK]
                     with batch(max_size=PUBLISH_CHUNK) if batch else contextlib.nullcontext():
-                        for m in chunk:
-                            self._publish_one(producer, m, declared)
+                        for parcel in chunk:
+                            self._publish_one(producer, parcel, declared)
                     sent += len(chunk)
         except Exception as exc:
+            left = [m for parcel in parcels[sent:] for m in parcel]
             log.warning(
                 "broker unavailable; the steps are sent again when it answers",
                 error=f"{type(exc).__name__}: {exc}",
-                waiting=len(messages) - sent,
+                waiting=len(left),
             )
-            return messages[sent:]
+            return left
         return []
 
-    def _publish_one(self, producer: Any, m: StepMessage, declared: set[str]) -> None:
+    def _publish_one(self, producer: Any, parcel: list[StepMessage], declared: set[str]) -> None:
+        m = parcel[0]
         queue = m.queue or self.queue
         if queue not in declared:  # RabbitMQ drops a message sent to a queue not declared
             producer.maybe_declare(self.app.amqp.queues[queue])
             declared.add(queue)
-        args = (m.instance_id, m.row_id, m.attempt)
         limits: dict[str, float] = {}
-        if m.timeout is not None:
-            limits = {"soft_time_limit": m.timeout, "time_limit": m.timeout + HARD_LIMIT_GRACE}
+        args: tuple[Any, ...]
+        if len(parcel) > 1:
+            name, args = TASK_MANY, (m.instance_id, m.attempt, [p.row_id for p in parcel])
+        else:
+            name, args = TASK, (m.instance_id, m.row_id, m.attempt)
+            if m.timeout is not None:
+                limits = {"soft_time_limit": m.timeout, "time_limit": m.timeout + HARD_LIMIT_GRACE}
         task_id = uuid()
         headers, properties, body, _ = self.app.amqp.create_task_message(
             task_id,
-            TASK,
+            name,
             args,
             {},
-            argsrepr=repr(args),
+            argsrepr=repr(args)
+            if len(parcel) == 1
+            else f"({m.instance_id}, {m.attempt}, [{len(parcel)} steps])",
             kwargsrepr="{}",
             origin=self._origin,
             ignore_result=True,
@@ -281,14 +353,31 @@ _setup: tuple[Callable[[], Store], Celery, str, float, int | None] | None = None
 _worker: _Worker | None = None
 
 
-def _step(instance_id: int, row_id: int, attempt: int) -> None:
+def _ready() -> _Worker:
     worker = _worker
     if worker is None:
-        raise RuntimeError("stepline.step runs only in a `stepline worker` process")
+        raise RuntimeError("stepline's tasks run only in a `stepline worker` process")
     if not worker.registered.is_set():
         # Registered before it picks anything up, or the owner would take the attempt for
         # a dead process's; the message stays unacknowledged meanwhile.
         Backoff(None).call(worker.register)
+    return worker
+
+
+def _steps(instance_id: int, attempt: int, row_ids: list[int]) -> None:
+    """Several first attempts of one instance (see CeleryDispatcher.parcels), one after
+    the other; no time limit (a step with a timeout travels alone)."""
+    worker = _ready()
+    for finished in worker.job.run_many(row_ids, attempt, send=worker.dispatcher.send):
+        worker.recorder.put(finished)
+
+
+def _step(instance_id: int, row_id: int, attempt: int) -> None:
+    worker = _ready()
+    if attempt > 1:
+        # A retry may be of an attempt lost with its process: a runner that kills it. What
+        # this process ran before is recorded first, so that it is not lost with it again.
+        worker.recorder.flush()
     finished = worker.job.run(instance_id, row_id, attempt, timeouts=(SoftTimeLimitExceeded,))
     if finished is not None:
         # Recorded (and its successors sent) by the process's recorder thread, grouped with
@@ -315,7 +404,7 @@ def _start_child(**_: Any) -> None:
         # reply could wait that long for the GIL (measured: pickup median 0.6 -> 0.35 ms).
         sys.setswitchinterval(SWITCH_INTERVAL)
         job = StepJob(store, owner, max_result_bytes=max_result_bytes)
-        dispatcher = CeleryDispatcher(app=app, queue=queue)
+        dispatcher = CeleryDispatcher(app=app, queue=queue, processes=lambda: live_processes(store))
         worker = _Worker(
             store,
             owner,

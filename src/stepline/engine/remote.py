@@ -24,7 +24,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn
@@ -60,10 +60,12 @@ from stepline.stores.base import (
 log = structlog.get_logger("stepline.remote")
 
 MAX_CLAIM = 100_000
-REFUSALS = 3
-"""Times the database may refuse a step outcome before it is recorded without its result."""
 """Steps one transaction may hand to the broker: the broker queues what workers cannot
 take yet, so the only bound is the size of one transaction."""
+PARCEL_SECONDS = 1.0
+"""How long a worker runs the steps of one message before it sends back those not started."""
+REFUSALS = 3
+"""Times the database may refuse a step outcome before it is recorded without its result."""
 
 
 class Finished(NamedTuple):
@@ -190,7 +192,72 @@ class StepJob:
                 attempt=attempt,
             )
             return None
-        instance_id, claimed = picked
+        return self.execute(*picked, timeouts=timeouts)
+
+    def run_many(
+        self,
+        row_ids: Sequence[int],
+        attempt: int,
+        *,
+        send: Callable[[Sequence[StepMessage]], None],
+        seconds: float = PARCEL_SECONDS,
+    ) -> Iterator[Finished]:
+        """Pick up several attempts of one number at once (a message of several steps), then
+        run them one after the other, yielding each as it ends. Those another delivery took
+        first (or that ended, or were superseded) are left out.
+
+        Every attempt picked up is this process's from then on: if it dies, each one not
+        yet recorded is a lost attempt, as on the direct dispatcher. Once ``seconds`` have
+        gone by, what has not started is handed back and sent again (``send``), so a
+        message of long steps neither holds work an idle process could take, nor a worker
+        that is asked to stop, nor steps cancelled meanwhile, for longer than that."""
+        try:
+            picked = self.store.pickup_many(row_ids, attempt, self.owner)
+        except StoreUnavailable:
+            picked = Backoff(None).call(
+                lambda: self.store.pickup_many(row_ids, attempt, self.owner)
+            )
+        if len(picked) < len(row_ids):
+            log.info(
+                "deliveries of attempts already taken, ended or superseded; not run again",
+                steps=len(row_ids) - len(picked),
+                attempt=attempt,
+            )
+        deadline = time.monotonic() + seconds
+        for i, (instance_id, claimed) in enumerate(picked):
+            if i and time.monotonic() > deadline and self._hand_back(picked[i:], attempt, send):
+                return
+            yield self.execute(instance_id, claimed)
+
+    def _hand_back(
+        self,
+        rest: Sequence[tuple[int, ClaimedStep]],
+        attempt: int,
+        send: Callable[[Sequence[StepMessage]], None],
+    ) -> bool:
+        """Give back attempts picked up but not started, and send them again; False if the
+        database would not take them back (they are run here, then)."""
+        try:
+            back = set(self.store.hand_back([c.row_id for _, c in rest], attempt, self.owner))
+            messages = [
+                message_for(self._definition(self._instance(i)), i, c)
+                for i, c in rest
+                if c.row_id in back
+            ]
+        except Exception as exc:
+            log.info("could not hand steps back; running them here", error=short_error(exc))
+            return False
+        send(messages)
+        return True
+
+    def execute(
+        self,
+        instance_id: int,
+        claimed: ClaimedStep,
+        *,
+        timeouts: tuple[type[BaseException], ...] = (),
+    ) -> Finished:
+        """Run an attempt this process picked up; nothing is recorded yet."""
         # The attempt is this process's now: nothing may end the task before its outcome is
         # handed to the recorder, or it stays `running` under a live lease for ever. A
         # database blip is waited for, as for the pickup; anything else ends the process,

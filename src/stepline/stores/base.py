@@ -553,6 +553,21 @@ class Store(ABC):
         Returns the instance id and the claimed step; the row's ``started_at`` becomes now.
         """
 
+    def pickup_many(
+        self, row_ids: Sequence[int], attempt: int, owner: str
+    ) -> list[tuple[int, ClaimedStep]]:
+        """:meth:`pickup` of several attempts of one number (one message of several steps),
+        in one short transaction; those no longer to be had are left out. In the order of
+        ``row_ids``."""
+        picked = (self.pickup(row_id, attempt, owner) for row_id in row_ids)
+        return [p for p in picked if p is not None]
+
+    @abstractmethod
+    def hand_back(self, row_ids: Sequence[int], attempt: int, owner: str) -> list[int]:
+        """Undo ``owner``'s pickup of attempts it has not run (they are handed over again,
+        to be sent to the broker anew); returns the rows it still held, in the order given.
+        A row since recovered, cancelled or retried is not its to give back."""
+
     @abstractmethod
     def running_steps(self, instance_ids: Sequence[int]) -> list[RunningStep]:
         """Every ``running`` row of the instances (map items included, mapped parents too)."""

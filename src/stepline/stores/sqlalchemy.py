@@ -954,7 +954,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             # One statement, committed on its own without waiting for an fsync: a pickup lost
             # in a database crash only lets the attempt run again (the owner sends it again),
             # and the outcome's own synchronous commit flushes it before anything depends on it.
-            row = self._pickup_pg(params)
+            row = self._pickup_pg(params, _PICKUP_RETURNING)
         else:
             with self._write() as conn:
                 if self.dialect == "sqlite":
@@ -968,19 +968,67 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         instance_id, key, index, first = row
         return int(instance_id), ClaimedStep(row_id, key, index, attempt, now, first)
 
-    def _pickup_pg(self, params: dict[str, Any]) -> Any:
-        """The pickup on the connection kept for it; a kept connection that fails (the
+    def pickup_many(
+        self, row_ids: Sequence[int], attempt: int, owner: str
+    ) -> list[tuple[int, ClaimedStep]]:
+        if not row_ids:
+            return []
+        if len(row_ids) == 1:
+            one = self.pickup(row_ids[0], attempt, owner)
+            return [] if one is None else [one]
+        now = utcnow()
+        params = {"ids": list(row_ids), "attempt": attempt, "owner": owner, "now": now}
+        rows = self._take(params, _PICKUP_MANY, _FREE)
+        found = {int(r[0]): r for r in rows}
+        picked = []
+        for row_id in row_ids:  # in the order given: the order they were claimed in
+            r = found.pop(row_id, None)
+            if r is not None:
+                _, instance_id, key, index, first = r
+                picked.append(
+                    (int(instance_id), ClaimedStep(row_id, key, index, attempt, now, first))
+                )
+        return picked
+
+    def hand_back(self, row_ids: Sequence[int], attempt: int, owner: str) -> list[int]:
+        if not row_ids:
+            return []
+        params = {"ids": list(row_ids), "attempt": attempt, "owner": owner}
+        rows = self._take(params, _HAND_BACK, _HELD)
+        back = {int(r[0]) for r in rows}
+        return [row_id for row_id in row_ids if row_id in back]
+
+    def _take(
+        self, params: dict[str, Any], update: HotStatement, locked: HotStatement
+    ) -> Sequence[Any]:
+        """Run ``update`` on the rows of ``params["ids"]`` it matches, in one transaction;
+        return them (its RETURNING columns). Without ``UPDATE ... RETURNING`` (MariaDB,
+        Oracle), ``locked`` selects and locks them first. PostgreSQL: on the pickup's own
+        connection, committed without waiting for an fsync (see :meth:`pickup`)."""
+        returning = _RETURNING[update]
+        if self.dialect == "postgresql":
+            return self._pickup_pg(params, returning)  # type: ignore[no-any-return]
+        with self._write() as conn:
+            if self.dialect == "sqlite":
+                return returning.run(conn, params).fetchall()  # type: ignore[no-any-return]
+            rows = locked.run(conn, params).fetchall()
+            if rows:
+                update.run(conn, {**params, "ids": [r[0] for r in rows]})
+            return rows  # type: ignore[no-any-return]
+
+    def _pickup_pg(self, params: dict[str, Any], statement: HotStatement) -> Any:
+        """A pickup on the connection kept for it; a kept connection that fails (the
         server restarted meanwhile) is replaced once, as a pre-ping would have."""
         with self._pickup_lock:
             kept = self._pickup_conn is not None
             try:
-                return self._pickup_on_kept(params)
+                return self._pickup_on_kept(params, statement)
             except StoreUnavailable:
                 if not kept:
                     raise
-                return self._pickup_on_kept(params)
+                return self._pickup_on_kept(params, statement)
 
-    def _pickup_on_kept(self, params: dict[str, Any]) -> Any:
+    def _pickup_on_kept(self, params: dict[str, Any], statement: HotStatement) -> Any:
         if self._pickup_conn is None:
             try:
                 self._pickup_conn = self._pickup_engine().connect()
@@ -988,7 +1036,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 self._raise_translated(exc)
                 raise
         try:
-            return _PICKUP_RETURNING.run(self._pickup_conn, params).fetchone()
+            cursor = statement.run(self._pickup_conn, params)
+            return cursor.fetchone() if statement is _PICKUP_RETURNING else cursor.fetchall()
         except BaseException as exc:
             conn, self._pickup_conn = self._pickup_conn, None  # broken or interrupted
             _discard(conn)
@@ -1433,6 +1482,19 @@ _PICKUP = HotStatement(_PICKUP_SQL, times=["now"])
 _PICKUP_RETURNING = HotStatement(
     _PICKUP_SQL + " RETURNING batch_instance_id, step_key, map_index, first_attempt", times=["now"]
 )
+_PICKED_COLUMNS = "id, batch_instance_id, step_key, map_index, first_attempt"
+_FREE_ROWS = " WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND owner_id IS NULL"
+_HELD_ROWS = " WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND owner_id = :owner"
+_PICKUP_MANY_SQL = "UPDATE batch_step_result SET owner_id = :owner, started_at = :now" + _FREE_ROWS
+_PICKUP_MANY = HotStatement(_PICKUP_MANY_SQL, times=["now"])
+_FREE = HotStatement(f"SELECT {_PICKED_COLUMNS} FROM batch_step_result{_FREE_ROWS} FOR UPDATE")
+_HAND_BACK_SQL = "UPDATE batch_step_result SET owner_id = NULL" + _HELD_ROWS
+_HAND_BACK = HotStatement(_HAND_BACK_SQL)
+_HELD = HotStatement(f"SELECT id FROM batch_step_result{_HELD_ROWS} FOR UPDATE")
+_RETURNING = {
+    _PICKUP_MANY: HotStatement(f"{_PICKUP_MANY_SQL} RETURNING {_PICKED_COLUMNS}", times=["now"]),
+    _HAND_BACK: HotStatement(f"{_HAND_BACK_SQL} RETURNING id"),
+}
 _PICKED = HotStatement(
     "SELECT batch_instance_id, step_key, map_index, first_attempt FROM batch_step_result"
     " WHERE id = :id"
