@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -119,23 +120,59 @@ def test_a_message_of_several_steps_picks_each_up_once_in_one_go(store: SqlAlche
     owner.close()
 
 
-def test_steps_of_a_message_not_started_in_time_are_handed_back_and_sent_again(
+def test_steps_of_a_message_not_started_in_time_are_handed_back_during_a_long_step(
     store: SqlAlchemyStore,
 ) -> None:
     keys = [f"r{i}" for i in range(4)]
-    owner, outbox, iid = start(store, [step(k) for k in keys])
+    owner, outbox, iid = start(store, [step("r0", sleep=0.6), *(step(k) for k in keys[1:])])
     ids = [m.row_id for m in outbox.sent]
     outbox.sent.clear()
+    sent_at: list[float] = []
+
+    def send(messages: Any) -> None:
+        sent_at.append(time.monotonic())
+        outbox.send(messages)
+
     job = StepJob(store, "w:1:a")
-    (ran,) = job.run_many(ids, 1, send=outbox.send, seconds=0)  # only the first runs
-    assert ran.outcome.step_key == "r0"
+    parcel = job.run_many(ids, 1, send=send, seconds=0.2)
+    first = next(parcel)
+    ended = time.monotonic()
+    assert list(parcel) == [], "only the step that had started ran here"
+    assert first.outcome.step_key == "r0"
+    assert sent_at and sent_at[0] < ended - 0.2, "not handed back while r0 ran"
     assert [(m.row_id, m.attempt) for m in outbox.sent] == [(r, 1) for r in ids[1:]]
     owners = {r.step_key: r.owner_id for r in store.running_steps([iid])}
     assert owners == {"r0": "w:1:a", "r1": None, "r2": None, "r3": None}
-    assert store.hand_back(ids, 1, "w:1:a") == [ids[0]], "only what it still holds"
-    assert store.hand_back(ids, 1, "w:2:b") == []
     assert [c.step_key for _, c in store.pickup_many(ids[1:], 1, "w:2:b")] == keys[1:]
     assert rr.calls(store.instance(iid).batch, "r1") == 0
+    owner.close()
+
+
+def test_a_pickup_or_hand_back_made_again_after_an_unconfirmed_commit_gets_the_same_rows(
+    store: SqlAlchemyStore,
+) -> None:
+    """The connection may fail after the database committed: the worker makes the same call
+    again (same time), which must find what the first one did, not leave the rows to a
+    process that thinks it does not hold them, or hand them out twice."""
+    owner, outbox, _ = start(store, [step(f"r{i}") for i in range(4)])
+    ids = [m.row_id for m in outbox.sent]
+    at = datetime.now(UTC)
+    first = store.pickup(ids[0], 1, "w:1:a", now=at)
+    assert first is not None
+    assert store.pickup(ids[0], 1, "w:1:a", now=at) == first, "its own pickup, made again"
+    assert store.pickup(ids[0], 1, "w:1:a") is None, "a later delivery to the same process"
+    assert store.pickup(ids[0], 1, "w:2:b", now=at) is None, "another process"
+    many = store.pickup_many(ids[1:], 1, "w:1:a", now=at)
+    assert store.pickup_many(ids[1:], 1, "w:1:a", now=at) == many
+    assert store.pickup_many(ids[1:], 1, "w:1:a") == []
+    assert store.hand_back(ids[1:], 1, "w:1:a", picked_at=at) == ids[1:]
+    assert store.hand_back(ids[1:], 1, "w:1:a", picked_at=at) == ids[1:], "made again"
+    later = datetime.now(UTC)
+    assert [c.step_key for _, c in store.pickup_many(ids[1:], 1, "w:2:b", now=later)] == [
+        "r1", "r2", "r3"
+    ]  # fmt: skip
+    assert store.hand_back(ids[1:], 1, "w:1:a", picked_at=at) == [], "taken since"
+    assert store.hand_back(ids, 1, "w:2:b", picked_at=later) == ids[1:], "only its own pickup"
     owner.close()
 
 

@@ -37,13 +37,15 @@ def sizes(parcels: list[list[StepMessage]]) -> list[int]:
 
 def test_a_narrow_send_goes_one_step_to_a_message() -> None:
     assert sizes(dispatcher(1).parcels(messages(2))) == [1, 1]
-    assert sizes(dispatcher(1).parcels(messages(MESSAGES_PER_PROCESS))) == [1] * 8
+    assert sizes(dispatcher(1).parcels(messages(15))) == [1] * 15
+    assert sizes(dispatcher(1).parcels(messages(16))) == [2] * 8
+    assert sizes(dispatcher(2).parcels(messages(31))) == [1] * 31
 
 
 def test_a_wide_send_leaves_every_live_process_several_messages() -> None:
     parcels = dispatcher(3).parcels(messages(2000))
     assert len(parcels) >= MESSAGES_PER_PROCESS * 3
-    assert sizes(parcels) == [84] * 23 + [68]
+    assert sizes(parcels) == [83] * 24 + [8]
     flat = [m.row_id for p in parcels for m in p]
     assert flat == list(range(2000)), "every step once, in the order claimed"
     assert sizes(dispatcher(1000).parcels(messages(2000))) == [1] * 2000

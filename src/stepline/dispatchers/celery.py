@@ -230,7 +230,7 @@ class CeleryDispatcher(RemoteDispatcher):
                 log.info("could not count the live processes", error=f"{type(exc).__name__}: {exc}")
                 return 1
             self._counted = (time.monotonic(), processes)
-        size = math.ceil(steps / (MESSAGES_PER_PROCESS * processes))
+        size = steps // (MESSAGES_PER_PROCESS * processes)
         return max(1, min(MAX_STEPS_PER_MESSAGE, size))
 
     def _publish(self, messages: list[StepMessage]) -> list[StepMessage]:
@@ -374,15 +374,19 @@ def _steps(instance_id: int, attempt: int, row_ids: list[int]) -> None:
 
 def _step(instance_id: int, row_id: int, attempt: int) -> None:
     worker = _ready()
-    if attempt > 1:
-        # A retry may be of an attempt lost with its process: a runner that kills it. What
-        # this process ran before is recorded first, so that it is not lost with it again.
+    retry = attempt > 1
+    if retry:
+        # A retry may be of an attempt lost with its process: a runner that kills it. It
+        # runs alone: what this process ran before is recorded first, and its own outcome
+        # before the process takes another message, so nothing else is lost with it again.
         worker.recorder.flush()
     finished = worker.job.run(instance_id, row_id, attempt, timeouts=(SoftTimeLimitExceeded,))
     if finished is not None:
         # Recorded (and its successors sent) by the process's recorder thread, grouped with
         # what the process runs meanwhile; see Recorder for what a crash does to it.
         worker.recorder.put(finished)
+        if retry:
+            worker.recorder.flush()
 
 
 def _start_child(**_: Any) -> None:

@@ -180,10 +180,15 @@ class StepJob:
     ) -> Finished | None:
         """Pick the attempt up and run it; None if another delivery took it first (or it
         ended, or a newer attempt superseded it). Nothing is recorded yet."""
+        at = datetime.now(UTC)  # made again with the same time, a pickup is idempotent
+
+        def pickup() -> tuple[int, ClaimedStep] | None:
+            return self.store.pickup(row_id, attempt, self.owner, now=at)
+
         try:
-            picked = self.store.pickup(row_id, attempt, self.owner)
+            picked = pickup()
         except StoreUnavailable:  # held, not dropped: a dropped message waits for a resend
-            picked = Backoff(None).call(lambda: self.store.pickup(row_id, attempt, self.owner))
+            picked = Backoff(None).call(pickup)
         if picked is None:
             log.info(
                 "delivery of an attempt already taken, ended or superseded; nothing to run",
@@ -208,47 +213,62 @@ class StepJob:
 
         Every attempt picked up is this process's from then on: if it dies, each one not
         yet recorded is a lost attempt, as on the direct dispatcher. Once ``seconds`` have
-        gone by, what has not started is handed back and sent again (``send``), so a
-        message of long steps neither holds work an idle process could take, nor a worker
-        that is asked to stop, nor steps cancelled meanwhile, for longer than that."""
+        gone by, even in the middle of a long step, what has not started is handed back and
+        sent again (``send``): a message of long steps holds neither work an idle process
+        could take, nor a worker that is asked to stop, nor steps cancelled meanwhile."""
+        at = datetime.now(UTC)
+
+        def pickup() -> list[tuple[int, ClaimedStep]]:
+            return self.store.pickup_many(row_ids, attempt, self.owner, now=at)
+
         try:
-            picked = self.store.pickup_many(row_ids, attempt, self.owner)
+            picked = pickup()
         except StoreUnavailable:
-            picked = Backoff(None).call(
-                lambda: self.store.pickup_many(row_ids, attempt, self.owner)
-            )
+            picked = Backoff(None).call(pickup)
         if len(picked) < len(row_ids):
             log.info(
                 "deliveries of attempts already taken, ended or superseded; not run again",
                 steps=len(row_ids) - len(picked),
                 attempt=attempt,
             )
-        deadline = time.monotonic() + seconds
-        for i, (instance_id, claimed) in enumerate(picked):
-            if i and time.monotonic() > deadline and self._hand_back(picked[i:], attempt, send):
-                return
-            yield self.execute(instance_id, claimed)
+        if picked:
+            yield from _Parcel(self, picked, attempt, at, send, seconds)
 
-    def _hand_back(
+    def hand_back(
         self,
         rest: Sequence[tuple[int, ClaimedStep]],
         attempt: int,
+        picked_at: datetime,
         send: Callable[[Sequence[StepMessage]], None],
-    ) -> bool:
-        """Give back attempts picked up but not started, and send them again; False if the
-        database would not take them back (they are run here, then)."""
+    ) -> list[tuple[int, ClaimedStep]]:
+        """Give back attempts picked up at ``picked_at`` and not started, and send them
+        again. Returns those that are still this process's to run: all of them if the
+        database refused to take them back (a database that does not answer is waited for:
+        the hand-back, made again, is idempotent)."""
+        ids = [c.row_id for _, c in rest]
+
+        def give() -> list[int]:
+            return self.store.hand_back(ids, attempt, self.owner, picked_at=picked_at)
+
         try:
-            back = set(self.store.hand_back([c.row_id for _, c in rest], attempt, self.owner))
+            try:
+                back = set(give())
+            except StoreUnavailable:
+                back = set(Backoff(None).call(give))
+        except Exception as exc:
+            log.warning("could not hand steps back; running them here", error=short_error(exc))
+            return list(rest)
+        try:
             messages = [
                 message_for(self._definition(self._instance(i)), i, c)
                 for i, c in rest
                 if c.row_id in back
             ]
-        except Exception as exc:
-            log.info("could not hand steps back; running them here", error=short_error(exc))
-            return False
+        except Exception as exc:  # given back: the owner sends them again in a while
+            log.warning("could not send steps handed back", error=short_error(exc))
+            return []
         send(messages)
-        return True
+        return []
 
     def execute(
         self,
@@ -443,6 +463,58 @@ class StepJob:
                 item_labels=lambda key: self._labels(instance, definition, key),
             )
         return [message_for(definition, instance.id, c) for c in done.claimed]
+
+
+class _Parcel:
+    """The steps of one message, run one after the other by the process that picked them up.
+
+    A timer hands back those not started once ``seconds`` have gone by, even while a long
+    step runs; a lock between it and the start of each step decides which side has a step.
+    """
+
+    def __init__(
+        self,
+        job: StepJob,
+        picked: list[tuple[int, ClaimedStep]],
+        attempt: int,
+        picked_at: datetime,
+        send: Callable[[Sequence[StepMessage]], None],
+        seconds: float,
+    ) -> None:
+        self.job = job
+        self.picked = picked
+        self.attempt = attempt
+        self.picked_at = picked_at
+        self.send = send
+        self._lock = threading.Lock()
+        self._started = 0
+        self._closed = False
+        self._kept: list[tuple[int, ClaimedStep]] = []
+        self._timer = threading.Timer(seconds, self._give_back)
+        self._timer.daemon = True
+
+    def __iter__(self) -> Iterator[Finished]:
+        self._timer.start()
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or self._started >= len(self.picked):
+                        break
+                    instance_id, claimed = self.picked[self._started]
+                    self._started += 1
+                yield self.job.execute(instance_id, claimed)
+        finally:
+            self._timer.cancel()
+            self._timer.join()
+        for instance_id, claimed in self._kept:  # the database would not take them back
+            yield self.job.execute(instance_id, claimed)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._closed = True
+            rest = self.picked[self._started :]
+        if rest:
+            self._kept = self.job.hand_back(rest, self.attempt, self.picked_at, self.send)
 
 
 class Recorder:

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from stepline.core.definition import BatchDefinition
@@ -544,29 +544,38 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
+    def pickup(
+        self, row_id: int, attempt: int, owner: str, *, now: datetime | None = None
+    ) -> tuple[int, ClaimedStep] | None:
         """A worker takes an attempt that was handed to a broker; one short transaction.
 
         Fenced on (row, attempt, ``running``, no owner yet): only the first delivery of an
         attempt gets it, so a duplicate, a late redelivery or a message of an attempt that
         was since recovered, cancelled or retried returns None and must run nothing.
-        Returns the instance id and the claimed step; the row's ``started_at`` becomes now.
+        Returns the instance id and the claimed step; the row's ``started_at`` becomes
+        ``now`` (default: the current time). A pickup whose commit went unconfirmed (the
+        connection failed) is made again with the same ``now``: it gets the row if that
+        commit happened, rather than leave it to a process that thinks it did not.
         """
 
     def pickup_many(
-        self, row_ids: Sequence[int], attempt: int, owner: str
+        self, row_ids: Sequence[int], attempt: int, owner: str, *, now: datetime | None = None
     ) -> list[tuple[int, ClaimedStep]]:
         """:meth:`pickup` of several attempts of one number (one message of several steps),
         in one short transaction; those no longer to be had are left out. In the order of
         ``row_ids``."""
-        picked = (self.pickup(row_id, attempt, owner) for row_id in row_ids)
+        now = now or datetime.now(UTC)
+        picked = (self.pickup(row_id, attempt, owner, now=now) for row_id in row_ids)
         return [p for p in picked if p is not None]
 
     @abstractmethod
-    def hand_back(self, row_ids: Sequence[int], attempt: int, owner: str) -> list[int]:
-        """Undo ``owner``'s pickup of attempts it has not run (they are handed over again,
-        to be sent to the broker anew); returns the rows it still held, in the order given.
-        A row since recovered, cancelled or retried is not its to give back."""
+    def hand_back(
+        self, row_ids: Sequence[int], attempt: int, owner: str, *, picked_at: datetime
+    ) -> list[int]:
+        """Undo ``owner``'s pickup (made at ``picked_at``) of attempts it has not run: they
+        are handed over again, to be sent to the broker anew. Returns the rows given back,
+        in the order given; a row since recovered, cancelled or retried is not its to give.
+        Made again after a commit that went unconfirmed, it returns the same rows."""
 
     @abstractmethod
     def running_steps(self, instance_ids: Sequence[int]) -> list[RunningStep]:

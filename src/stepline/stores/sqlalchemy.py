@@ -947,8 +947,10 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             if translated is not exc:
                 raise translated from exc
 
-    def pickup(self, row_id: int, attempt: int, owner: str) -> tuple[int, ClaimedStep] | None:
-        now = utcnow()
+    def pickup(
+        self, row_id: int, attempt: int, owner: str, *, now: datetime | None = None
+    ) -> tuple[int, ClaimedStep] | None:
+        now = now or utcnow()
         params = {"id": row_id, "attempt": attempt, "owner": owner, "now": now}
         if self.dialect == "postgresql":
             # One statement, committed on its own without waiting for an fsync: a pickup lost
@@ -969,16 +971,19 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         return int(instance_id), ClaimedStep(row_id, key, index, attempt, now, first)
 
     def pickup_many(
-        self, row_ids: Sequence[int], attempt: int, owner: str
+        self, row_ids: Sequence[int], attempt: int, owner: str, *, now: datetime | None = None
     ) -> list[tuple[int, ClaimedStep]]:
         if not row_ids:
             return []
+        now = now or utcnow()
         if len(row_ids) == 1:
-            one = self.pickup(row_ids[0], attempt, owner)
+            one = self.pickup(row_ids[0], attempt, owner, now=now)
             return [] if one is None else [one]
-        now = utcnow()
         params = {"ids": list(row_ids), "attempt": attempt, "owner": owner, "now": now}
-        rows = self._take(params, _PICKUP_MANY, _FREE)
+        if self.dialect == "postgresql":  # as pickup: its own connection, no fsync wait
+            rows = self._pickup_pg(params, _RETURNING[_PICKUP_MANY])
+        else:
+            rows = self._take(params, _PICKUP_MANY, _FREE)
         found = {int(r[0]): r for r in rows}
         picked = []
         for row_id in row_ids:  # in the order given: the order they were claimed in
@@ -990,12 +995,15 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 )
         return picked
 
-    def hand_back(self, row_ids: Sequence[int], attempt: int, owner: str) -> list[int]:
+    def hand_back(
+        self, row_ids: Sequence[int], attempt: int, owner: str, *, picked_at: datetime
+    ) -> list[int]:
         if not row_ids:
             return []
-        params = {"ids": list(row_ids), "attempt": attempt, "owner": owner}
-        rows = self._take(params, _HAND_BACK, _HELD)
-        back = {int(r[0]) for r in rows}
+        params = {"ids": list(row_ids), "attempt": attempt, "owner": owner, "picked": picked_at}
+        # A synchronous commit, unlike the pickup: a hand-back lost in a crash would leave the
+        # steps to a live process that no longer means to run them.
+        back = {int(r[0]) for r in self._take(params, _HAND_BACK, _HELD)}
         return [row_id for row_id in row_ids if row_id in back]
 
     def _take(
@@ -1003,14 +1011,10 @@ class SqlAlchemyStore(SqlMaintenance, Store):
     ) -> Sequence[Any]:
         """Run ``update`` on the rows of ``params["ids"]`` it matches, in one transaction;
         return them (its RETURNING columns). Without ``UPDATE ... RETURNING`` (MariaDB,
-        Oracle), ``locked`` selects and locks them first. PostgreSQL: on the pickup's own
-        connection, committed without waiting for an fsync (see :meth:`pickup`)."""
-        returning = _RETURNING[update]
-        if self.dialect == "postgresql":
-            return self._pickup_pg(params, returning)  # type: ignore[no-any-return]
+        Oracle), ``locked`` selects and locks them first."""
         with self._write() as conn:
-            if self.dialect == "sqlite":
-                return returning.run(conn, params).fetchall()  # type: ignore[no-any-return]
+            if self.dialect in ("sqlite", "postgresql"):
+                return _RETURNING[update].run(conn, params).fetchall()  # type: ignore[no-any-return]
             rows = locked.run(conn, params).fetchall()
             if rows:
                 update.run(conn, {**params, "ids": [r[0] for r in rows]})
@@ -1474,26 +1478,36 @@ def _no_instance(instance_id: int) -> NotFound:
 _INSTANCE = sa.select(BI).where(BI.c.id == sa.bindparam("id"))
 """Built once: building a statement and its cache key costs more than running it."""
 
+_MINE = "(owner_id IS NULL OR (owner_id = :owner AND started_at = :now))"
+"""A row a pickup may take: one nobody has, or one this very pickup took already (its commit
+went unconfirmed, and the same pickup, with the same ``now``, is made again)."""
 _PICKUP_SQL = (
     "UPDATE batch_step_result SET owner_id = :owner, started_at = :now"
-    " WHERE id = :id AND attempt = :attempt AND status = 'running' AND owner_id IS NULL"
+    f" WHERE id = :id AND attempt = :attempt AND status = 'running' AND {_MINE}"
 )
 _PICKUP = HotStatement(_PICKUP_SQL, times=["now"])
 _PICKUP_RETURNING = HotStatement(
     _PICKUP_SQL + " RETURNING batch_instance_id, step_key, map_index, first_attempt", times=["now"]
 )
 _PICKED_COLUMNS = "id, batch_instance_id, step_key, map_index, first_attempt"
-_FREE_ROWS = " WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND owner_id IS NULL"
-_HELD_ROWS = " WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND owner_id = :owner"
+_FREE_ROWS = f" WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND {_MINE}"
 _PICKUP_MANY_SQL = "UPDATE batch_step_result SET owner_id = :owner, started_at = :now" + _FREE_ROWS
 _PICKUP_MANY = HotStatement(_PICKUP_MANY_SQL, times=["now"])
-_FREE = HotStatement(f"SELECT {_PICKED_COLUMNS} FROM batch_step_result{_FREE_ROWS} FOR UPDATE")
+_FREE = HotStatement(
+    f"SELECT {_PICKED_COLUMNS} FROM batch_step_result{_FREE_ROWS} FOR UPDATE", times=["now"]
+)
+# Rows the pickup of ``picked`` took, still held, or already given back by this hand-back
+# (made again after a commit that went unconfirmed).
+_HELD_ROWS = (
+    " WHERE id IN :ids AND attempt = :attempt AND status = 'running' AND started_at = :picked"
+    " AND (owner_id = :owner OR owner_id IS NULL)"
+)
 _HAND_BACK_SQL = "UPDATE batch_step_result SET owner_id = NULL" + _HELD_ROWS
-_HAND_BACK = HotStatement(_HAND_BACK_SQL)
-_HELD = HotStatement(f"SELECT id FROM batch_step_result{_HELD_ROWS} FOR UPDATE")
+_HAND_BACK = HotStatement(_HAND_BACK_SQL, times=["picked"])
+_HELD = HotStatement(f"SELECT id FROM batch_step_result{_HELD_ROWS} FOR UPDATE", times=["picked"])
 _RETURNING = {
     _PICKUP_MANY: HotStatement(f"{_PICKUP_MANY_SQL} RETURNING {_PICKED_COLUMNS}", times=["now"]),
-    _HAND_BACK: HotStatement(f"{_HAND_BACK_SQL} RETURNING id"),
+    _HAND_BACK: HotStatement(f"{_HAND_BACK_SQL} RETURNING id", times=["picked"]),
 }
 _PICKED = HotStatement(
     "SELECT batch_instance_id, step_key, map_index, first_attempt FROM batch_step_result"
