@@ -26,7 +26,7 @@ from stepline.stores.transaction import (
 )
 
 OWNER = "test:1:aa"
-RUNNER = "tests.fixture_runners:work"
+RUNNER = "fixture_runners:work"
 
 
 def _started(store: SqlAlchemyStore, keys: list[str]) -> tuple[int, list[ClaimedStep]]:
@@ -271,7 +271,7 @@ def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
 
     app = Stepline(db=f"sqlite:///{tmp_path}/adopt.db")
     try:
-        app.apply(batch("b", [step("a", "tests.fixture_runners:work")]))
+        app.apply(batch("b", [step("a", "fixture_runners:work")]))
         instance, _ = app.trigger("b", owned=True)
         seen: list[str] = []
         event.listen(app.store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
@@ -279,6 +279,35 @@ def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
         assert not [sql for sql in seen if "batch_definition_version" in sql]
     finally:
         app.close()
+
+
+def test_applying_an_unchanged_definition_in_a_new_process_does_not_parse_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stepline run FILE` applies the file it has just parsed; when the stored version is
+    the same document, that definition is the version's (parsing 500 steps back: ~5 ms)."""
+    import stepline.stores.sqlalchemy as module
+
+    url = f"sqlite:///{tmp_path}/apply.db"
+    first = SqlAlchemyStore(url)
+    first.initialize()
+    definition = batch(
+        "b", [step("a", "fixture_runners:work", ["b"]), step("b", "fixture_runners:work")]
+    )
+    first.apply(definition)
+    first.dispose()
+    again = SqlAlchemyStore(url)  # a new process: nothing cached
+    parsed: list[object] = []
+    real = module.parse_definition
+    monkeypatch.setattr(
+        module, "parse_definition", lambda *a, **k: parsed.append(a) or real(*a, **k)
+    )
+    stored = again.apply(
+        batch("b", [step("a", "fixture_runners:work", ["b"]), step("b", "fixture_runners:work")])
+    )
+    assert stored.version == 1 and parsed == []
+    assert again.definition("b").definition == definition
+    again.dispose()
 
 
 def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
@@ -292,10 +321,10 @@ def test_a_countdown_starts_the_steps_decided_to_run(db_url: str) -> None:
             batch(
                 "fused",
                 [
-                    step("a", "tests.fixture_runners:work", ["x", "y"]),
-                    step("b", "tests.fixture_runners:work", ["y"]),
-                    step("x", "tests.fixture_runners:work"),
-                    step("y", "tests.fixture_runners:work"),
+                    step("a", "fixture_runners:work", ["x", "y"]),
+                    step("b", "fixture_runners:work", ["y"]),
+                    step("x", "fixture_runners:work"),
+                    step("y", "fixture_runners:work"),
                 ],
             )
         )
