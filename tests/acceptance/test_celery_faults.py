@@ -247,6 +247,13 @@ class Parcels(CeleryDispatcher):
         self.store.dispose()
 
 
+def one_broker(cluster: Cluster) -> None:
+    """The pickup fence decides these, whichever broker delivers: one broker shows it
+    (a killed worker's messages, which brokers redeliver differently, are tested on both)."""
+    if not cluster.broker_url.startswith("redis"):
+        pytest.skip("the attempt fence decides it, whichever broker delivers; Redis shows it")
+
+
 def roots(count: int, **options: Any) -> list[dict[str, Any]]:
     return [s(f"r{i}", **options) for i in range(count)]
 
@@ -295,6 +302,7 @@ def test_a_worker_killed_in_the_middle_of_a_message_of_several_steps_loses_nothi
 def test_a_message_of_several_steps_delivered_twice_runs_each_runner_once(
     cluster: Cluster,
 ) -> None:
+    one_broker(cluster)
     cluster.start_worker(concurrency=3)
     dispatcher = Parcels(cluster, twice=True)
     with Stepline(cluster.settings(), db=cluster.db_url, dispatcher=dispatcher) as app:
@@ -313,6 +321,7 @@ def test_a_runner_that_kills_its_worker_takes_its_neighbours_down_once_at_most(
 ) -> None:
     """The poison step shares a message; its retry goes alone. Its neighbours lose at most
     one attempt each with it, and succeed."""
+    one_broker(cluster)
     cluster.start_worker(concurrency=2)
     dispatcher = Parcels(cluster)
     with Stepline(cluster.settings(), db=cluster.db_url, dispatcher=dispatcher) as app:
