@@ -145,8 +145,7 @@ class DirectDispatcher(Dispatcher):
 
 
 class _DaemonPool:
-    """Threads that run ``def`` runners, started as needed up to ``size``: a thread is born
-    for a job only if that job still waits when the spawner gets to it.
+    """Threads that run ``def`` runners, started as needed up to ``size``.
 
     Daemon threads, unlike ThreadPoolExecutor's: at exit the process does not wait for a
     runner past the shutdown grace period; the attempt it was running is recovered as lost.
@@ -176,13 +175,6 @@ class _DaemonPool:
 
     def _spawn(self) -> None:
         while self._births.get():
-            if self._jobs.empty():
-                # The threads alive took every job waiting (short runners): another thread
-                # would cost a birth (a stack, page faults; about a millisecond of CPU
-                # beside the driver) for nothing. A job that waits gets one (see submit).
-                with self._lock:
-                    self._count -= 1
-                continue
             thread = threading.Thread(
                 target=self._work, name=f"stepline-step-{len(self._threads)}", daemon=True
             )
@@ -200,9 +192,9 @@ class _DaemonPool:
             else:
                 born = self._count < self.size
                 self._count += born
-        self._jobs.put((fn, args))  # first: the spawner looks for it before a birth
         if born:
             self._births.put(True)
+        self._jobs.put((fn, args))
 
     def _work(self) -> None:
         while True:
