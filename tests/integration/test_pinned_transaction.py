@@ -59,8 +59,11 @@ def test_a_transaction_ended_by_an_error_or_an_interrupt_commits_nothing(
 
 
 def test_dispose_does_not_wait_for_ever_on_a_transaction_of_another_thread(
-    store: SqlAlchemyStore,
+    store: SqlAlchemyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import stepline.stores.sqlalchemy as module
+
+    monkeypatch.setattr(module, "DISPOSE_WAIT", 0.5)  # its bound (5 s) shortened, not removed
     iid = _instance(store)
     entered, leave = threading.Event(), threading.Event()
 
