@@ -176,6 +176,25 @@ def test_a_pickup_or_hand_back_made_again_after_an_unconfirmed_commit_gets_the_s
     owner.close()
 
 
+def test_steps_of_a_message_cancelled_meanwhile_are_neither_run_nor_sent_again(
+    store: SqlAlchemyStore,
+) -> None:
+    keys = [f"r{i}" for i in range(4)]
+    owner, outbox, iid = start(store, [step(k) for k in keys])
+    ids = [m.row_id for m in outbox.sent]
+    outbox.sent.clear()
+    at = datetime.now(UTC)
+    assert len(store.pickup_many(ids[:2], 1, "w:1:a", now=at)) == 2  # a message half taken
+    with store.instance_transaction(iid) as tx:
+        tx.request_cancel()
+        tx.cancel_unfinished()
+    assert store.hand_back(ids[:2], 1, "w:1:a", picked_at=at) == [], "a cancelled step"
+    job = StepJob(store, "w:2:b")
+    assert list(job.run_many(ids, 1, send=outbox.send)) == [], "a message taken after it"
+    assert outbox.sent == [] and rr.calls(store.instance(iid).batch, "r2") == 0
+    owner.close()
+
+
 def test_a_duplicate_delivery_runs_the_runner_once(store: SqlAlchemyStore) -> None:
     owner, outbox, iid = start(store, [step("a", ["b"]), step("b")])
     job = StepJob(store, "w:1:a")

@@ -275,8 +275,10 @@ class CeleryDispatcher(RemoteDispatcher):
         args: tuple[Any, ...]
         if len(parcel) > 1:
             name, args = TASK_MANY, (m.instance_id, m.attempt, [p.row_id for p in parcel])
+            shown = f"({m.instance_id}, {m.attempt}, [{len(parcel)} steps])"
         else:
             name, args = TASK, (m.instance_id, m.row_id, m.attempt)
+            shown = repr(args)
             if m.timeout is not None:
                 limits = {"soft_time_limit": m.timeout, "time_limit": m.timeout + HARD_LIMIT_GRACE}
         task_id = uuid()
@@ -285,9 +287,7 @@ class CeleryDispatcher(RemoteDispatcher):
             name,
             args,
             {},
-            argsrepr=repr(args)
-            if len(parcel) == 1
-            else f"({m.instance_id}, {m.attempt}, [{len(parcel)} steps])",
+            argsrepr=shown,
             kwargsrepr="{}",
             origin=self._origin,
             ignore_result=True,

@@ -218,13 +218,9 @@ class StepJob:
         could take, nor a worker that is asked to stop, nor steps cancelled meanwhile."""
         at = datetime.now(UTC)
 
-        def pickup() -> list[tuple[int, ClaimedStep]]:
-            return self.store.pickup_many(row_ids, attempt, self.owner, now=at)
-
-        try:
-            picked = pickup()
-        except StoreUnavailable:
-            picked = Backoff(None).call(pickup)
+        picked = Backoff(None).call(  # once per message: a database blip is waited for
+            lambda: self.store.pickup_many(row_ids, attempt, self.owner, now=at)
+        )
         if len(picked) < len(row_ids):
             log.info(
                 "deliveries of attempts already taken, ended or superseded; not run again",
@@ -246,15 +242,12 @@ class StepJob:
         database refused to take them back (a database that does not answer is waited for:
         the hand-back, made again, is idempotent)."""
         ids = [c.row_id for _, c in rest]
-
-        def give() -> list[int]:
-            return self.store.hand_back(ids, attempt, self.owner, picked_at=picked_at)
-
         try:
-            try:
-                back = set(give())
-            except StoreUnavailable:
-                back = set(Backoff(None).call(give))
+            back = set(
+                Backoff(None).call(
+                    lambda: self.store.hand_back(ids, attempt, self.owner, picked_at=picked_at)
+                )
+            )
         except Exception as exc:
             log.warning("could not hand steps back; running them here", error=short_error(exc))
             return list(rest)

@@ -958,7 +958,8 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             # One statement, committed on its own without waiting for an fsync: a pickup lost
             # in a database crash only lets the attempt run again (the owner sends it again),
             # and the outcome's own synchronous commit flushes it before anything depends on it.
-            row = self._pickup_pg(params, _PICKUP_RETURNING)
+            rows = self._pickup_pg(params, _PICKUP_RETURNING)
+            row = rows[0] if rows else None
         else:
             with self._write() as conn:
                 if self.dialect == "sqlite":
@@ -982,10 +983,11 @@ class SqlAlchemyStore(SqlMaintenance, Store):
             one = self.pickup(row_ids[0], attempt, owner, now=now)
             return [] if one is None else [one]
         params = {"ids": list(row_ids), "attempt": attempt, "owner": owner, "now": now}
+        rows: Sequence[Any]
         if self.dialect == "postgresql":  # as pickup: its own connection, no fsync wait
-            rows = self._pickup_pg(params, _RETURNING[_PICKUP_MANY])
+            rows = self._pickup_pg(params, _PICKUP_MANY_RETURNING)
         else:
-            rows = self._take(params, _PICKUP_MANY, _FREE)
+            rows = self._take(params, _PICKUP_MANY_RETURNING, _PICKUP_MANY, _FREE)
         found = {int(r[0]): r for r in rows}
         picked = []
         for row_id in row_ids:  # in the order given: the order they were claimed in
@@ -1005,26 +1007,30 @@ class SqlAlchemyStore(SqlMaintenance, Store):
         params = {"ids": list(row_ids), "attempt": attempt, "owner": owner, "picked": picked_at}
         # A synchronous commit, unlike the pickup: a hand-back lost in a crash would leave the
         # steps to a live process that no longer means to run them.
-        back = {int(r[0]) for r in self._take(params, _HAND_BACK, _HELD)}
+        back = {int(r[0]) for r in self._take(params, _HAND_BACK_RETURNING, _HAND_BACK, _HELD)}
         return [row_id for row_id in row_ids if row_id in back]
 
     def _take(
-        self, params: dict[str, Any], update: HotStatement, locked: HotStatement
+        self,
+        params: dict[str, Any],
+        returning: HotStatement,
+        update: HotStatement,
+        locked: HotStatement,
     ) -> Sequence[Any]:
-        """Run ``update`` on the rows of ``params["ids"]`` it matches, in one transaction;
-        return them (its RETURNING columns). Without ``UPDATE ... RETURNING`` (MariaDB,
-        Oracle), ``locked`` selects and locks them first."""
+        """Update the rows of ``params["ids"]`` that match, in one transaction, and return
+        them: ``returning`` (``UPDATE ... RETURNING``) where the database has it; on MariaDB
+        and Oracle, ``locked`` selects and locks them, then ``update`` changes them."""
         with self._write() as conn:
             if self.dialect in ("sqlite", "postgresql"):
-                return _RETURNING[update].run(conn, params).fetchall()  # type: ignore[no-any-return]
+                return returning.run(conn, params).fetchall()  # type: ignore[no-any-return]
             rows = locked.run(conn, params).fetchall()
             if rows:
                 update.run(conn, {**params, "ids": [r[0] for r in rows]})
             return rows  # type: ignore[no-any-return]
 
-    def _pickup_pg(self, params: dict[str, Any], statement: HotStatement) -> Any:
-        """A pickup on the connection kept for it; a kept connection that fails (the
-        server restarted meanwhile) is replaced once, as a pre-ping would have."""
+    def _pickup_pg(self, params: dict[str, Any], statement: HotStatement) -> list[Any]:
+        """A pickup on the connection kept for it, its rows; a kept connection that fails
+        (the server restarted meanwhile) is replaced once, as a pre-ping would have."""
         with self._pickup_lock:
             kept = self._pickup_conn is not None
             try:
@@ -1034,7 +1040,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                     raise
                 return self._pickup_on_kept(params, statement)
 
-    def _pickup_on_kept(self, params: dict[str, Any], statement: HotStatement) -> Any:
+    def _pickup_on_kept(self, params: dict[str, Any], statement: HotStatement) -> list[Any]:
         if self._pickup_conn is None:
             try:
                 self._pickup_conn = self._pickup_engine().connect()
@@ -1042,8 +1048,7 @@ class SqlAlchemyStore(SqlMaintenance, Store):
                 self._raise_translated(exc)
                 raise
         try:
-            cursor = statement.run(self._pickup_conn, params)
-            return cursor.fetchone() if statement is _PICKUP_RETURNING else cursor.fetchall()
+            return statement.run(self._pickup_conn, params).fetchall()  # type: ignore[no-any-return]
         except BaseException as exc:
             conn, self._pickup_conn = self._pickup_conn, None  # broken or interrupted
             _discard(conn)
@@ -1507,10 +1512,10 @@ _HELD_ROWS = (
 _HAND_BACK_SQL = "UPDATE batch_step_result SET owner_id = NULL" + _HELD_ROWS
 _HAND_BACK = HotStatement(_HAND_BACK_SQL, times=["picked"])
 _HELD = HotStatement(f"SELECT id FROM batch_step_result{_HELD_ROWS} FOR UPDATE", times=["picked"])
-_RETURNING = {
-    _PICKUP_MANY: HotStatement(f"{_PICKUP_MANY_SQL} RETURNING {_PICKED_COLUMNS}", times=["now"]),
-    _HAND_BACK: HotStatement(f"{_HAND_BACK_SQL} RETURNING id", times=["picked"]),
-}
+_PICKUP_MANY_RETURNING = HotStatement(
+    f"{_PICKUP_MANY_SQL} RETURNING {_PICKED_COLUMNS}", times=["now"]
+)
+_HAND_BACK_RETURNING = HotStatement(f"{_HAND_BACK_SQL} RETURNING id", times=["picked"])
 _PICKED = HotStatement(
     "SELECT batch_instance_id, step_key, map_index, first_attempt FROM batch_step_result"
     " WHERE id = :id"
