@@ -264,7 +264,8 @@ def test_the_indexes_are_in_the_schema() -> None:
 
 def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
     """The driver adopts every instance it runs; the version it started with is already
-    in memory, so adoption reads and decodes no stored document."""
+    in memory, so adoption reads and decodes no stored document. Nor does it compile and
+    run the typed query of steps left running when a cheap probe finds none."""
     from sqlalchemy import event
 
     from stepline.service import Stepline
@@ -277,6 +278,7 @@ def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
         event.listen(app.store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
         assert app.run_instance(instance.id).status == "succeeded"
         assert not [sql for sql in seen if "batch_definition_version" in sql]
+        assert not [sql for sql in seen if "batch_step_result.started_at" in sql], seen
     finally:
         app.close()
 

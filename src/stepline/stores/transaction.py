@@ -279,6 +279,16 @@ _RUNNING = sa.select(R.c.id, R.c.step_key, R.c.attempt, R.c.owner_id, R.c.starte
 _RUNNING_NOT_OWNED = _RUNNING.where(
     sa.or_(R.c.owner_id.is_(None), R.c.owner_id != sa.bindparam("owner"))
 )
+# Whether there is anything to requeue at all: an adoption finds nothing running in the
+# usual case, and reads that without compiling and processing the typed query above.
+_ANY_RUNNING = HotStatement(
+    "SELECT id FROM batch_step_result WHERE batch_instance_id = :iid AND status = 'running'"
+    " LIMIT :limit"
+)
+_ANY_RUNNING_NOT_OWNED = HotStatement(
+    "SELECT id FROM batch_step_result WHERE batch_instance_id = :iid AND status = 'running'"
+    " AND (owner_id IS NULL OR owner_id <> :owner) LIMIT :limit"
+)
 
 
 class ItemCursors:
@@ -723,8 +733,14 @@ class SqlInstanceTransaction(InstanceTransaction):
     ) -> list[str]:
         skip = list(exclude_keys)
         if not skip:  # the usual case (no mapped step), with statements built once
-            query = _RUNNING if exclude_owner is None else _RUNNING_NOT_OWNED
-            params = {"iid": self.id, "owner": exclude_owner}
+            params: dict[str, Any]
+            if exclude_owner is None:
+                query, probe, params = _RUNNING, _ANY_RUNNING, {"iid": self.id}
+            else:
+                query, probe = _RUNNING_NOT_OWNED, _ANY_RUNNING_NOT_OWNED
+                params = {"iid": self.id, "owner": exclude_owner}
+            if not probe.run(self.conn, {**params, "limit": 1}).fetchall():
+                return []
             rows = self.conn.execute(query, params).all()
             return self._requeue(rows, "lost: its owner {owner} stopped before the attempt ended")
         query = self._running(skip)
