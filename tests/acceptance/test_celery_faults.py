@@ -185,6 +185,7 @@ class Duplicating(CeleryDispatcher):
 
 
 def test_the_same_message_delivered_twice_runs_the_runner_once(cluster: Cluster) -> None:
+    one_broker(cluster)
     cluster.start_worker(concurrency=3)
     settings = cluster.settings()
     dispatcher = Duplicating(settings.broker(), queue=cluster.queue)
@@ -532,6 +533,29 @@ def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
         proxy.close()
         direct.delete(queue)
         direct.close()
+
+
+def test_a_worker_stopped_by_sigterm_releases_its_processes_leases(cluster: Cluster) -> None:
+    """A warm shutdown: the worker exits promptly and its processes release their leases,
+    so an owner need not wait for them to lapse. (Teardowns kill workers outright: this is
+    the test of a worker's stop on a database that answers.)"""
+    one_broker(cluster)
+    worker = cluster.start_worker(concurrency=2)
+    store = SqlAlchemyStore(cluster.db_url)
+    try:
+        live = {w[0] for w in store.workers() if w[3]}
+        assert len(live) >= 2, store.workers()
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop\n{cluster.log_text()}") from None
+        assert time.monotonic() - started < 15, cluster.log_text()
+        still = {w[0] for w in store.workers() if w[3]}
+        assert not live & still, (live, still, cluster.log_text())
+    finally:
+        store.dispose()
 
 
 def test_a_worker_stops_on_sigterm_while_the_database_is_stalled(
