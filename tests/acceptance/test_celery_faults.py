@@ -535,6 +535,18 @@ def test_a_publish_to_a_silent_redis_gives_up_and_is_sent_again() -> None:
         direct.close()
 
 
+def stop_with_sigterm(worker: subprocess.Popen[bytes], cluster: Cluster, wait: float) -> float:
+    """SIGTERM to the worker's process group; the seconds it took to exit (fails after
+    ``wait``)."""
+    started = time.monotonic()
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(wait)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker did not stop\n{cluster.log_text()}") from None
+    return time.monotonic() - started
+
+
 def test_a_worker_stopped_by_sigterm_releases_its_processes_leases(cluster: Cluster) -> None:
     """A warm shutdown: the worker exits promptly and its processes release their leases,
     so an owner need not wait for them to lapse. (Teardowns kill workers outright: this is
@@ -545,13 +557,7 @@ def test_a_worker_stopped_by_sigterm_releases_its_processes_leases(cluster: Clus
     try:
         live = {w[0] for w in store.workers() if w[3]}
         assert len(live) >= 2, store.workers()
-        started = time.monotonic()
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the worker did not stop\n{cluster.log_text()}") from None
-        assert time.monotonic() - started < 15, cluster.log_text()
+        assert stop_with_sigterm(worker, cluster, wait=20) < 15, cluster.log_text()
         still = {w[0] for w in store.workers() if w[3]}
         assert not live & still, (live, still, cluster.log_text())
     finally:
@@ -580,13 +586,7 @@ def test_a_worker_stops_on_sigterm_while_the_database_is_stalled(
         worker = cluster.start_worker(concurrency=2)
         proxy.stall()
         time.sleep(1)
-        started = time.monotonic()
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(40)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the worker did not stop\n{cluster.log_text()}") from None
-        assert time.monotonic() - started < 25, cluster.log_text()
+        assert stop_with_sigterm(worker, cluster, wait=40) < 25, cluster.log_text()
     finally:
         proxy.resume()
         cluster.stop()

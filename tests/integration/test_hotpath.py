@@ -262,17 +262,25 @@ def test_the_indexes_are_in_the_schema() -> None:
     assert indexes["ix_step_result_queue"] == ["batch_instance_id", "status", "map_index", "id"]
 
 
-def test_adopting_an_instance_reads_no_definition(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [False, True])
+def test_adopting_an_instance_reads_no_definition(tmp_path: Path, mapped: bool) -> None:
     """The driver adopts every instance it runs; the version it started with is already
     in memory, so adoption reads and decodes no stored document. Nor does it compile and
-    run the typed query of steps left running when a cheap probe finds none."""
+    run the typed query of steps left running when a cheap probe finds none, with a mapped
+    step (whose own row is excluded from that query) or without."""
     from sqlalchemy import event
 
     from stepline.service import Stepline
 
+    steps = [step("a", "fixture_runners:work")]
+    if mapped:
+        steps = [
+            step("a", "fixture_runners:work", ["each"], args={"value": [1, 2]}),
+            step("each", "fixture_runners:work", map={"over": "a"}),
+        ]
     app = Stepline(db=f"sqlite:///{tmp_path}/adopt.db")
     try:
-        app.apply(batch("b", [step("a", "fixture_runners:work")]))
+        app.apply(batch("b", steps))
         instance, _ = app.trigger("b", owned=True)
         seen: list[str] = []
         event.listen(app.store.engine, "before_cursor_execute", lambda *args: seen.append(args[2]))

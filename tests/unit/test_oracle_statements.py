@@ -211,6 +211,11 @@ def test_long_in_lists_are_chunked_on_every_path(recorder: tuple[Recorder, Stepl
     stored = app.apply(batch(f"wide{uuid.uuid4().hex[:6]}", [*steps, _step("join", [], "fan_in")]))
     instance, _ = app.trigger(stored.name, owned=True)
     assert app.run_instance(instance.id).status is InstanceStatus.SUCCEEDED
+    with app.store.engine.begin() as conn:  # a step left running: the requeue reads them
+        conn.exec_driver_sql(
+            "UPDATE batch_step_result SET status = 'running'"
+            f" WHERE batch_instance_id = {instance.id} AND step_key = 'join'"
+        )
     with app.store.instance_transaction(instance.id) as tx:
         assert isinstance(tx, SqlInstanceTransaction)
         tx.requeue_running(exclude_owner=None, exclude_keys=middle)

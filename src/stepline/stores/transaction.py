@@ -280,7 +280,7 @@ _RUNNING_NOT_OWNED = _RUNNING.where(
     sa.or_(R.c.owner_id.is_(None), R.c.owner_id != sa.bindparam("owner"))
 )
 # Whether there is anything to requeue at all: an adoption finds nothing running in the
-# usual case, and reads that without compiling and processing the typed query above.
+# usual case, and reads that without compiling and processing a typed query of the rows.
 _ANY_RUNNING = HotStatement(
     "SELECT id FROM batch_step_result WHERE batch_instance_id = :iid AND status = 'running'"
     " LIMIT :limit"
@@ -731,16 +731,15 @@ class SqlInstanceTransaction(InstanceTransaction):
     def requeue_running(
         self, *, exclude_owner: str | None, exclude_keys: Iterable[str] = ()
     ) -> list[str]:
+        params: dict[str, Any] = {"iid": self.id}
+        if exclude_owner is not None:
+            params["owner"] = exclude_owner
+        probe = _ANY_RUNNING if exclude_owner is None else _ANY_RUNNING_NOT_OWNED
+        if not probe.run(self.conn, {**params, "limit": 1}).fetchall():
+            return []  # nothing running (the usual adoption), whatever is excluded
         skip = list(exclude_keys)
-        if not skip:  # the usual case (no mapped step), with statements built once
-            params: dict[str, Any]
-            if exclude_owner is None:
-                query, probe, params = _RUNNING, _ANY_RUNNING, {"iid": self.id}
-            else:
-                query, probe = _RUNNING_NOT_OWNED, _ANY_RUNNING_NOT_OWNED
-                params = {"iid": self.id, "owner": exclude_owner}
-            if not probe.run(self.conn, {**params, "limit": 1}).fetchall():
-                return []
+        if not skip:  # no mapped step: statements built once
+            query = _RUNNING if exclude_owner is None else _RUNNING_NOT_OWNED
             rows = self.conn.execute(query, params).all()
             return self._requeue(rows, "lost: its owner {owner} stopped before the attempt ended")
         query = self._running(skip)
